@@ -1,0 +1,203 @@
+//! The command line: `run`, `check` (the same load-and-build path as startup, without serving), `dev-certs` and
+//! `demo`. Exit code 2 for configuration errors, 1 for anything else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError};
+use crate::gateway::{BuildError, Gateway};
+use crate::pipeline::DisplayChain;
+use crate::server::{self, ServerError};
+
+/// credgate: OAuth2 client-credentials gateway and reverse proxy.
+#[derive(Debug, Parser)]
+#[command(name = "credgate", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve with a config file.
+    Run {
+        /// Config file.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file without serving.
+    Check {
+        /// Config file.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Write a local development CA and localhost server certificate.
+    DevCerts {
+        /// Directory to write into.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+    /// Run the gateway with local sandbox vendors: no accounts, no files.
+    Demo {
+        /// Gateway port on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// Print the generated config and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+}
+
+/// Why the command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The gateway could not be assembled.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// Listening failed.
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    /// Anything else.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Certificates could not be generated.
+    #[error("{0}")]
+    DevCerts(#[from] crate::dev_certs::DevCertsError),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Build(_) => 2,
+            CliError::Server(_) | CliError::Io(_) | CliError::DevCerts(_) => 1,
+        }
+    }
+}
+
+/// Entry point for the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("credgate: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("credgate: {}", DisplayChain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Run one subcommand.
+pub async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            serve(cfg, None).await
+        }
+        Command::Check { config } => {
+            let cfg = Config::load(&config)?;
+            Gateway::build(&cfg)?;
+            println!(
+                "{}: ok ({} listeners, {} routes)",
+                config.display(),
+                cfg.listeners.len(),
+                cfg.routes.len()
+            );
+            Ok(())
+        }
+        Command::DevCerts { dir } => {
+            for p in crate::dev_certs::write(&dir)? {
+                println!("wrote {}", p.display());
+            }
+            println!(
+                "trust {}/ca.crt in your client (e.g. curl --cacert); see certs/README.md",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Demo { port, print_config } => {
+            let demo = crate::demo::prepare(port).await?;
+            if print_config {
+                print!("{}", demo.config_toml);
+                return Ok(());
+            }
+            let cfg = Config::from_toml(&demo.config_toml, "<demo>")?;
+            serve(cfg, Some(demo)).await
+        }
+    }
+}
+
+async fn serve(cfg: Config, demo: Option<crate::demo::Demo>) -> Result<(), CliError> {
+    let gw = Gateway::build(&cfg)?;
+    let running = server::start(gw, &cfg).await?;
+    if let (Some(demo), Some(addr)) = (demo, running.addrs.first()) {
+        println!("{}", crate::demo::instructions(&demo, *addr));
+    }
+    shutdown_signal().await;
+    tracing::info!(grace = ?cfg.shutdown_grace, "shutting down");
+    running.shutdown(cfg.shutdown_grace).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,117 @@
+//! Secret references in config: `${ENV_VAR}`, `${file:/path}` or `*_file` keys, resolved once at load into
+//! [`SecretString`]s. Never prints a resolved value; errors name the reference, not what it held.
+
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Why a secret reference could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// `${NAME}` names an environment variable that is not set (or not UTF-8).
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    /// `${file:...}` or a `*_file` key names a file that cannot be read.
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        /// The file named.
+        path: String,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// A `${` with no closing `}`.
+    #[error("unterminated ${{...}} reference")]
+    Unterminated,
+    /// The reference resolved to an empty string.
+    #[error("resolves to an empty value")]
+    Empty,
+}
+
+/// Expand every `${ENV}` and `${file:PATH}` in `raw`; text outside references is kept as written.
+pub fn expand(raw: &str) -> Result<SecretString, SecretError> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or(SecretError::Unterminated)?;
+        let name = &after[..end];
+        match name.strip_prefix("file:") {
+            Some(path) => out.push_str(&read_file(Path::new(path))?),
+            None => out.push_str(
+                &std::env::var(name).map_err(|_| SecretError::MissingEnv(name.to_owned()))?,
+            ),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    if out.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    Ok(SecretString::from(out))
+}
+
+/// Read a secret file, trimming one trailing newline (as editors and `echo` add one).
+pub fn read_file(path: &Path) -> Result<String, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Resolve a secret given either inline (`key = "${ENV}"`) or as a file (`key_file = "/path"`); exactly one is allowed.
+pub fn resolve(
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<SecretString>, SecretError> {
+    match (value, file) {
+        (Some(v), _) => expand(v).map(Some),
+        (None, Some(f)) => read_file(f).map(|s| Some(SecretString::from(s))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// True when two secrets hold the same bytes, compared in constant time.
+pub fn constant_time_eq(a: &SecretString, b: &[u8]) -> bool {
+    let a = a.expose_secret().as_bytes();
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_text_is_kept_and_missing_env_is_named() {
+        assert_eq!(
+            expand("plain").map(|s| s.expose_secret().to_owned()).ok(),
+            Some("plain".into())
+        );
+        match expand("${CREDGATE_TEST_SURELY_UNSET_VAR}") {
+            Err(SecretError::MissingEnv(name)) => {
+                assert_eq!(name, "CREDGATE_TEST_SURELY_UNSET_VAR")
+            }
+            other => panic!("expected MissingEnv, got {other:?}"),
+        }
+        assert!(matches!(expand("${OPEN"), Err(SecretError::Unterminated)));
+    }
+
+    #[test]
+    fn file_reference_reads_and_trims() {
+        let dir = std::env::temp_dir().join(format!("credgate-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let f = dir.join("s");
+        std::fs::write(&f, "hunter2\n").expect("write");
+        let s = expand(&format!("pre-${{file:{}}}-post", f.display())).expect("expand");
+        assert_eq!(s.expose_secret(), "pre-hunter2-post");
+        assert!(constant_time_eq(&SecretString::from("abc"), b"abc"));
+        assert!(!constant_time_eq(&SecretString::from("abc"), b"abd"));
+        assert!(!constant_time_eq(&SecretString::from("abc"), b"ab"));
+    }
+}

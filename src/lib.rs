@@ -1,0 +1,31 @@
+//! credgate: an OAuth2 client-credentials gateway and reverse proxy.
+//!
+//! The request path runs one way, and each step has one owner:
+//!
+//! 1. [`server`] accepts TCP, terminates TLS ([`tls`]) and serves HTTP/1.1 and HTTP/2 with hyper-util.
+//! 2. [`pipeline`] is the request path, read top to bottom: match a route ([`routes`]), authenticate the caller
+//!    ([`caller_auth`]), attach the upstream credential ([`credentials`]), forward ([`proxy`]) and stream back.
+//! 3. [`error`] maps every failure to one `application/problem+json` response, in one place.
+//!
+//! [`config`] turns TOML into a validated [`config::Config`]; [`gateway::Gateway`] is built once from it and owns every
+//! shared part (the outbound [`http_client`], credentials, routes, [`metrics`]). Vendor flows ([`flows`]) are users of
+//! that core, mounted on routes like any other handler; the core never names a vendor.
+
+pub mod admin;
+pub mod body;
+pub mod caller_auth;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod demo;
+pub mod dev_certs;
+pub mod error;
+pub mod flows;
+pub mod gateway;
+pub mod http_client;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,181 @@
+//! The request path, read top to bottom: route → caller → credential → prepare → forward. Each step is a plain async
+//! function with a typed result; every error becomes a problem response in [`crate::error`], in one place.
+
+use std::time::Instant;
+
+use http::header::HeaderValue;
+use http::{Request, Response, Uri};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::error::{Error, RequestError};
+use crate::flows::FlowRequest;
+use crate::gateway::Gateway;
+use crate::proxy::{self, ConnInfo, Outgoing, X_REQUEST_ID};
+use crate::routes::{Route, Target};
+
+/// Answer one request. Never fails: errors become problem responses.
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let request_id = request_id(req.headers().get(&X_REQUEST_ID));
+    let (route, result) = handle_inner(gw, req, conn, &request_id).await;
+    let mut rsp = match result {
+        Ok(rsp) => rsp,
+        Err(err) => err.into_response_logged(request_id.to_str().unwrap_or("-")),
+    };
+    rsp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    let status = rsp.status().as_u16();
+    if let Some(r) = route {
+        r.stats.record(status);
+    }
+    tracing::info!(
+        target: "credgate::access",
+        method = %method,
+        route = route.map_or("-", |r| r.name.as_str()),
+        status,
+        latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        request_id = request_id.to_str().unwrap_or("-"),
+        "request"
+    );
+    rsp
+}
+
+async fn handle_inner<'g>(
+    gw: &'g Gateway,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+) -> (Option<&'g Route>, Result<Response<Body>, Error>) {
+    let host = request_host(&req);
+    let Some(route) = gw.routes.find(host, req.uri().path()) else {
+        return (None, Err(RequestError::NoRoute.into()));
+    };
+    (
+        Some(route),
+        serve_route(gw, route, req, conn, request_id).await,
+    )
+}
+
+async fn serve_route(
+    gw: &Gateway,
+    route: &Route,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+) -> Result<Response<Body>, Error> {
+    if proxy::header_bytes(req.headers()) > route.max_header_bytes {
+        return Err(RequestError::HeadersTooLarge {
+            limit: route.max_header_bytes,
+        }
+        .into());
+    }
+    let caller = gw
+        .caller_auth
+        .authenticate(&route.auth, req.headers(), req.uri())
+        .await?;
+    match &route.target {
+        Target::Upstream(up) => {
+            let attachment = match &route.credential {
+                Some(c) => Some(c.attach().await?),
+                None => None,
+            };
+            let path = route.upstream_path(req.uri().path()).to_owned();
+            let out = Outgoing {
+                path: &path,
+                attachment: attachment.as_ref(),
+                credential_headers: route.credential.as_ref().map_or(&[], |c| c.header_names()),
+                caller_headers: &caller.forward_headers,
+                max_body_bytes: route.max_body_bytes,
+                request_id,
+            };
+            let upstream_req = proxy::prepare(req, up, &out, conn)?;
+            proxy::forward(up, upstream_req, route.max_body_bytes).await
+        }
+        Target::Flow(handler) => {
+            let (mut parts, incoming) = req.into_parts();
+            let rest = route.rest(parts.uri.path());
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_owned(),
+            };
+            parts.uri = pq
+                .parse::<Uri>()
+                .map_err(|_| RequestError::Malformed("path cannot be parsed"))?;
+            let limit = usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX);
+            let req = Request::from_parts(parts, body::boxed(Limited::new(incoming, limit)));
+            Ok(handler
+                .handle(FlowRequest {
+                    req,
+                    caller,
+                    conn: *conn,
+                })
+                .await?)
+        }
+    }
+}
+
+/// The host the caller addressed, without port: the URI authority (HTTP/2) or the `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.uri().host() {
+        Some(h) => h,
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(raw))
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// The caller's `X-Request-Id` when it is short visible ASCII, else a fresh UUID.
+pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = sent
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
+    }
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+impl Error {
+    /// Log this error once (server-side errors at warn, caller errors at debug) and render it.
+    pub fn into_response_logged(self, request_id: &str) -> Response<Body> {
+        let problem = self.problem();
+        if problem.status.is_server_error() {
+            tracing::warn!(request_id, code = problem.code, error = %DisplayChain(&self), "request failed");
+        } else {
+            tracing::debug!(request_id, code = problem.code, error = %DisplayChain(&self), "request refused");
+        }
+        problem.into_response(request_id)
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`.
+pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            // Many messages already embed their source; print each cause once.
+            let s = e.to_string();
+            if !shown.contains(&s) {
+                shown.push_str(": ");
+                shown.push_str(&s);
+            }
+            cur = e.source();
+        }
+        f.write_str(&shown)
+    }
+}

@@ -1,0 +1,257 @@
+//! Listeners: bind, accept, TLS handshake inside the per-connection task (bounded by a timeout), then hyper-util's
+//! auto builder (HTTP/1.1 and HTTP/2). Shutdown stops accepting and lets in-flight requests finish within a grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::Body;
+use crate::config::{Config, ListenerConfig};
+use crate::gateway::Gateway;
+use crate::proxy::ConnInfo;
+use crate::tls::{self, TlsError};
+
+/// A listener could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding failed (address in use, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS settings rejected.
+    #[error("listener {addr}: TLS: {source}")]
+    Tls {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: TlsError,
+    },
+}
+
+/// A running gateway: its bound addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound addresses of the gateway listeners, in config order.
+    pub addrs: Vec<SocketAddr>,
+    /// Bound admin address.
+    pub admin: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stop accepting, then wait up to `grace` for in-flight requests to finish.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let all_done = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!(?grace, "grace period over; closing remaining connections");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Bind every listener in `cfg` (and the admin listener) and start serving `gw`.
+pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerError> {
+    let (stop, _) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut addrs = Vec::new();
+    for l in &cfg.listeners {
+        let acceptor = match &l.tls {
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(t).map_err(
+                |source| ServerError::Tls {
+                    addr: l.address,
+                    source,
+                },
+            )?)),
+            None => None,
+        };
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: l.address,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: l.address,
+            source,
+        })?;
+        tracing::info!(%addr, tls = acceptor.is_some(), "listening");
+        addrs.push(addr);
+        let gw = gw.clone();
+        let handler = move |req: Request<Incoming>, conn: ConnInfo| {
+            let gw = gw.clone();
+            async move { crate::pipeline::handle(&gw, req, &conn).await }
+        };
+        tasks.spawn(accept_loop(
+            listener,
+            acceptor,
+            settings(l),
+            handler,
+            stop.subscribe(),
+        ));
+    }
+    let admin = match cfg.admin {
+        None => None,
+        Some(a) => {
+            let listener = TcpListener::bind(a)
+                .await
+                .map_err(|source| ServerError::Bind { addr: a, source })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| ServerError::Bind { addr: a, source })?;
+            tracing::info!(%addr, "admin listening");
+            let gw = gw.clone();
+            let handler = move |req: Request<Incoming>, _conn: ConnInfo| {
+                let rsp = crate::admin::handle(&gw, &req);
+                async move { rsp }
+            };
+            let s = ConnSettings {
+                tls_handshake_timeout: Duration::from_secs(5),
+                header_read_timeout: Duration::from_secs(5),
+                max_header_bytes: 16384,
+            };
+            tasks.spawn(accept_loop(listener, None, s, handler, stop.subscribe()));
+            Some(addr)
+        }
+    };
+    Ok(Running {
+        addrs,
+        admin,
+        stop,
+        tasks,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    tls_handshake_timeout: Duration,
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+fn settings(l: &ListenerConfig) -> ConnSettings {
+    ConnSettings {
+        tls_handshake_timeout: l.tls_handshake_timeout,
+        header_read_timeout: l.header_read_timeout,
+        max_header_bytes: l.max_header_bytes,
+    }
+}
+
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    settings: ConnSettings,
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(serve_conn(tcp, peer, acceptor.clone(), settings, builder.clone(), handler.clone(), graceful.watcher()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn serve_conn<H, F>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    settings: ConnSettings,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: H,
+    watcher: Watcher,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let conn = ConnInfo {
+        peer,
+        tls: acceptor.is_some(),
+    };
+    let svc = service_fn(move |req| {
+        let fut = handler(req, conn);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let result = match acceptor {
+        None => {
+            watcher
+                .watch(
+                    builder
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .into_owned(),
+                )
+                .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection(TokioIo::new(tls), svc)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with error");
+    }
+}

@@ -95,6 +95,7 @@ async fn serve_route(
             proxy::forward(up, upstream_req, route.max_body_bytes).await
         }
         Target::Flow(handler) => {
+            proxy::check_declared_length(req.headers(), route.max_body_bytes)?;
             let (mut parts, incoming) = req.into_parts();
             let rest = route.rest(parts.uri.path());
             let pq = match parts.uri.query() {

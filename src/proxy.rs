@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Limited;
-use hyper::body::Incoming;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::credentials::Attachment;
 use crate::error::{Error, RequestError, UpstreamError};
@@ -132,25 +132,31 @@ pub struct Outgoing<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Turn the caller's request into the upstream request.
-pub fn prepare(
-    req: Request<Incoming>,
-    up: &Upstream,
-    out: &Outgoing<'_>,
-    conn: &ConnInfo,
-) -> Result<Request<Body>, Error> {
-    if let Some(len) = req
-        .headers()
+/// Refuse at once a request whose declared `Content-Length` is over `limit` (streamed bodies are cut by [`Limited`]).
+pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), RequestError> {
+    match headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        && len > out.max_body_bytes
     {
-        return Err(RequestError::BodyTooLarge {
-            limit: out.max_body_bytes,
-        }
-        .into());
+        Some(len) if len > limit => Err(RequestError::BodyTooLarge { limit }),
+        _ => Ok(()),
     }
+}
+
+/// Turn the caller's request into the upstream request. Generic over the body so that benches and flows can feed
+/// any body; the gateway passes hyper's `Incoming`.
+pub fn prepare<B>(
+    req: Request<B>,
+    up: &Upstream,
+    out: &Outgoing<'_>,
+    conn: &ConnInfo,
+) -> Result<Request<Body>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    check_declared_length(req.headers(), out.max_body_bytes)?;
     let (mut parts, incoming) = req.into_parts();
     parts.uri = up.uri(out.path, parts.uri.query())?;
     parts.version = Version::HTTP_11;
@@ -165,11 +171,16 @@ pub fn prepare(
     for (n, _) in out.caller_headers {
         h.remove(n);
     }
-    let ip = conn.peer.ip().to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
+    // Append the peer to whatever chain the caller sent (every line of it, in order). The caller's part is not
+    // trusted by the gateway; the last entry is the one the gateway vouches for.
+    let mut xff = String::new();
+    for prev in h.get_all(&X_FORWARDED_FOR) {
+        if let Ok(prev) = prev.to_str() {
+            xff.push_str(prev.trim());
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&conn.peer.ip().to_string());
     if let Ok(v) = HeaderValue::try_from(xff) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }

@@ -2,6 +2,10 @@
 //! headers added) and forward it, streaming both bodies. Never logs header values.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +13,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Limited;
+use hyper::body::Frame;
+use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
 
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
@@ -205,44 +212,142 @@ where
 }
 
 /// Send the prepared request; the response streams back with hop-by-hop headers removed.
+///
+/// `response_timeout` is the longest silence allowed: while the request body is being sent, no body byte may stall
+/// for longer (a stalled caller gets 408, an upstream that stops reading 504), and once it is sent the response head
+/// must arrive within it (504). A large upload therefore never times out just for being large.
 pub async fn forward(
     up: &Upstream,
     req: Request<Body>,
     max_body_bytes: u64,
 ) -> Result<Response<Body>, Error> {
-    let rsp = match tokio::time::timeout(up.response_timeout, up.client.request(req)).await {
-        Err(_) => {
+    let (parts, body) = req.into_parts();
+    let progress = Arc::new(Progress::default());
+    let (sent_tx, mut sent_rx) = oneshot::channel();
+    let body = Watched {
+        inner: body,
+        progress: progress.clone(),
+        sent: Some(sent_tx),
+    };
+    let send = up
+        .client
+        .request(Request::from_parts(parts, body::boxed(body)));
+    let timeout = up.response_timeout;
+    let deadline = async {
+        let mut last = progress.frames.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                // Resolves when the body has ended or hyper dropped it (sent, or never needed).
+                _ = &mut sent_rx => break,
+                () = tokio::time::sleep(timeout) => {
+                    let now = progress.frames.load(Ordering::Relaxed);
+                    if now == last {
+                        return progress.caller_pending.load(Ordering::Relaxed);
+                    }
+                    last = now;
+                }
+            }
+        }
+        tokio::time::sleep(timeout).await;
+        false
+    };
+    let result = tokio::select! {
+        r = send => r,
+        caller_stalled = deadline => {
+            if caller_stalled {
+                return Err(RequestError::BodyTimeout { timeout }.into());
+            }
             return Err(UpstreamError::Timeout {
                 upstream: up.name.clone(),
-                timeout: up.response_timeout,
+                timeout,
             }
             .into());
         }
-        Ok(Err(e)) if body_limit_tripped(&e) => {
+    };
+    let rsp = match result {
+        Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
             return Err(RequestError::BodyTooLarge {
                 limit: max_body_bytes,
             }
             .into());
         }
-        Ok(Err(source)) => {
+        Err(source) => {
             return Err(UpstreamError::Unreachable {
                 upstream: up.name.clone(),
                 source,
             }
             .into());
         }
-        Ok(Ok(rsp)) => rsp,
+        Ok(rsp) => rsp,
     };
     let (mut parts, incoming) = rsp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(incoming)))
 }
 
-/// Did the request fail because the caller's body went over the route's limit?
-fn body_limit_tripped(e: &(dyn std::error::Error + 'static)) -> bool {
+/// How far the request body has got, shared between [`Watched`] and the deadline in [`forward`].
+#[derive(Debug, Default)]
+struct Progress {
+    /// Frames handed to the upstream connection so far.
+    frames: AtomicU64,
+    /// The last poll found the caller had nothing to send yet.
+    caller_pending: AtomicBool,
+}
+
+pin_project! {
+    /// The request body on its way upstream: counts frames for the stall check and signals `sent` at its end
+    /// (or when dropped, which covers bodies hyper never polls).
+    struct Watched<B> {
+        #[pin]
+        inner: B,
+        progress: Arc<Progress>,
+        sent: Option<oneshot::Sender<()>>,
+    }
+}
+
+impl<B> http_body::Body for Watched<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Pending => this.progress.caller_pending.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Ok(_))) => {
+                this.progress.caller_pending.store(false, Ordering::Relaxed);
+                this.progress.frames.fetch_add(1, Ordering::Relaxed);
+            }
+            Poll::Ready(None) => {
+                if let Some(tx) = this.sent.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Is an `E` somewhere in `e`'s source chain (e.g. the caller's body went over the route's limit)?
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<E>() {
             return true;
         }
         cur = err.source();

@@ -483,3 +483,85 @@ async fn shutdown_grace_period_closes_stuck_connections() {
     assert!(result.is_err(), "the stuck request was cut off");
     up.release(1);
 }
+
+/// A request body of `chunks` frames, one every `gap` (a slow but steady caller), then, if `stall`, no end at all.
+fn paced_body(
+    chunks: usize,
+    gap: Duration,
+    stall: bool,
+) -> StreamBody<
+    futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+> {
+    use futures_util::StreamExt;
+    let paced = futures_util::stream::iter(0..chunks).then(move |_| async move {
+        tokio::time::sleep(gap).await;
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"0123456789")))
+    });
+    let tail = if stall {
+        futures_util::stream::pending().boxed()
+    } else {
+        futures_util::stream::empty().boxed()
+    };
+    StreamBody::new(paced.chain(tail).boxed())
+}
+
+async fn post_stream(
+    gw: &support::TestGateway,
+    body: StreamBody<
+        futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+    >,
+) -> (StatusCode, Bytes) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(
+        TcpStream::connect(gw.addr()).await.expect("connect"),
+    ))
+    .await
+    .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::post("/api/paced")
+        .header("host", "localhost")
+        .body(body)
+        .expect("request");
+    let rsp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .expect("an answer in time")
+        .expect("response");
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    (status, body)
+}
+
+#[tokio::test]
+async fn response_timeout_does_not_cut_a_slow_steady_upload() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(
+        &up.url(),
+        r#"response_timeout = "400ms""#,
+        API_ROUTE,
+    ))
+    .await;
+    // 10 chunks 100 ms apart: the upload takes about 1 s in total, more than twice the response timeout, but it
+    // never goes quiet for longer than the timeout.
+    let (status, body) = post_stream(&gw, paced_body(10, Duration::from_millis(100), false)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let seen = up.seen();
+    assert_eq!(seen[0].body_len, 100);
+    assert!(seen[0].body_complete);
+}
+
+#[tokio::test]
+async fn a_caller_stalling_mid_body_gets_408() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(
+        &up.url(),
+        r#"response_timeout = "300ms""#,
+        API_ROUTE,
+    ))
+    .await;
+    let (status, body) = post_stream(&gw, paced_body(2, Duration::from_millis(10), true)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    let doc: serde_json::Value = serde_json::from_slice(&body).expect("problem");
+    assert_eq!(doc["code"], "body_timeout");
+    for s in up.seen() {
+        assert!(!s.body_complete, "the upstream saw the body break off");
+    }
+}

@@ -565,3 +565,15 @@ async fn a_caller_stalling_mid_body_gets_408() {
         assert!(!s.body_complete, "the upstream saw the body break off");
     }
 }
+
+#[tokio::test]
+async fn dot_segments_cannot_climb_out_of_a_route() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    for path in ["/api/../admin", "/api/%2e%2E/admin", "/api/./x"] {
+        let (parts, body) = send(get(&gw, path).body(upstream::full("")).expect("req")).await;
+        assert_eq!(parts.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(problem(&parts, &body)["code"], "bad_request");
+    }
+    assert!(up.seen().is_empty(), "no dot-segment path was forwarded");
+}

@@ -168,7 +168,18 @@ where
     parts.uri = up.uri(out.path, parts.uri.query())?;
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
+    // `TE: trailers` says the caller accepts trailers; the gateway streams them through, so it may say the same to
+    // the upstream (gRPC needs it). Any other TE value is this hop's business only.
+    let accepts_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(h);
+    if accepts_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // The caller's own credentials never reach the upstream, and a caller can never set what the gateway sets.
     h.remove(header::AUTHORIZATION);
     h.remove(header::HOST);

@@ -114,6 +114,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// HTTP/2 callers may split `Cookie` into several fields; HTTP/1.1 allows only one, joined with `"; "`
+/// (RFC 9113 §8.2.3). Joining is harmless for HTTP/2 upstreams too.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Total bytes of header names and values.
 pub fn header_bytes(headers: &HeaderMap) -> usize {
     headers
@@ -177,6 +194,7 @@ where
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(h);
+    join_cookies(h);
     if accepts_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }

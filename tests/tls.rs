@@ -376,3 +376,22 @@ async fn upstream_tls_is_verified() {
         "the credential never left over an unverified connection"
     );
 }
+
+#[tokio::test]
+async fn http2_split_cookies_reach_an_http1_upstream_as_one_field() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let c = certs::make();
+    let gw = support::start_gateway(&config(&c, &up, "", "")).await;
+    let client = certs::client(&c.pem.ca_cert_pem, Alpn::H2);
+    let req = Request::get(url(&gw, "/cookies"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(upstream::full(""))
+        .expect("request");
+    let rsp = client.request(req).await.expect("response");
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let seen = up.seen();
+    assert_eq!(seen[0].version, Version::HTTP_11);
+    let cookies: Vec<_> = seen[0].headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+}

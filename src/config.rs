@@ -150,7 +150,8 @@ pub struct RawUpstream {
     pub ca: Option<PathBuf>,
     /// TCP connect timeout (default `5s`).
     pub connect_timeout: Option<String>,
-    /// Time until the upstream's response headers arrive (default `30s`); beyond it the caller gets 504.
+    /// Longest silence (default `30s`): between request body chunks while sending (a stalled caller gets 408), and
+    /// from the end of the request until the upstream's response headers arrive (504).
     pub response_timeout: Option<String>,
 }
 

@@ -22,6 +22,12 @@ pub enum RequestError {
         /// The route's limit.
         limit: u64,
     },
+    /// The caller stopped sending its body for longer than the upstream's response timeout.
+    #[error("request body stalled for {timeout:?}")]
+    BodyTimeout {
+        /// The timeout that ran out.
+        timeout: std::time::Duration,
+    },
     /// The request headers exceed the route's limit.
     #[error("request headers exceed {limit} bytes")]
     HeadersTooLarge {
@@ -184,6 +190,11 @@ fn request(e: &RequestError) -> Problem {
             "Request body too large",
         )
         .detail(format!("limit is {limit} bytes")),
+        RequestError::BodyTimeout { .. } => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "Request body stalled",
+        ),
         RequestError::HeadersTooLarge { limit } => Problem::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",

@@ -13,7 +13,7 @@ use crate::error::{Error, RequestError};
 use crate::flows::FlowRequest;
 use crate::gateway::Gateway;
 use crate::proxy::{self, ConnInfo, Outgoing, X_REQUEST_ID};
-use crate::routes::{Route, Target};
+use crate::routes::{self, Route, Target};
 
 /// Answer one request. Never fails: errors become problem responses.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
@@ -49,6 +49,14 @@ async fn handle_inner<'g>(
     conn: &ConnInfo,
     request_id: &HeaderValue,
 ) -> (Option<&'g Route>, Result<Response<Body>, Error>) {
+    // A dot segment would let a caller climb out of the route's prefix (and the upstream's base path) once the
+    // upstream normalises the path, carrying this route's credential to paths no route grants.
+    if routes::has_dot_segment(req.uri().path()) {
+        return (
+            None,
+            Err(RequestError::Malformed("path has dot segments").into()),
+        );
+    }
     let host = request_host(&req);
     let Some(route) = gw.routes.find(host, req.uri().path()) else {
         return (None, Err(RequestError::NoRoute.into()));
@@ -95,6 +103,7 @@ async fn serve_route(
             proxy::forward(up, upstream_req, route.max_body_bytes).await
         }
         Target::Flow(handler) => {
+            proxy::check_declared_length(req.headers(), route.max_body_bytes)?;
             let (mut parts, incoming) = req.into_parts();
             let rest = route.rest(parts.uri.path());
             let pq = match parts.uri.query() {

@@ -2,15 +2,22 @@
 //! headers added) and forward it, streaming both bodies. Never logs header values.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Limited;
-use hyper::body::Incoming;
+use hyper::body::Frame;
+use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::credentials::Attachment;
 use crate::error::{Error, RequestError, UpstreamError};
@@ -107,6 +114,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// HTTP/2 callers may split `Cookie` into several fields; HTTP/1.1 allows only one, joined with `"; "`
+/// (RFC 9113 §8.2.3). Joining is harmless for HTTP/2 upstreams too.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Total bytes of header names and values.
 pub fn header_bytes(headers: &HeaderMap) -> usize {
     headers
@@ -132,30 +156,48 @@ pub struct Outgoing<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Turn the caller's request into the upstream request.
-pub fn prepare(
-    req: Request<Incoming>,
-    up: &Upstream,
-    out: &Outgoing<'_>,
-    conn: &ConnInfo,
-) -> Result<Request<Body>, Error> {
-    if let Some(len) = req
-        .headers()
+/// Refuse at once a request whose declared `Content-Length` is over `limit` (streamed bodies are cut by [`Limited`]).
+pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), RequestError> {
+    match headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        && len > out.max_body_bytes
     {
-        return Err(RequestError::BodyTooLarge {
-            limit: out.max_body_bytes,
-        }
-        .into());
+        Some(len) if len > limit => Err(RequestError::BodyTooLarge { limit }),
+        _ => Ok(()),
     }
+}
+
+/// Turn the caller's request into the upstream request. Generic over the body so that benches and flows can feed
+/// any body; the gateway passes hyper's `Incoming`.
+pub fn prepare<B>(
+    req: Request<B>,
+    up: &Upstream,
+    out: &Outgoing<'_>,
+    conn: &ConnInfo,
+) -> Result<Request<Body>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    check_declared_length(req.headers(), out.max_body_bytes)?;
     let (mut parts, incoming) = req.into_parts();
     parts.uri = up.uri(out.path, parts.uri.query())?;
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
+    // `TE: trailers` says the caller accepts trailers; the gateway streams them through, so it may say the same to
+    // the upstream (gRPC needs it). Any other TE value is this hop's business only.
+    let accepts_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(h);
+    join_cookies(h);
+    if accepts_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // The caller's own credentials never reach the upstream, and a caller can never set what the gateway sets.
     h.remove(header::AUTHORIZATION);
     h.remove(header::HOST);
@@ -165,11 +207,16 @@ pub fn prepare(
     for (n, _) in out.caller_headers {
         h.remove(n);
     }
-    let ip = conn.peer.ip().to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
+    // Append the peer to whatever chain the caller sent (every line of it, in order). The caller's part is not
+    // trusted by the gateway; the last entry is the one the gateway vouches for.
+    let mut xff = String::new();
+    for prev in h.get_all(&X_FORWARDED_FOR) {
+        if let Ok(prev) = prev.to_str() {
+            xff.push_str(prev.trim());
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&conn.peer.ip().to_string());
     if let Ok(v) = HeaderValue::try_from(xff) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -194,44 +241,142 @@ pub fn prepare(
 }
 
 /// Send the prepared request; the response streams back with hop-by-hop headers removed.
+///
+/// `response_timeout` is the longest silence allowed: while the request body is being sent, no body byte may stall
+/// for longer (a stalled caller gets 408, an upstream that stops reading 504), and once it is sent the response head
+/// must arrive within it (504). A large upload therefore never times out just for being large.
 pub async fn forward(
     up: &Upstream,
     req: Request<Body>,
     max_body_bytes: u64,
 ) -> Result<Response<Body>, Error> {
-    let rsp = match tokio::time::timeout(up.response_timeout, up.client.request(req)).await {
-        Err(_) => {
+    let (parts, body) = req.into_parts();
+    let progress = Arc::new(Progress::default());
+    let (sent_tx, mut sent_rx) = oneshot::channel();
+    let body = Watched {
+        inner: body,
+        progress: progress.clone(),
+        sent: Some(sent_tx),
+    };
+    let send = up
+        .client
+        .request(Request::from_parts(parts, body::boxed(body)));
+    let timeout = up.response_timeout;
+    let deadline = async {
+        let mut last = progress.frames.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                // Resolves when the body has ended or hyper dropped it (sent, or never needed).
+                _ = &mut sent_rx => break,
+                () = tokio::time::sleep(timeout) => {
+                    let now = progress.frames.load(Ordering::Relaxed);
+                    if now == last {
+                        return progress.caller_pending.load(Ordering::Relaxed);
+                    }
+                    last = now;
+                }
+            }
+        }
+        tokio::time::sleep(timeout).await;
+        false
+    };
+    let result = tokio::select! {
+        r = send => r,
+        caller_stalled = deadline => {
+            if caller_stalled {
+                return Err(RequestError::BodyTimeout { timeout }.into());
+            }
             return Err(UpstreamError::Timeout {
                 upstream: up.name.clone(),
-                timeout: up.response_timeout,
+                timeout,
             }
             .into());
         }
-        Ok(Err(e)) if body_limit_tripped(&e) => {
+    };
+    let rsp = match result {
+        Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
             return Err(RequestError::BodyTooLarge {
                 limit: max_body_bytes,
             }
             .into());
         }
-        Ok(Err(source)) => {
+        Err(source) => {
             return Err(UpstreamError::Unreachable {
                 upstream: up.name.clone(),
                 source,
             }
             .into());
         }
-        Ok(Ok(rsp)) => rsp,
+        Ok(rsp) => rsp,
     };
     let (mut parts, incoming) = rsp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(incoming)))
 }
 
-/// Did the request fail because the caller's body went over the route's limit?
-fn body_limit_tripped(e: &(dyn std::error::Error + 'static)) -> bool {
+/// How far the request body has got, shared between [`Watched`] and the deadline in [`forward`].
+#[derive(Debug, Default)]
+struct Progress {
+    /// Frames handed to the upstream connection so far.
+    frames: AtomicU64,
+    /// The last poll found the caller had nothing to send yet.
+    caller_pending: AtomicBool,
+}
+
+pin_project! {
+    /// The request body on its way upstream: counts frames for the stall check and signals `sent` at its end
+    /// (or when dropped, which covers bodies hyper never polls).
+    struct Watched<B> {
+        #[pin]
+        inner: B,
+        progress: Arc<Progress>,
+        sent: Option<oneshot::Sender<()>>,
+    }
+}
+
+impl<B> http_body::Body for Watched<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Pending => this.progress.caller_pending.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Ok(_))) => {
+                this.progress.caller_pending.store(false, Ordering::Relaxed);
+                this.progress.frames.fetch_add(1, Ordering::Relaxed);
+            }
+            Poll::Ready(None) => {
+                if let Some(tx) = this.sent.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Is an `E` somewhere in `e`'s source chain (e.g. the caller's body went over the route's limit)?
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<E>() {
             return true;
         }
         cur = err.source();

@@ -154,3 +154,44 @@ impl RouteTable {
         self.routes.iter()
     }
 }
+
+/// Does `path` contain a `.` or `..` segment, also percent-encoded (`%2e`, any case)?
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        if seg.contains('%') {
+            let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+            decoded == "." || decoded == ".."
+        } else {
+            seg == "." || seg == ".."
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_plain_and_encoded() {
+        for bad in [
+            "/api/../x",
+            "/api/./x",
+            "/..",
+            "/api/%2e%2e/x",
+            "/api/%2E./x",
+            "/api/.%2E",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in [
+            "/",
+            "/api/x",
+            "/api/..x/",
+            "/api/x..",
+            "/a/.well-known/x",
+            "/%2e%2ex",
+        ] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+}

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -157,6 +157,32 @@ fn settings(l: &ListenerConfig) -> ConnSettings {
     }
 }
 
+/// The three ways a connection is served: sniffed (plain listeners, where h2c prior knowledge is allowed) or fixed
+/// by the protocol the client chose in ALPN.
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(settings: ConnSettings) -> Self {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        Self {
+            h1: auto.clone().http1_only(),
+            h2: auto.clone().http2_only(),
+            auto,
+        }
+    }
+}
+
 async fn accept_loop<H, F>(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
@@ -167,24 +193,16 @@ async fn accept_loop<H, F>(
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(settings));
     let graceful = GracefulShutdown::new();
+    // Connection tasks live in this set so that aborting the accept loop (grace period over) closes them too.
+    let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(serve_conn(tcp, peer, acceptor.clone(), settings, builder.clone(), handler.clone(), graceful.watcher()));
+                    conns.spawn(serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), graceful.watcher()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly instead of spinning.
@@ -192,6 +210,7 @@ async fn accept_loop<H, F>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = stop.changed() => break,
         }
     }
@@ -204,7 +223,7 @@ async fn serve_conn<H, F>(
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
     settings: ConnSettings,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     handler: H,
     watcher: Watcher,
 ) where
@@ -215,43 +234,81 @@ async fn serve_conn<H, F>(
         peer,
         tls: acceptor.is_some(),
     };
+    // Set when the first request head has been parsed. Until then the connection is bounded by
+    // `header_read_timeout`: hyper's own HTTP/1 timer only starts once the protocol is known, so a client that
+    // stalls inside the HTTP/2 preface sniff (or inside a first HTTP/2 HEADERS frame) would otherwise hold the
+    // connection forever.
+    let first_request = Arc::new(Notify::new());
+    let seen = first_request.clone();
     let svc = service_fn(move |req| {
+        seen.notify_one();
         let fut = handler(req, conn);
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    let result = match acceptor {
+    let served = match acceptor {
         None => {
-            watcher
-                .watch(
-                    builder
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .into_owned(),
-                )
-                .await
+            let c = builders
+                .auto
+                .serve_connection(TokioIo::new(tcp), svc)
+                .into_owned();
+            guard_first_request(watcher.watch(c), &first_request, settings, peer).await
         }
         Some(acceptor) => {
-            match tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection(TokioIo::new(tls), svc)
-                                .into_owned(),
-                        )
-                        .await
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            }
+            let tls =
+                match tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            // ALPN already chose the protocol; serving exactly that one skips the preface sniff.
+            let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                &builders.h2
+            } else {
+                &builders.h1
+            };
+            let c = builder
+                .serve_connection(TokioIo::new(tls), svc)
+                .into_owned();
+            guard_first_request(watcher.watch(c), &first_request, settings, peer).await
         }
     };
-    if let Err(e) = result {
+    if let Some(Err(e)) = served {
         tracing::debug!(%peer, error = %e, "connection ended with error");
+    }
+}
+
+/// Run `conn` to completion, but drop it (closing the socket) when no first request arrives within the header
+/// read timeout. `None` when it was dropped.
+async fn guard_first_request<C, T>(
+    conn: C,
+    first_request: &Notify,
+    settings: ConnSettings,
+    peer: SocketAddr,
+) -> Option<T>
+where
+    C: Future<Output = T>,
+{
+    let deadline = async {
+        if tokio::time::timeout(settings.header_read_timeout, first_request.notified())
+            .await
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        done = conn => Some(done),
+        () = deadline => {
+            tracing::debug!(%peer, "no request head within the header read timeout; closing");
+            None
+        }
     }
 }

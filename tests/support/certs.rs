@@ -100,3 +100,20 @@ pub fn client_with(tls: rustls::ClientConfig, alpn: Alpn) -> TestClient {
     }
     cb.build(conn)
 }
+
+/// A rustls server config for `certs`' localhost leaf, offering `alpn` (e.g. `[b"h2", b"http/1.1"]`).
+pub fn server_tls(certs: &TestCerts, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let chain = CertificateDer::pem_slice_iter(certs.pem.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert");
+    let key = PrivateKeyDer::from_pem_slice(certs.pem.key_pem.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server cert");
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}

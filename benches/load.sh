@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# benches/load.sh [connections=64] [seconds=10] — credgate's half of the peer comparison (../shared/peers/README.md).
+#
+# Builds credgate in release, runs it like the nginx header-rewrite peer (nginx-proxy, :18082): plain HTTP on
+# 127.0.0.1:18090, forwarding to the peers' origin (http://127.0.0.1:18080) with a static credential
+# `Authorization: Bearer upstream-secret-token` that replaces the caller's, route `/` with `auth = "none"`. The
+# gateway is pinned to CPU 1 with taskset (wrk and the origin sit on CPU 0, as for every peer), then the peers'
+# bench.sh drives it and prints its one summary line. Run nginx-proxy through the same bench.sh in the same sitting
+# to compare (`../shared/peers/bench.sh http://127.0.0.1:18082/`).
+#
+# Needs the peers running (`../shared/peers/run-peers.sh start`). Knobs: GATEWAY_CPU (default 1), PORT (18090),
+# ORIGIN (http://127.0.0.1:18080), PEERS (peers folder), TLS=1 (listen with the peers' keys/tls.crt and bench the
+# https:// URL instead), NAME (label for bench.sh, default credgate-static[-https]).
+# The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+peers=${PEERS:-$root/../shared/peers}
+port=${PORT:-18090}
+origin=${ORIGIN:-http://127.0.0.1:18080}
+cpu=${GATEWAY_CPU:-1}
+tls=${TLS:-0}
+
+[ -x "$peers/bench.sh" ] || { echo "no peers harness at $peers (set PEERS)" >&2; exit 1; }
+curl -fsS -o /dev/null "$origin/" || {
+  echo "origin $origin does not answer; start the peers: $peers/run-peers.sh start" >&2; exit 1; }
+if curl -s -o /dev/null "http://127.0.0.1:$port/" || curl -sk -o /dev/null "https://127.0.0.1:$port/"; then
+  echo "something already listens on 127.0.0.1:$port" >&2; exit 1
+fi
+
+(cd "$root" && cargo build --release --quiet)
+bin=${CARGO_TARGET_DIR:-$root/target}/release/credgate
+
+work=$(mktemp -d)
+pid=
+cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    wait "$pid" || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ "$tls" = 1 ]; then
+  listener="cert = \"$peers/keys/tls.crt\"
+key = \"$peers/keys/tls.key\""
+  url="https://127.0.0.1:$port/"
+  name=${NAME:-credgate-static-https}
+else
+  listener="tls = false"
+  url="http://127.0.0.1:$port/"
+  name=${NAME:-credgate-static}
+fi
+
+cat > "$work/config.toml" <<EOF
+[server]
+shutdown_grace = "2s"
+
+[[listeners]]
+address = "127.0.0.1:$port"
+$listener
+
+[upstreams.origin]
+url = "$origin"
+
+[credentials.origin]
+kind = "static"
+allowed_hosts = ["127.0.0.1"]
+headers = { "Authorization" = "Bearer upstream-secret-token" }
+
+[[routes]]
+name = "origin"
+path_prefix = "/"
+upstream = "origin"
+credential = "origin"
+auth = "none"
+EOF
+
+"$bin" check --config "$work/config.toml" >/dev/null
+RUST_LOG=warn taskset -c "$cpu" "$bin" run --config "$work/config.toml" 2>"$work/credgate.log" &
+pid=$!
+
+# Wait (at most 10 s) until the gateway answers through to the origin.
+for _ in $(seq 1 100); do
+  if curl -fsSk -o /dev/null "$url"; then break; fi
+  kill -0 "$pid" 2>/dev/null || { echo "credgate exited:" >&2; cat "$work/credgate.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -fsSk -o /dev/null "$url" || { echo "credgate does not answer on $url" >&2; cat "$work/credgate.log" >&2; exit 1; }
+
+NAME=$name "$peers/bench.sh" "$url" "$@"

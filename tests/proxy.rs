@@ -1,0 +1,592 @@
+//! The proxy path over real loopback sockets: credential injection and override attempts, hop-by-hop and forwarding
+//! headers, request ids, route matching, problem responses, the slow-loris guard and graceful shutdown.
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::upstream::{self, Behaviour, Upstream};
+
+const SECRET: &str = "sekret-value-1234";
+
+type PlainClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn client() -> PlainClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A plain-HTTP gateway config with upstream `u` at `url`, static credential `k`, and `routes` (TOML).
+fn config(url: &str, upstream_extra: &str, routes: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+header_read_timeout = "300ms"
+[upstreams.u]
+url = "{url}"
+{upstream_extra}
+[credentials.k]
+kind = "static"
+allowed_hosts = ["127.0.0.1"]
+headers = {{ "X-Api-Key" = "{SECRET}", "X-Second" = "two-{SECRET}" }}
+{routes}
+"#
+    )
+}
+
+const API_ROUTE: &str = r#"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "u"
+credential = "k"
+auth = "none"
+"#;
+
+async fn send(req: Request<Full<Bytes>>) -> (http::response::Parts, Bytes) {
+    let rsp = client().request(req).await.expect("response");
+    upstream::body_bytes(rsp).await
+}
+
+fn get(gw: &support::TestGateway, path: &str) -> http::request::Builder {
+    Request::get(format!("http://{}{path}", gw.addr()))
+}
+
+fn problem(parts: &http::response::Parts, body: &Bytes) -> serde_json::Value {
+    assert_eq!(
+        parts.headers["content-type"], "application/problem+json",
+        "problem content type"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(body).expect("problem is JSON");
+    assert_eq!(doc["status"], parts.status.as_u16());
+    assert_eq!(
+        doc["request_id"].as_str(),
+        parts.headers["x-request-id"].to_str().ok(),
+        "problem carries the response's request id"
+    );
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        !text.contains(SECRET),
+        "problem body leaks the secret: {text}"
+    );
+    doc
+}
+
+async fn api_gateway(up: &Upstream) -> support::TestGateway {
+    support::start_gateway(&config(&up.url(), "", API_ROUTE)).await
+}
+
+#[tokio::test]
+async fn static_credential_replaces_every_caller_attempt() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    let req = get(&gw, "/api/x")
+        .header("authorization", "Bearer caller-token")
+        .header("X-API-KEY", "evil")
+        .header("x-api-key", "evil-2")
+        .header("X-Second", "evil-3")
+        .header("proxy-authorization", "Basic ZXZpbDpldmls")
+        .body(upstream::full(""))
+        .expect("request");
+    let (parts, body) = send(req).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(body, "ok");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let h = &seen[0].headers;
+    let keys: Vec<_> = h.get_all("x-api-key").iter().collect();
+    assert_eq!(keys, [SECRET], "only the gateway's value arrives");
+    let second: Vec<_> = h.get_all("x-second").iter().collect();
+    assert_eq!(second, [format!("two-{SECRET}").as_str()]);
+    assert!(
+        h.get("authorization").is_none(),
+        "caller Authorization stripped"
+    );
+    assert!(h.get("proxy-authorization").is_none());
+    assert!(
+        !parts.headers.contains_key("x-api-key"),
+        "the secret is not echoed back"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_in_both_directions() {
+    let up = upstream::start(Behaviour::HopHeaders).await;
+    let gw = api_gateway(&up).await;
+    let req = get(&gw, "/api/hop")
+        .header("connection", "x-custom, keep-alive")
+        .header("connection", "x-other")
+        .header("x-custom", "1")
+        .header("x-other", "2")
+        .header("keep-alive", "timeout=5")
+        .header("te", "gzip")
+        .header("proxy-connection", "keep-alive")
+        .header("x-end-to-end", "kept")
+        .body(upstream::full(""))
+        .expect("request");
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let seen = up.seen();
+    let h = &seen[0].headers;
+    for gone in [
+        "x-custom",
+        "x-other",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "connection",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream");
+    }
+    assert_eq!(h["x-end-to-end"], "kept");
+    for gone in ["x-up", "keep-alive", "proxy-authenticate"] {
+        assert!(
+            parts.headers.get(gone).is_none(),
+            "{gone} reached the caller"
+        );
+    }
+    assert_eq!(parts.headers["x-kept"], "yes");
+
+    // `TE: trailers` is the one TE the gateway repeats (it streams trailers through; gRPC needs it).
+    let req = get(&gw, "/api/hop")
+        .header("te", "gzip, Trailers")
+        .body(upstream::full(""))
+        .expect("request");
+    send(req).await;
+    let seen = up.seen();
+    let te: Vec<_> = seen[1].headers.get_all("te").iter().collect();
+    assert_eq!(te, ["trailers"]);
+}
+
+#[tokio::test]
+async fn host_and_forwarding_headers_are_set_by_the_gateway() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    let req = get(&gw, "/api/fwd")
+        .header("host", "evil.example")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-for", "198.51.100.7")
+        .header("x-forwarded-proto", "https")
+        .body(upstream::full(""))
+        .expect("request");
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let req = get(&gw, "/api/fwd")
+        .body(upstream::full(""))
+        .expect("request");
+    send(req).await;
+    let seen = up.seen();
+    assert_eq!(
+        seen[0].authority.as_deref(),
+        Some(up.addr.to_string().as_str())
+    );
+    assert_eq!(seen[0].headers.get_all("host").iter().count(), 1);
+    assert_eq!(
+        seen[0].headers["x-forwarded-for"],
+        "203.0.113.9, 198.51.100.7, 127.0.0.1"
+    );
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "http");
+    assert_eq!(seen[1].headers["x-forwarded-for"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn request_id_is_kept_replaced_or_generated_and_returned() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    let long = "a".repeat(200);
+    let cases: [Option<&str>; 4] = [Some("abc-123"), Some("has space"), Some(&long), None];
+    for (i, sent) in cases.iter().enumerate() {
+        let mut b = get(&gw, "/api/id");
+        if let Some(v) = sent {
+            b = b.header("x-request-id", *v);
+        }
+        let (parts, _) = send(b.body(upstream::full("")).expect("request")).await;
+        let returned = parts.headers["x-request-id"].to_str().expect("ascii");
+        let upstream_saw = up.seen()[i].headers["x-request-id"].clone();
+        assert_eq!(upstream_saw, returned, "upstream and caller see one id");
+        match sent {
+            Some("abc-123") => assert_eq!(returned, "abc-123"),
+            _ => {
+                assert!(
+                    uuid::Uuid::parse_str(returned).is_ok(),
+                    "generated id {returned}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn routes_match_longest_prefix_on_segments_and_hosts() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let base = up.url();
+    let toml = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[upstreams.a]
+url = "{base}/a"
+[upstreams.b]
+url = "{base}/b/"
+[upstreams.c]
+url = "{base}/c"
+[[routes]]
+path_prefix = "/api"
+upstream = "a"
+auth = "none"
+[[routes]]
+path_prefix = "/api/v2/"
+upstream = "b"
+strip_prefix = true
+auth = "none"
+[[routes]]
+path_prefix = "/h"
+host = "Special.Example"
+upstream = "c"
+auth = "none"
+"#
+    );
+    let gw = support::start_gateway(&toml).await;
+    let cases = [
+        ("/api/x?q=1&r=%20z", None, Some("/a/api/x?q=1&r=%20z")),
+        ("/api", None, Some("/a/api")),
+        ("/api/v2/y?z=2", None, Some("/b/y?z=2")),
+        ("/api/v2", None, Some("/b/")),
+        ("/api/v22", None, Some("/a/api/v22")),
+        ("/apix", None, None),
+        ("/", None, None),
+        ("/h/z", Some("special.example:8080"), Some("/c/h/z")),
+        ("/h/z", Some("other.example"), None),
+    ];
+    for (path, host, want) in cases {
+        let before = up.seen().len();
+        let mut b = get(&gw, path);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        let (parts, body) = send(b.body(upstream::full("")).expect("request")).await;
+        match want {
+            Some(uri) => {
+                assert_eq!(parts.status, StatusCode::OK, "{path}");
+                assert_eq!(up.seen()[before].uri, uri, "{path} forwarded as");
+            }
+            None => {
+                assert_eq!(parts.status, StatusCode::NOT_FOUND, "{path}");
+                assert_eq!(problem(&parts, &body)["code"], "route_not_found");
+                assert_eq!(up.seen().len(), before, "{path} was not forwarded");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_problem() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let gw = support::start_gateway(&config(&format!("http://{addr}"), "", API_ROUTE)).await;
+    let (parts, body) = send(get(&gw, "/api/x").body(upstream::full("")).expect("req")).await;
+    assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(problem(&parts, &body)["code"], "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_problem() {
+    let up = upstream::start(Behaviour::Hold).await;
+    let gw = support::start_gateway(&config(
+        &up.url(),
+        r#"response_timeout = "200ms""#,
+        API_ROUTE,
+    ))
+    .await;
+    let (parts, body) = send(get(&gw, "/api/x").body(upstream::full("")).expect("req")).await;
+    up.release(1);
+    assert_eq!(parts.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(problem(&parts, &body)["code"], "upstream_timeout");
+}
+
+const LIMITED_ROUTE: &str = r#"
+[[routes]]
+path_prefix = "/api"
+upstream = "u"
+credential = "k"
+auth = "none"
+max_body_bytes = 100000
+max_header_bytes = 2000
+"#;
+
+#[tokio::test]
+async fn declared_body_over_limit_is_413_before_forwarding() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(&up.url(), "", LIMITED_ROUTE)).await;
+    let req = Request::post(format!("http://{}/api/up", gw.addr()))
+        .body(upstream::full(vec![b'x'; 100_001]))
+        .expect("request");
+    let (parts, body) = send(req).await;
+    assert_eq!(parts.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(problem(&parts, &body)["code"], "body_too_large");
+    let req = Request::post(format!("http://{}/api/up", gw.addr()))
+        .body(upstream::full(vec![b'x'; 100_000]))
+        .expect("request");
+    let (parts, _) = send(req).await;
+    assert_eq!(parts.status, StatusCode::OK, "a body at the limit passes");
+    let seen = up.seen();
+    assert_eq!(
+        seen.len(),
+        1,
+        "the oversized request never reached the upstream"
+    );
+    assert_eq!(seen[0].body_len, 100_000);
+}
+
+#[tokio::test]
+async fn streamed_body_over_limit_is_cut_off() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(&up.url(), "", LIMITED_ROUTE)).await;
+    const CHUNKS: u64 = 40;
+    const CHUNK: usize = 16 * 1024;
+    let chunks = futures_util::stream::iter((0..CHUNKS).map(|_| {
+        Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![b'y'; CHUNK])))
+    }));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(
+        TcpStream::connect(gw.addr()).await.expect("connect"),
+    ))
+    .await
+    .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::post("/api/stream")
+        .header("host", "localhost")
+        .body(StreamBody::new(chunks))
+        .expect("request");
+    // Either a 413 problem arrives or the gateway aborts the connection: both are fine, forwarding it all is not.
+    match sender.send_request(req).await {
+        Err(e) => eprintln!("streamed over-limit body: connection aborted ({e})"),
+        Ok(rsp) => {
+            let status = rsp.status();
+            let body = rsp.into_body().collect().await.map(|c| c.to_bytes());
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+            if let Ok(body) = body {
+                assert!(!String::from_utf8_lossy(&body).contains(SECRET));
+            }
+        }
+    }
+    for s in up.seen() {
+        assert!(!s.body_complete, "the upstream must see the body break off");
+        assert!(s.body_len <= 100_000, "forwarded {} bytes", s.body_len);
+    }
+}
+
+#[tokio::test]
+async fn headers_over_route_limit_are_431() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(&up.url(), "", LIMITED_ROUTE)).await;
+    let req = get(&gw, "/api/x")
+        .header("x-big", "b".repeat(3000))
+        .body(upstream::full(""))
+        .expect("request");
+    let (parts, body) = send(req).await;
+    assert_eq!(parts.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(problem(&parts, &body)["code"], "headers_too_large");
+    assert!(up.seen().is_empty());
+}
+
+/// Read from `tcp` until EOF; panics if the gateway keeps it open past `deadline`. Returns what was read.
+async fn read_to_eof(tcp: &mut TcpStream, deadline: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .expect("the gateway kept a stalled connection open");
+    got
+}
+
+#[tokio::test]
+async fn stalled_request_heads_are_disconnected() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    // A partial HTTP/1.1 head, a partial HTTP/2 preface (stalls the protocol sniff), and nothing at all.
+    for partial in [
+        &b"GET /api/x HTTP/1.1\r\nHost: x\r\nX-Slow: "[..],
+        b"PRI * HT",
+        b"",
+    ] {
+        let mut tcp = TcpStream::connect(gw.addr()).await.expect("connect");
+        tcp.write_all(partial).await.expect("write");
+        read_to_eof(&mut tcp, Duration::from_secs(10)).await;
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let up = upstream::start(Behaviour::Hold).await;
+    let gw = api_gateway(&up).await;
+    let addr = gw.addr();
+    let in_flight = tokio::spawn(send(
+        Request::get(format!("http://{addr}/api/slow"))
+            .body(upstream::full(""))
+            .expect("request"),
+    ));
+    up.wait_seen(1).await;
+    let shutdown = tokio::spawn(gw.shutdown(Duration::from_secs(30)));
+    // New connections are refused once the listener is closed; poll for it with a deadline.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("listener still accepting after shutdown began");
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the in-flight request"
+    );
+    up.release(1);
+    let (parts, body) = in_flight.await.expect("task");
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(body, "released");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown finished")
+        .expect("task");
+}
+
+#[tokio::test]
+async fn shutdown_grace_period_closes_stuck_connections() {
+    let up = upstream::start(Behaviour::Hold).await;
+    let gw = api_gateway(&up).await;
+    let addr = gw.addr();
+    let in_flight = tokio::spawn(async move {
+        client()
+            .request(
+                Request::get(format!("http://{addr}/api/stuck"))
+                    .body(upstream::full(""))
+                    .expect("request"),
+            )
+            .await
+    });
+    up.wait_seen(1).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        gw.shutdown(Duration::from_millis(200)),
+    )
+    .await
+    .expect("shutdown returns after the grace period");
+    let result = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the stuck connection is closed, not left running")
+        .expect("task");
+    assert!(result.is_err(), "the stuck request was cut off");
+    up.release(1);
+}
+
+/// A request body of `chunks` frames, one every `gap` (a slow but steady caller), then, if `stall`, no end at all.
+fn paced_body(
+    chunks: usize,
+    gap: Duration,
+    stall: bool,
+) -> StreamBody<
+    futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+> {
+    use futures_util::StreamExt;
+    let paced = futures_util::stream::iter(0..chunks).then(move |_| async move {
+        tokio::time::sleep(gap).await;
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"0123456789")))
+    });
+    let tail = if stall {
+        futures_util::stream::pending().boxed()
+    } else {
+        futures_util::stream::empty().boxed()
+    };
+    StreamBody::new(paced.chain(tail).boxed())
+}
+
+async fn post_stream(
+    gw: &support::TestGateway,
+    body: StreamBody<
+        futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+    >,
+) -> (StatusCode, Bytes) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(
+        TcpStream::connect(gw.addr()).await.expect("connect"),
+    ))
+    .await
+    .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::post("/api/paced")
+        .header("host", "localhost")
+        .body(body)
+        .expect("request");
+    let rsp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .expect("an answer in time")
+        .expect("response");
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    (status, body)
+}
+
+#[tokio::test]
+async fn response_timeout_does_not_cut_a_slow_steady_upload() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(
+        &up.url(),
+        r#"response_timeout = "400ms""#,
+        API_ROUTE,
+    ))
+    .await;
+    // 10 chunks 100 ms apart: the upload takes about 1 s in total, more than twice the response timeout, but it
+    // never goes quiet for longer than the timeout.
+    let (status, body) = post_stream(&gw, paced_body(10, Duration::from_millis(100), false)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let seen = up.seen();
+    assert_eq!(seen[0].body_len, 100);
+    assert!(seen[0].body_complete);
+}
+
+#[tokio::test]
+async fn a_caller_stalling_mid_body_gets_408() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(
+        &up.url(),
+        r#"response_timeout = "300ms""#,
+        API_ROUTE,
+    ))
+    .await;
+    let (status, body) = post_stream(&gw, paced_body(2, Duration::from_millis(10), true)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    let doc: serde_json::Value = serde_json::from_slice(&body).expect("problem");
+    assert_eq!(doc["code"], "body_timeout");
+    for s in up.seen() {
+        assert!(!s.body_complete, "the upstream saw the body break off");
+    }
+}
+
+#[tokio::test]
+async fn dot_segments_cannot_climb_out_of_a_route() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    for path in ["/api/../admin", "/api/%2e%2E/admin", "/api/./x"] {
+        let (parts, body) = send(get(&gw, path).body(upstream::full("")).expect("req")).await;
+        assert_eq!(parts.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(problem(&parts, &body)["code"], "bad_request");
+    }
+    assert!(up.seen().is_empty(), "no dot-segment path was forwarded");
+}

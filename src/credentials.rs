@@ -159,9 +159,7 @@ pub async fn is_rejection(policy: &RejectPolicy, rsp: Response<Body>) -> (bool, 
             }
         }
     }
-    let found = seen
-        .windows(marker.len())
-        .any(|w| w == marker.as_bytes());
+    let found = seen.windows(marker.len()).any(|w| w == marker.as_bytes());
     let head = futures_util::stream::iter(frames);
     let body = if ended {
         body::boxed(StreamBody::new(head))

@@ -8,7 +8,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Limited;
-use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::config::UpstreamConfig;
@@ -132,13 +131,18 @@ pub struct Outgoing<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Turn the caller's request into the upstream request.
-pub fn prepare(
-    req: Request<Incoming>,
+/// Turn the caller's request into the upstream request. The body is the caller's stream, or a kept copy of it when
+/// the request may be replayed once after a credential rejection.
+pub fn prepare<B>(
+    req: Request<B>,
     up: &Upstream,
     out: &Outgoing<'_>,
     conn: &ConnInfo,
-) -> Result<Request<Body>, Error> {
+) -> Result<Request<Body>, Error>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -504,9 +504,7 @@ pub fn validate(
                 let value = secret::expand(&v).map_err(|e| ctx.invalid(&key, e))?;
                 req_headers.push((hn, value));
             }
-            let body = body
-                .map(|b| login_body(ctx, &k("body"), &b))
-                .transpose()?;
+            let body = body.map(|b| login_body(ctx, &k("body"), &b)).transpose()?;
             let token_pointer = token_pointer.unwrap_or_else(|| "/token".to_owned());
             if !token_pointer.starts_with('/') {
                 return Err(ctx.invalid(
@@ -573,9 +571,8 @@ fn token_settings(
             "no header uses {token}; the fetched token would never be sent",
         ));
     }
-    let d = |f: &str, v: Option<String>, default: Duration| {
-        duration(ctx, &k(f), v.as_deref(), default)
-    };
+    let d =
+        |f: &str, v: Option<String>, default: Duration| duration(ctx, &k(f), v.as_deref(), default);
     let backoff_min = d("backoff_min", raw.backoff_min, Duration::from_secs(1))?;
     let backoff_max = d("backoff_max", raw.backoff_max, Duration::from_secs(60))?;
     if backoff_min.is_zero() || backoff_max < backoff_min {
@@ -766,7 +763,10 @@ expires_in = "days"
 "#,
         )
         .expect_err("bad mode");
-        assert!(err.to_string().contains("credentials.c.expires_in"), "{err}");
+        assert!(
+            err.to_string().contains("credentials.c.expires_in"),
+            "{err}"
+        );
 
         let err = parse(
             r#"kind = "oauth2_client_credentials"
@@ -776,7 +776,10 @@ client_id = "id"
 "#,
         )
         .expect_err("no secret");
-        assert!(err.to_string().contains("credentials.c.client_secret"), "{err}");
+        assert!(
+            err.to_string().contains("credentials.c.client_secret"),
+            "{err}"
+        );
     }
 
     #[test]

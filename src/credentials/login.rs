@@ -5,8 +5,8 @@
 use std::time::{Instant, SystemTime};
 
 use futures_util::future::{BoxFuture, FutureExt};
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use http::Request;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::sensitive_value;
@@ -75,8 +75,11 @@ impl LoginSource {
                 what: format!("no token string at {}", self.cfg.token_pointer),
             })?;
         let now = Instant::now();
-        let expires_at = earliest(now, &[self.cfg.ttl, jwt_remaining(token, SystemTime::now())])
-            .ok_or(TokenError::NoLifetime)?;
+        let expires_at = earliest(
+            now,
+            &[self.cfg.ttl, jwt_remaining(token, SystemTime::now())],
+        )
+        .ok_or(TokenError::NoLifetime)?;
         Ok(FetchedToken {
             token: SecretString::from(token.to_owned()),
             expires_at,

@@ -248,7 +248,10 @@ fn token_error(e: RequestTokenError<FetchError, BasicErrorResponse>, status: u16
                 Some(_) => "not JSON".to_owned(),
                 None => "an empty body".to_owned(),
             };
-            TokenError::Garbage { status, what: shape }
+            TokenError::Garbage {
+                status,
+                what: shape,
+            }
         }
         RequestTokenError::Other(msg) => TokenError::Garbage { status, what: msg },
     }
@@ -281,7 +284,9 @@ impl<'c> AsyncHttpClient<'c> for Adapter {
                 RequestFormat::Json => {
                     let obj: serde_json::Map<String, serde_json::Value> =
                         url::form_urlencoded::parse(&form)
-                            .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+                            .map(|(k, v)| {
+                                (k.into_owned(), serde_json::Value::String(v.into_owned()))
+                            })
                             .collect();
                     parts
                         .headers
@@ -294,8 +299,7 @@ impl<'c> AsyncHttpClient<'c> for Adapter {
                 .headers
                 .insert(ACCEPT, HeaderValue::from_static("application/json"));
             let req = http::Request::from_parts(parts, body::full(bytes));
-            let rsp =
-                http_client::fetch(&self.http, req, self.timeout, MAX_TOKEN_RESPONSE).await?;
+            let rsp = http_client::fetch(&self.http, req, self.timeout, MAX_TOKEN_RESPONSE).await?;
             self.status.store(rsp.status.as_u16(), Ordering::Relaxed);
             let mut out = http::Response::new(rsp.body.to_vec());
             *out.status_mut() = rsp.status;
@@ -316,15 +320,30 @@ mod tests {
         let now = SystemTime::now();
         let unix = now.duration_since(UNIX_EPOCH).expect("clock").as_secs();
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
-        assert_eq!(secs(expires_in(ExpiresInMode::Seconds, &json!(3600), now)), Some(3600));
-        assert_eq!(secs(expires_in(ExpiresInMode::Auto, &json!(3600), now)), Some(3600));
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Seconds, &json!(3600), now)),
+            Some(3600)
+        );
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Auto, &json!(3600), now)),
+            Some(3600)
+        );
         let abs = expires_in(ExpiresInMode::Auto, &json!(unix + 120), now).expect("abs");
         assert!((118..=120).contains(&abs.as_secs()), "{abs:?}");
         let abs = expires_in(ExpiresInMode::UnixTime, &json!(unix + 60), now).expect("abs");
         assert!((58..=60).contains(&abs.as_secs()), "{abs:?}");
-        assert_eq!(secs(expires_in(ExpiresInMode::Auto, &json!("1d"), now)), Some(86400));
-        assert_eq!(secs(expires_in(ExpiresInMode::Auto, &json!("3600s"), now)), Some(3600));
-        assert_eq!(secs(expires_in(ExpiresInMode::Auto, &json!("90"), now)), Some(90));
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Auto, &json!("1d"), now)),
+            Some(86400)
+        );
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Auto, &json!("3600s"), now)),
+            Some(3600)
+        );
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Auto, &json!("90"), now)),
+            Some(90)
+        );
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!("soon"), now), None);
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(-1), now), None);
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(null), now), None);

@@ -213,8 +213,10 @@ impl TokenCache {
                 }
             }
         };
-        self.metrics
-            .incr("credgate_credential_waits_total", &[("credential", &self.name)]);
+        self.metrics.incr(
+            "credgate_credential_waits_total",
+            &[("credential", &self.name)],
+        );
         match fut.await {
             Some(t) if Instant::now() < t.usable_until => Ok(t.attachment.clone()),
             _ => Err(self.unavailable()),
@@ -478,7 +480,11 @@ mod tests {
         assert_eq!(
             earliest(
                 now,
-                &[Some(Duration::from_secs(9)), None, Some(Duration::from_secs(3))]
+                &[
+                    Some(Duration::from_secs(9)),
+                    None,
+                    Some(Duration::from_secs(3))
+                ]
             ),
             Some(now + Duration::from_secs(3))
         );

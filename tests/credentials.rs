@@ -570,3 +570,42 @@ async fn a_credential_is_refused_for_an_upstream_it_may_not_reach() {
     assert!(msg.contains("allowed_hosts"), "{msg}");
     assert_eq!(v.grants(), 0);
 }
+
+#[tokio::test]
+async fn demo_injects_sandbox_tropipay_and_incode_tokens_over_tls() {
+    let demo = credgate::demo::prepare(0).await.expect("demo");
+    let gw = support::start_gateway(&demo.config_toml).await;
+    let ca = std::fs::read_to_string(&demo.ca_path).expect("ca");
+    let client = support::certs::client(&ca, support::certs::Alpn::H2);
+    let echo = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("https://localhost:{}{path}", gw.addr().port());
+        async move {
+            let req = Request::get(url)
+                .header("authorization", "Bearer my-own-token")
+                .body(support::upstream::full(""))
+                .expect("request");
+            let rsp = client.request(req).await.expect("response");
+            assert_eq!(rsp.status(), 200);
+            let body = rsp.into_body().collect().await.expect("body").to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).expect("echo json")
+        }
+    };
+    let tp = echo("/tropipay/users/balance").await;
+    let auth = tp["headers"]["authorization"].as_str().expect("bearer");
+    assert!(auth.starts_with("Bearer ey"), "{auth}");
+    assert_ne!(auth, "Bearer my-own-token");
+    assert_eq!(tp["path"], "/users/balance");
+    let inc = echo("/incode-admin/omni/get/score?id=demo").await;
+    assert!(
+        inc["headers"]["x-incode-hardware-id"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("ey"))
+    );
+    assert_eq!(
+        inc["headers"]["x-api-key"],
+        credgate::demo::credentials::INCODE_API_KEY
+    );
+    assert_eq!(inc["headers"]["api-version"], "1.0");
+    assert!(inc["headers"].get("authorization").is_none());
+}

@@ -1,18 +1,31 @@
 //! Upstream credentials: what the gateway attaches to a forwarded request. Each kind implements [`Credential`]; the
-//! pipeline only asks for the current [`Attachment`] and reports upstream rejections. Values are secret: they are
-//! marked sensitive in headers and never logged.
+//! pipeline only asks for the current [`Attachment`] and reports upstream rejections. Kinds: `static` (fixed headers),
+//! `oauth2_client_credentials` ([`oauth2`]) and `login` ([`login`]), the last two behind a [`token_cache`]. Values
+//! are secret: they are marked sensitive in headers and never logged; logs name the credential only.
+
+pub mod login;
+pub mod oauth2;
+pub mod token_cache;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures_util::StreamExt as _;
 use futures_util::future::{BoxFuture, FutureExt};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, BodyStream, StreamBody};
 use secrecy::ExposeSecret;
 
+use crate::body::{self, Body, BoxError};
 use crate::config::CredentialConfig;
-use crate::config::credentials::StaticConfig;
+use crate::config::credentials::{RejectPolicy, StaticConfig, TokenSettings};
 use crate::error::Problem;
+use crate::http_client::HttpClient;
+use crate::metrics::Metrics;
+use token_cache::{TokenCache, TokenSource};
 
 /// Headers to add to one upstream request, shared cheaply between requests.
 #[derive(Clone, Debug)]
@@ -61,6 +74,99 @@ pub trait Credential: Send + Sync + fmt::Debug {
         let _ = used;
         false
     }
+
+    /// How an upstream answer rejecting this credential looks, for kinds that can renew it; `None` for fixed ones,
+    /// whose requests are then forwarded once with no body buffering.
+    fn reject_policy(&self) -> Option<&RejectPolicy> {
+        None
+    }
+}
+
+/// A token-based credential (OAuth2 client credentials, login): headers rendered from a cached token.
+#[derive(Debug)]
+pub struct TokenCredential {
+    names: Vec<HeaderName>,
+    reject: RejectPolicy,
+    cache: Arc<TokenCache>,
+}
+
+impl TokenCredential {
+    /// A credential named `name` whose tokens come from `source`.
+    pub fn new(
+        name: &str,
+        source: Box<dyn TokenSource>,
+        settings: TokenSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            names: settings.headers.iter().map(|(n, _)| n.clone()).collect(),
+            reject: settings.reject.clone(),
+            cache: TokenCache::new(name, source, settings, metrics),
+        }
+    }
+}
+
+impl Credential for TokenCredential {
+    fn header_names(&self) -> &[HeaderName] {
+        &self.names
+    }
+
+    fn attach(&self) -> BoxFuture<'_, Result<Attachment, CredentialError>> {
+        self.cache.attach().boxed()
+    }
+
+    fn rejected(&self, used: &Attachment) -> bool {
+        self.cache.rejected(used)
+    }
+
+    fn reject_policy(&self) -> Option<&RejectPolicy> {
+        Some(&self.reject)
+    }
+}
+
+/// Largest upstream error body read to look for a rejection marker.
+const MARKER_SCAN_LIMIT: usize = 64 * 1024;
+
+/// Does `rsp` reject the credential under `policy`? With a body marker configured, up to 64 KiB of a response with a
+/// matching status is read to look for it; the response is handed back whole either way.
+pub async fn is_rejection(policy: &RejectPolicy, rsp: Response<Body>) -> (bool, Response<Body>) {
+    if !policy.statuses.contains(&rsp.status()) {
+        return (false, rsp);
+    }
+    let Some(marker) = &policy.body_marker else {
+        return (true, rsp);
+    };
+    let (parts, mut incoming) = rsp.into_parts();
+    let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = Vec::new();
+    let mut seen = Vec::new();
+    let mut ended = false;
+    while seen.len() <= MARKER_SCAN_LIMIT {
+        match incoming.frame().await {
+            None => {
+                ended = true;
+                break;
+            }
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    seen.extend_from_slice(d);
+                }
+                frames.push(Ok(frame));
+            }
+            Some(Err(e)) => {
+                frames.push(Err(e));
+                ended = true;
+                break;
+            }
+        }
+    }
+    let found = seen.windows(marker.len()).any(|w| w == marker.as_bytes());
+    let head = futures_util::stream::iter(frames);
+    let body = if ended {
+        body::boxed(StreamBody::new(head))
+    } else {
+        body::boxed(StreamBody::new(head.chain(BodyStream::new(incoming))))
+    };
+    (found, Response::from_parts(parts, body))
 }
 
 /// Fixed secret headers, rendered once at startup.
@@ -131,8 +237,13 @@ pub struct BuildError {
 }
 
 impl Credentials {
-    /// Build every credential in `cfg`.
-    pub fn build(cfg: &BTreeMap<String, CredentialConfig>) -> Result<Self, BuildError> {
+    /// Build every credential in `cfg`; token kinds call out through `http`. Fetches nothing: tokens are obtained on
+    /// first use, so `credgate check` never contacts a vendor.
+    pub fn build(
+        cfg: &BTreeMap<String, CredentialConfig>,
+        http: &HttpClient,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, BuildError> {
         let mut by_name: BTreeMap<String, Arc<dyn Credential>> = BTreeMap::new();
         for (name, c) in cfg {
             let cred: Arc<dyn Credential> = match c {
@@ -142,6 +253,18 @@ impl Credentials {
                         source,
                     })?)
                 }
+                CredentialConfig::OAuth2(o) => Arc::new(TokenCredential::new(
+                    name,
+                    Box::new(oauth2::OAuth2Source::new(o.clone(), http.clone())),
+                    o.token.clone(),
+                    metrics.clone(),
+                )),
+                CredentialConfig::Login(l) => Arc::new(TokenCredential::new(
+                    name,
+                    Box::new(login::LoginSource::new(l.clone(), http.clone())),
+                    l.token.clone(),
+                    metrics.clone(),
+                )),
             };
             by_name.insert(name.clone(), cred);
         }

@@ -1,6 +1,8 @@
 //! `credgate demo`: the gateway on loopback with a generated dev certificate and local sandbox upstreams, no accounts
 //! and no files needed. The config is ordinary TOML, validated by the same code as `credgate run`.
 
+pub mod credentials;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,8 +37,9 @@ pub async fn prepare(port: u16) -> Result<Demo, std::io::Error> {
     let dir = std::env::temp_dir().join(format!("credgate-demo-{}", std::process::id()));
     crate::dev_certs::write(&dir).map_err(std::io::Error::other)?;
     let echo = spawn_echo().await?;
+    let sandbox_vendors = credentials::spawn_sandbox().await?;
     let d = dir.display();
-    let config_toml = format!(
+    let mut config_toml = format!(
         r#"# credgate demo config (generated)
 [[listeners]]
 address = "127.0.0.1:{port}"
@@ -60,6 +63,7 @@ credential = "demo_api_key"
 auth = "none"
 "#
     );
+    config_toml.push_str(&credentials::config_toml(sandbox_vendors));
     Ok(Demo {
         config_toml,
         ca_path: dir.join("ca.crt"),
@@ -76,7 +80,8 @@ pub fn instructions(demo: &Demo, gateway: SocketAddr) -> String {
          route's credential (X-Api-Key):\n\n  \
          curl --cacert {ca} https://{gateway}/echo/hello -H 'Authorization: Bearer my-own-token'\n\n\
          HTTP/2 works the same (add --http2). An unknown path gets a problem+json 404:\n\n  \
-         curl --cacert {ca} https://{gateway}/nope\n"
+         curl --cacert {ca} https://{gateway}/nope\n{}",
+        credentials::instructions(&ca.to_string(), gateway)
     )
 }
 

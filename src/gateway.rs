@@ -69,7 +69,7 @@ impl Gateway {
             })?;
             upstreams.insert(name.clone(), Arc::new(Upstream::new(u, client)));
         }
-        let credentials = Credentials::build(&cfg.credentials)?;
+        let credentials = Credentials::build(&cfg.credentials, &http, &metrics)?;
         let handlers = flows::build(&cfg.flows, &FlowDeps { http: &http })?;
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for r in &cfg.routes {

@@ -5,14 +5,16 @@ use std::time::Instant;
 
 use http::header::HeaderValue;
 use http::{Request, Response, Uri};
-use http_body_util::Limited;
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
+use crate::credentials::{self, Attachment, Credential};
 use crate::error::{Error, RequestError};
 use crate::flows::FlowRequest;
 use crate::gateway::Gateway;
-use crate::proxy::{self, ConnInfo, Outgoing, X_REQUEST_ID};
+use crate::proxy::{self, ConnInfo, Outgoing, Upstream, X_REQUEST_ID};
 use crate::routes::{self, Route, Target};
 
 /// Answer one request. Never fails: errors become problem responses.
@@ -86,7 +88,8 @@ async fn serve_route(
         .await?;
     match &route.target {
         Target::Upstream(up) => {
-            let attachment = match &route.credential {
+            let cred = route.credential.as_deref();
+            let attachment = match cred {
                 Some(c) => Some(c.attach().await?),
                 None => None,
             };
@@ -94,13 +97,20 @@ async fn serve_route(
             let out = Outgoing {
                 path: &path,
                 attachment: attachment.as_ref(),
-                credential_headers: route.credential.as_ref().map_or(&[], |c| c.header_names()),
+                credential_headers: cred.map_or(&[], |c| c.header_names()),
                 caller_headers: &caller.forward_headers,
                 max_body_bytes: route.max_body_bytes,
                 request_id,
             };
-            let upstream_req = proxy::prepare(req, up, &out, conn)?;
-            proxy::forward(up, upstream_req, route.max_body_bytes).await
+            match (cred, attachment.as_ref()) {
+                (Some(c), Some(used)) if c.reject_policy().is_some() => {
+                    forward_renewable(gw, route, up, c, used, req, out, conn).await
+                }
+                _ => {
+                    let upstream_req = proxy::prepare(req, up, &out, conn)?;
+                    proxy::forward(up, upstream_req, route.max_body_bytes).await
+                }
+            }
         }
         Target::Flow(handler) => {
             proxy::check_declared_length(req.headers(), route.max_body_bytes)?;
@@ -124,6 +134,84 @@ async fn serve_route(
                 .await?)
         }
     }
+}
+
+/// Forward with a credential that can be renewed: when the upstream rejects the token (401 or the configured marker),
+/// the token used is dropped and, if the request body was small enough to keep, the request is replayed once with a
+/// fresh token. Larger or streaming bodies are forwarded as they come and the rejection is passed through.
+#[allow(clippy::too_many_arguments)]
+async fn forward_renewable(
+    gw: &Gateway,
+    route: &Route,
+    up: &Upstream,
+    cred: &dyn Credential,
+    used: &Attachment,
+    req: Request<Incoming>,
+    out: Outgoing<'_>,
+    conn: &ConnInfo,
+) -> Result<Response<Body>, Error> {
+    let Some(policy) = cred.reject_policy() else {
+        let upstream_req = proxy::prepare(req, up, &out, conn)?;
+        return proxy::forward(up, upstream_req, route.max_body_bytes).await;
+    };
+    let keep_limit = u64::try_from(policy.retry_body_limit)
+        .unwrap_or(u64::MAX)
+        .min(route.max_body_bytes);
+    let kept = match req.body().size_hint().exact() {
+        Some(n) if n <= keep_limit => {
+            let (parts, incoming) = req.into_parts();
+            let bytes = incoming
+                .collect()
+                .await
+                .map_err(|_| RequestError::Malformed("request body could not be read"))?
+                .to_bytes();
+            Ok((parts, bytes))
+        }
+        _ => Err(req),
+    };
+    let (parts, bytes) = match kept {
+        Ok(kept) => kept,
+        Err(req) => {
+            let upstream_req = proxy::prepare(req, up, &out, conn)?;
+            let rsp = proxy::forward(up, upstream_req, route.max_body_bytes).await?;
+            let (rejected, rsp) = credentials::is_rejection(policy, rsp).await;
+            if rejected {
+                // Not replayable, but later requests get a fresh token.
+                cred.rejected(used);
+            }
+            return Ok(rsp);
+        }
+    };
+    let first = Request::from_parts(parts.clone(), Full::new(bytes.clone()));
+    let rsp = proxy::forward(
+        up,
+        proxy::prepare(first, up, &out, conn)?,
+        route.max_body_bytes,
+    )
+    .await?;
+    let (rejected, rsp) = credentials::is_rejection(policy, rsp).await;
+    if !rejected || !cred.rejected(used) {
+        return Ok(rsp);
+    }
+    let Ok(fresh) = cred.attach().await else {
+        return Ok(rsp);
+    };
+    drop(rsp);
+    gw.metrics.incr(
+        "credgate_credential_retries_total",
+        &[("route", &route.name)],
+    );
+    let out = Outgoing {
+        attachment: Some(&fresh),
+        ..out
+    };
+    let second = Request::from_parts(parts, Full::new(bytes));
+    proxy::forward(
+        up,
+        proxy::prepare(second, up, &out, conn)?,
+        route.max_body_bytes,
+    )
+    .await
 }
 
 /// The host the caller addressed, without port: the URI authority (HTTP/2) or the `Host` header.

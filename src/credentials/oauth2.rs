@@ -1,0 +1,351 @@
+//! The `oauth2_client_credentials` token source: the `oauth2` crate builds and parses the token requests, and its
+//! async HTTP client is our hyper client (no second HTTP stack). Vendor quirks are settings: a JSON request body, an
+//! `expires_in` that is a Unix time or a duration string, and renewal through the `refresh_token` grant.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use oauth2::basic::BasicErrorResponse;
+use oauth2::{
+    AccessToken, AsyncHttpClient, AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
+    HttpRequest, HttpResponse, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::token_cache::{FetchedToken, TokenError, TokenSource, earliest, jwt_remaining};
+use crate::body;
+use crate::config::credentials::{ClientAuthMethod, ExpiresInMode, OAuth2Config, RequestFormat};
+use crate::http_client::{self, FetchError, HttpClient};
+
+/// Largest token response read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+/// A token endpoint answer: RFC 6749 §5.1, lenient where vendors differ (`token_type` may be missing, `expires_in`
+/// may be a number, a numeric string or a duration string).
+#[derive(Debug, Deserialize, Serialize)]
+pub struct VendorTokenResponse {
+    access_token: AccessToken,
+    #[serde(default)]
+    token_type: AnyTokenType,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_token: Option<RefreshToken>,
+}
+
+/// Whatever `token_type` the server names (we inject by template, so it is informational).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct AnyTokenType(Option<String>);
+
+impl oauth2::TokenType for AnyTokenType {}
+
+impl TokenResponse for VendorTokenResponse {
+    type TokenType = AnyTokenType;
+
+    fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    fn token_type(&self) -> &AnyTokenType {
+        &self.token_type
+    }
+
+    fn expires_in(&self) -> Option<Duration> {
+        // Read by `lifetime` with the configured mode; the crate's seconds-only reading is not used.
+        None
+    }
+
+    fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        None
+    }
+}
+
+type Client = oauth2::Client<
+    BasicErrorResponse,
+    VendorTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// The client-credentials token source.
+#[derive(Debug)]
+pub struct OAuth2Source {
+    cfg: OAuth2Config,
+    http: HttpClient,
+}
+
+impl OAuth2Source {
+    /// A source for `cfg`, calling out through `http`.
+    pub fn new(cfg: OAuth2Config, http: HttpClient) -> Self {
+        Self { cfg, http }
+    }
+
+    fn client(&self) -> Client {
+        oauth2::Client::new(ClientId::new(self.cfg.client_id.expose_secret().to_owned()))
+            .set_client_secret(ClientSecret::new(
+                self.cfg.client_secret.expose_secret().to_owned(),
+            ))
+            .set_auth_type(match self.cfg.client_auth {
+                ClientAuthMethod::Basic => AuthType::BasicAuth,
+                ClientAuthMethod::RequestBody => AuthType::RequestBody,
+            })
+            .set_token_uri(TokenUrl::from_url(self.cfg.token_url.clone()))
+    }
+
+    async fn client_credentials(&self, http: &Adapter) -> Result<FetchedToken, TokenError> {
+        let client = self.client();
+        let mut req = client.exchange_client_credentials();
+        for s in &self.cfg.scopes {
+            req = req.add_scope(Scope::new(s.clone()));
+        }
+        for (k, v) in &self.cfg.extra_params {
+            req = req.add_extra_param(k.as_str(), v.as_str());
+        }
+        let rsp = req
+            .request_async(http)
+            .await
+            .map_err(|e| token_error(e, http.status()))?;
+        self.fetched(rsp, http.status(), None)
+    }
+
+    async fn refresh(
+        &self,
+        http: &Adapter,
+        refresh: &SecretString,
+    ) -> Result<FetchedToken, TokenError> {
+        let client = self.client();
+        let rt = RefreshToken::new(refresh.expose_secret().to_owned());
+        let mut req = client.exchange_refresh_token(&rt);
+        for (k, v) in &self.cfg.extra_params {
+            req = req.add_extra_param(k.as_str(), v.as_str());
+        }
+        let rsp = req
+            .request_async(http)
+            .await
+            .map_err(|e| token_error(e, http.status()))?;
+        // A server that does not rotate refresh tokens keeps the old one valid.
+        self.fetched(rsp, http.status(), Some(refresh.clone()))
+    }
+
+    fn fetched(
+        &self,
+        rsp: VendorTokenResponse,
+        status: u16,
+        previous_refresh: Option<SecretString>,
+    ) -> Result<FetchedToken, TokenError> {
+        let token = rsp.access_token.secret();
+        if token.is_empty() {
+            return Err(TokenError::Garbage {
+                status,
+                what: "access_token is empty".into(),
+            });
+        }
+        let now_sys = SystemTime::now();
+        let now = Instant::now();
+        let derived = match &rsp.expires_in {
+            Some(v) => Some(expires_in(self.cfg.expires_in, v, now_sys).ok_or_else(|| {
+                TokenError::Garbage {
+                    status,
+                    what: "expires_in is neither a number nor a duration".into(),
+                }
+            })?),
+            None => None,
+        };
+        let jwt = jwt_remaining(token, now_sys);
+        let expires_at = earliest(now, &[derived, jwt]).unwrap_or(now + self.cfg.default_ttl);
+        Ok(FetchedToken {
+            token: SecretString::from(token.clone()),
+            expires_at,
+            refresh_token: rsp
+                .refresh_token
+                .map(|r| SecretString::from(r.secret().clone()))
+                .or(previous_refresh),
+        })
+    }
+}
+
+impl TokenSource for OAuth2Source {
+    fn fetch<'a>(
+        &'a self,
+        refresh: Option<&'a SecretString>,
+    ) -> BoxFuture<'a, Result<FetchedToken, TokenError>> {
+        async move {
+            let http = Adapter {
+                http: self.http.clone(),
+                format: self.cfg.request_format,
+                timeout: self.cfg.token.timeout,
+                status: AtomicU16::new(0),
+            };
+            if let Some(rt) = refresh.filter(|_| self.cfg.use_refresh_token) {
+                match self.refresh(&http, rt).await {
+                    Ok(t) => return Ok(t),
+                    Err(e) => {
+                        tracing::info!(token_url = %self.cfg.token_url, error = %e, "refresh_token grant failed; falling back to client credentials");
+                    }
+                }
+            }
+            self.client_credentials(&http).await
+        }
+        .boxed()
+    }
+}
+
+/// Remaining lifetime from an `expires_in` value: a duration string (`"1d"`, `"3600s"`) is a duration; a number is
+/// seconds, a Unix time, or (auto) a Unix time when it is at least 10^9. `None` when the value is neither.
+pub fn expires_in(mode: ExpiresInMode, v: &serde_json::Value, now: SystemTime) -> Option<Duration> {
+    let number = match v {
+        serde_json::Value::Number(n) => n.as_f64()?,
+        serde_json::Value::String(s) => match s.trim().parse::<f64>() {
+            Ok(n) => n,
+            Err(_) => return humantime::parse_duration(s.trim()).ok(),
+        },
+        _ => return None,
+    };
+    if !number.is_finite() || number < 0.0 {
+        return None;
+    }
+    let absolute = match mode {
+        ExpiresInMode::Seconds => false,
+        ExpiresInMode::UnixTime => true,
+        ExpiresInMode::Auto => number >= 1e9,
+    };
+    if absolute {
+        let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+        Some(Duration::from_secs_f64((number - now).max(0.0)))
+    } else {
+        Some(Duration::from_secs_f64(number))
+    }
+}
+
+/// The oauth2 crate's error, as ours: without the response body it carries.
+fn token_error(e: RequestTokenError<FetchError, BasicErrorResponse>, status: u16) -> TokenError {
+    match e {
+        RequestTokenError::Request(f) => TokenError::Http(f),
+        RequestTokenError::ServerResponse(r) => TokenError::Refused {
+            status,
+            code: r.error().to_string(),
+        },
+        RequestTokenError::Parse(_, _) if status != 200 => TokenError::Status(
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
+        ),
+        RequestTokenError::Parse(err, body) => {
+            let shape = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'<') => "an HTML or XML page, not JSON".to_owned(),
+                Some(b'{') => format!("a JSON object without a usable token (at `{}`)", err.path()),
+                Some(_) => "not JSON".to_owned(),
+                None => "an empty body".to_owned(),
+            };
+            TokenError::Garbage {
+                status,
+                what: shape,
+            }
+        }
+        RequestTokenError::Other(msg) => TokenError::Garbage { status, what: msg },
+    }
+}
+
+/// `oauth2`'s async HTTP client over our hyper client, sending JSON bodies when the vendor wants them.
+struct Adapter {
+    http: HttpClient,
+    format: RequestFormat,
+    timeout: Duration,
+    /// The last response status, so errors can name it.
+    status: AtomicU16,
+}
+
+impl Adapter {
+    fn status(&self) -> u16 {
+        self.status.load(Ordering::Relaxed)
+    }
+}
+
+impl<'c> AsyncHttpClient<'c> for Adapter {
+    type Error = FetchError;
+    type Future = BoxFuture<'c, Result<HttpResponse, FetchError>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        async move {
+            let (mut parts, form) = request.into_parts();
+            let bytes = match self.format {
+                RequestFormat::Form => form,
+                RequestFormat::Json => {
+                    let obj: serde_json::Map<String, serde_json::Value> =
+                        url::form_urlencoded::parse(&form)
+                            .map(|(k, v)| {
+                                (k.into_owned(), serde_json::Value::String(v.into_owned()))
+                            })
+                            .collect();
+                    parts
+                        .headers
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    serde_json::to_vec(&obj).unwrap_or_default()
+                }
+            };
+            parts.headers.remove(CONTENT_LENGTH);
+            parts
+                .headers
+                .insert(ACCEPT, HeaderValue::from_static("application/json"));
+            let req = http::Request::from_parts(parts, body::full(bytes));
+            let rsp = http_client::fetch(&self.http, req, self.timeout, MAX_TOKEN_RESPONSE).await?;
+            self.status.store(rsp.status.as_u16(), Ordering::Relaxed);
+            let mut out = http::Response::new(rsp.body.to_vec());
+            *out.status_mut() = rsp.status;
+            *out.headers_mut() = rsp.headers;
+            Ok(out)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn expires_in_follows_the_vendor_rule() {
+        let now = SystemTime::now();
+        let unix = now.duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Seconds, &json!(3600), now)),
+            Some(3600)
+        );
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Auto, &json!(3600), now)),
+            Some(3600)
+        );
+        let abs = expires_in(ExpiresInMode::Auto, &json!(unix + 120), now).expect("abs");
+        assert!((118..=120).contains(&abs.as_secs()), "{abs:?}");
+        let abs = expires_in(ExpiresInMode::UnixTime, &json!(unix + 60), now).expect("abs");
+        assert!((58..=60).contains(&abs.as_secs()), "{abs:?}");
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Auto, &json!("1d"), now)),
+            Some(86400)
+        );
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Auto, &json!("3600s"), now)),
+            Some(3600)
+        );
+        assert_eq!(
+            secs(expires_in(ExpiresInMode::Auto, &json!("90"), now)),
+            Some(90)
+        );
+        assert_eq!(expires_in(ExpiresInMode::Auto, &json!("soon"), now), None);
+        assert_eq!(expires_in(ExpiresInMode::Auto, &json!(-1), now), None);
+        assert_eq!(expires_in(ExpiresInMode::Auto, &json!(null), now), None);
+    }
+}

@@ -1,0 +1,493 @@
+//! The token cache behind the token-based credential kinds: a moka entry per credential that expires with its token,
+//! one in-flight fetch at a time (single flight), refresh ahead of expiry on a timer, exponential backoff with jitter
+//! on failure, and generation-checked invalidation when an upstream rejects a token. It never logs a token or secret;
+//! log lines name the credential.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use http::HeaderValue;
+use rand::Rng as _;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Attachment, CredentialError, sensitive_value};
+use crate::config::credentials::TokenSettings;
+use crate::http_client::FetchError;
+use crate::metrics::Metrics;
+
+/// A token as a token endpoint or login call handed it out.
+pub struct FetchedToken {
+    /// The token itself.
+    pub token: SecretString,
+    /// When it stops being valid.
+    pub expires_at: Instant,
+    /// The refresh token to use next time, if any.
+    pub refresh_token: Option<SecretString>,
+}
+
+/// Why a token could not be obtained. Never carries a response body, a token or a secret, so it is safe to log.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Connecting, sending or reading failed.
+    #[error("token endpoint unreachable: {0}")]
+    Http(#[from] FetchError),
+    /// No answer within the configured timeout.
+    #[error("token endpoint did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A non-success status.
+    #[error("token endpoint answered status {0}")]
+    Status(http::StatusCode),
+    /// An OAuth2 error response (`error` code only).
+    #[error("token endpoint refused: {code} (status {status})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The `error` code, e.g. `invalid_client`.
+        code: String,
+    },
+    /// The answer is not a usable token response: HTML, non-JSON, missing or mistyped fields.
+    #[error("token endpoint answered garbage (status {status}): {what}")]
+    Garbage {
+        /// HTTP status.
+        status: u16,
+        /// What is wrong, without any of its content.
+        what: String,
+    },
+    /// The token expires before it could be used.
+    #[error("token endpoint handed out a token that is already expired")]
+    AlreadyExpired,
+    /// Nothing says how long the token lives (no `ttl`, not a JWT).
+    #[error("the token's lifetime is unknown: set ttl, or the token must be a JWT with exp")]
+    NoLifetime,
+    /// The token cannot be a header value.
+    #[error("the token cannot be sent as a header value")]
+    BadHeaderValue,
+}
+
+/// Where tokens come from: one call to a token endpoint or login URL.
+pub trait TokenSource: Send + Sync + fmt::Debug {
+    /// Obtain a token; `refresh` is the refresh token from the previous answer, when there was one.
+    fn fetch<'a>(
+        &'a self,
+        refresh: Option<&'a SecretString>,
+    ) -> BoxFuture<'a, Result<FetchedToken, TokenError>>;
+}
+
+/// A cached token with everything the hot path needs precomputed.
+#[derive(Debug)]
+pub struct Issued {
+    /// Headers ready to attach.
+    pub attachment: Attachment,
+    token: SecretString,
+    expires_at: Instant,
+    /// Never injected at or after this instant (expiry minus the safety margin).
+    usable_until: Instant,
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Option<Arc<Issued>>>>;
+
+#[derive(Default)]
+struct State {
+    inflight: Option<SharedFetch>,
+    failures: u32,
+    /// During backoff no request starts a fetch; requests without a valid token fail fast.
+    retry_at: Option<Instant>,
+    generation: u64,
+    current: Option<Arc<Issued>>,
+    refresh_token: Option<SecretString>,
+    /// Bumped whenever a timer is scheduled; an older timer that wakes up finds a newer epoch and does nothing.
+    timer_epoch: u64,
+}
+
+struct UntilUsable;
+
+impl moka::Expiry<(), Arc<Issued>> for UntilUsable {
+    fn expire_after_create(
+        &self,
+        _key: &(),
+        value: &Arc<Issued>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.usable_until.saturating_duration_since(Instant::now()))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &(),
+        value: &Arc<Issued>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.usable_until.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// One credential's token: cached, refreshed ahead, fetched once at a time.
+pub struct TokenCache {
+    name: Arc<str>,
+    source: Box<dyn TokenSource>,
+    settings: TokenSettings,
+    cache: moka::future::Cache<(), Arc<Issued>>,
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+    weak: Weak<TokenCache>,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCache {
+    /// A cold cache for credential `name`. Fetches nothing until first asked.
+    pub fn new(
+        name: &str,
+        source: Box<dyn TokenSource>,
+        settings: TokenSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|weak| Self {
+            name: name.into(),
+            source,
+            settings,
+            cache: moka::future::Cache::builder()
+                .max_capacity(1)
+                .expire_after(UntilUsable)
+                .build(),
+            state: Mutex::new(State::default()),
+            metrics,
+            weak: weak.clone(),
+        })
+    }
+
+    /// The credential's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &TokenSettings {
+        &self.settings
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state inconsistent (plain field writes), so keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unavailable(&self) -> CredentialError {
+        CredentialError::Unavailable {
+            credential: self.name.to_string(),
+        }
+    }
+
+    /// The headers to attach now: from the cache when warm (no lock, no await on I/O), otherwise after the one
+    /// in-flight fetch. Fails fast while backing off with no valid token.
+    pub async fn attach(&self) -> Result<Attachment, CredentialError> {
+        if let Some(t) = self.cache.get(&()).await
+            && Instant::now() < t.usable_until
+        {
+            return Ok(t.attachment.clone());
+        }
+        self.attach_slow().await
+    }
+
+    async fn attach_slow(&self) -> Result<Attachment, CredentialError> {
+        let fut = {
+            let st = self.state();
+            match &st.inflight {
+                Some(f) => f.clone(),
+                None if st.retry_at.is_some_and(|t| Instant::now() < t) => {
+                    return Err(self.unavailable());
+                }
+                None => {
+                    drop(st);
+                    self.start_fetch()
+                }
+            }
+        };
+        self.metrics.incr(
+            "credgate_credential_waits_total",
+            &[("credential", &self.name)],
+        );
+        match fut.await {
+            Some(t) if Instant::now() < t.usable_until => Ok(t.attachment.clone()),
+            _ => Err(self.unavailable()),
+        }
+    }
+
+    /// The upstream rejected `used`: drop it if it is still the current token (a newer one is kept). True when a
+    /// retry may get a different token.
+    pub fn rejected(&self, used: &Attachment) -> bool {
+        let mut st = self.state();
+        let current = st.current.as_ref().map(|c| c.attachment.generation);
+        if current == Some(used.generation) {
+            tracing::info!(credential = %self.name, generation = used.generation, "upstream rejected the token; fetching a new one");
+            st.current = None;
+            // Inside the state lock, and the fetch publishes to `current` before the cache: a token fetched meanwhile
+            // has a newer generation and is never dropped here.
+            self.cache.invalidate_all();
+        }
+        true
+    }
+
+    /// Join the in-flight fetch or start one; the fetch runs as its own task so a caller going away does not cancel it.
+    fn start_fetch(&self) -> SharedFetch {
+        let mut st = self.state();
+        if let Some(f) = &st.inflight {
+            return f.clone();
+        }
+        let Some(this) = self.weak.upgrade() else {
+            return futures_util::future::ready(None).boxed().shared();
+        };
+        let task = tokio::spawn(async move { this.run_fetch().await });
+        let fut = async move { task.await.ok().flatten() }.boxed().shared();
+        st.inflight = Some(fut.clone());
+        fut
+    }
+
+    async fn run_fetch(self: Arc<Self>) -> Option<Arc<Issued>> {
+        let refresh = self.state().refresh_token.clone();
+        let timeout = self.settings.timeout;
+        let result = match tokio::time::timeout(timeout, self.source.fetch(refresh.as_ref())).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(TokenError::Timeout(timeout)),
+        };
+        match result.and_then(|t| self.issue(t)) {
+            Ok((issued, refresh_token, near_expiry)) => {
+                self.publish(issued, refresh_token, near_expiry).await
+            }
+            Err(e) => {
+                self.fail(&e);
+                None
+            }
+        }
+    }
+
+    /// Turn a fetched token into a cache entry. Returns the entry, the refresh token and whether it is already
+    /// due for renewal (an endpoint handing back the same near-expiry token).
+    fn issue(
+        &self,
+        t: FetchedToken,
+    ) -> Result<(Arc<Issued>, Option<SecretString>, bool), TokenError> {
+        let now = Instant::now();
+        let st = self.state();
+        let same = st
+            .current
+            .as_ref()
+            .is_some_and(|c| c.token.expose_secret() == t.token.expose_secret());
+        // The same token handed back keeps its earlier expiry: it is not fresh just because it was returned again.
+        let expires_at = match (&st.current, same) {
+            (Some(c), true) => c.expires_at.min(t.expires_at),
+            _ => t.expires_at,
+        };
+        let generation = if same {
+            st.generation
+        } else {
+            st.generation + 1
+        };
+        drop(st);
+        let lifetime = expires_at.saturating_duration_since(now);
+        let margin = self.settings.expiry_margin.min(lifetime / 10);
+        let usable_until = expires_at - margin;
+        if usable_until <= now {
+            return Err(TokenError::AlreadyExpired);
+        }
+        let mut headers = Vec::with_capacity(self.settings.headers.len());
+        for (name, template) in &self.settings.headers {
+            let value: HeaderValue = sensitive_value(&template.render(t.token.expose_secret()))
+                .ok_or(TokenError::BadHeaderValue)?;
+            headers.push((name.clone(), value));
+        }
+        // The same token handed back, or one already inside its renewal window, is renewed again after a backoff.
+        let near_expiry = same || self.refresh_at(now, expires_at) <= now;
+        Ok((
+            Arc::new(Issued {
+                attachment: Attachment {
+                    headers: headers.into(),
+                    generation,
+                },
+                token: t.token,
+                expires_at,
+                usable_until,
+            }),
+            t.refresh_token,
+            near_expiry,
+        ))
+    }
+
+    /// When to renew a token expiring at `expires_at`: at 80% of its remaining lifetime or `refresh_before` ahead of
+    /// expiry, whichever is earlier, minus up to 5% jitter so that many credentials do not renew together.
+    fn refresh_at(&self, now: Instant, expires_at: Instant) -> Instant {
+        let lifetime = expires_at.saturating_duration_since(now);
+        let mut ahead = lifetime / 5;
+        if let Some(rb) = self.settings.refresh_before {
+            ahead = ahead.max(rb);
+        }
+        let jitter = lifetime.mul_f64(rand::thread_rng().gen_range(0.0..0.05));
+        expires_at
+            .checked_sub(ahead + jitter)
+            .unwrap_or(now)
+            .max(now)
+    }
+
+    async fn publish(
+        &self,
+        issued: Arc<Issued>,
+        refresh_token: Option<SecretString>,
+        near_expiry: bool,
+    ) -> Option<Arc<Issued>> {
+        let now = Instant::now();
+        let generation = issued.attachment.generation;
+        {
+            let mut st = self.state();
+            st.generation = generation;
+            st.current = Some(issued.clone());
+            if refresh_token.is_some() {
+                st.refresh_token = refresh_token;
+            }
+        }
+        self.cache.insert((), issued.clone()).await;
+        self.metrics.incr(
+            "credgate_token_requests_total",
+            &[("credential", &self.name), ("result", "ok")],
+        );
+        let mut st = self.state();
+        st.inflight = None;
+        let next = if near_expiry {
+            // Valid, so it is served, but renewal is due already: retry after a backoff, not in a tight loop.
+            st.failures = st.failures.saturating_add(1);
+            let delay = self.backoff(st.failures);
+            tracing::warn!(credential = %self.name, generation, retry_in = ?delay, "token endpoint handed back a token already due for renewal; retrying later");
+            now + delay
+        } else {
+            st.failures = 0;
+            let at = self.refresh_at(now, issued.expires_at);
+            tracing::debug!(credential = %self.name, generation, lifetime = ?issued.expires_at.saturating_duration_since(now), refresh_in = ?at.saturating_duration_since(now), "token obtained");
+            at
+        };
+        st.retry_at = None;
+        self.schedule(&mut st, next);
+        Some(issued)
+    }
+
+    fn fail(&self, e: &TokenError) {
+        self.metrics.incr(
+            "credgate_token_requests_total",
+            &[("credential", &self.name), ("result", "error")],
+        );
+        let mut st = self.state();
+        st.inflight = None;
+        st.failures = st.failures.saturating_add(1);
+        let delay = self.backoff(st.failures);
+        let valid = st
+            .current
+            .as_ref()
+            .is_some_and(|c| Instant::now() < c.usable_until);
+        tracing::warn!(credential = %self.name, error = %e, failures = st.failures, retry_in = ?delay, still_valid = valid, "token request failed");
+        let at = Instant::now() + delay;
+        st.retry_at = Some(at);
+        self.schedule(&mut st, at);
+    }
+
+    /// Exponential backoff from `backoff_min` to `backoff_max`, with jitter over the upper half.
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(20);
+        let base = self
+            .settings
+            .backoff_min
+            .saturating_mul(1 << exp)
+            .min(self.settings.backoff_max);
+        base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    /// Fetch in the background at `at`, unless a newer timer replaces this one. The timer holds a weak reference:
+    /// a gateway that is dropped stops refreshing.
+    fn schedule(&self, st: &mut State, at: Instant) {
+        st.timer_epoch += 1;
+        let epoch = st.timer_epoch;
+        let weak = self.weak.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let Some(this) = weak.upgrade() else { return };
+            if this.state().timer_epoch != epoch {
+                return;
+            }
+            let fut = this.start_fetch();
+            drop(this);
+            fut.await;
+        });
+    }
+}
+
+/// Seconds from `now` until the `exp` claim of `token` when it is a JWT, read without verifying: the token is ours to
+/// send, not a caller's to trust, and its signature key is the vendor's.
+pub fn jwt_remaining(token: &str, now: SystemTime) -> Option<Duration> {
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_f64()?;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(Duration::from_secs_f64((exp - now).max(0.0)))
+}
+
+/// The earliest of the known lifetimes, as an instant.
+pub fn earliest(now: Instant, lifetimes: &[Option<Duration>]) -> Option<Instant> {
+    lifetimes.iter().flatten().min().map(|d| now + *d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(exp: u64) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            e.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            e.encode(format!(r#"{{"credentialName":"x","exp":{exp}}}"#))
+        )
+    }
+
+    #[test]
+    fn jwt_exp_is_read_without_verifying() {
+        let now = SystemTime::now();
+        let unix = now.duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let left = jwt_remaining(&jwt(unix + 100), now).expect("exp");
+        assert!(left <= Duration::from_secs(100) && left >= Duration::from_secs(98));
+        assert_eq!(jwt_remaining(&jwt(unix - 5), now), Some(Duration::ZERO));
+        assert_eq!(jwt_remaining("opaque-token", now), None);
+        assert_eq!(jwt_remaining("a.b.c", now), None);
+    }
+
+    #[test]
+    fn earliest_takes_the_minimum_known() {
+        let now = Instant::now();
+        assert_eq!(
+            earliest(
+                now,
+                &[
+                    Some(Duration::from_secs(9)),
+                    None,
+                    Some(Duration::from_secs(3))
+                ]
+            ),
+            Some(now + Duration::from_secs(3))
+        );
+        assert_eq!(earliest(now, &[None]), None);
+    }
+}

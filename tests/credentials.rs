@@ -1,0 +1,611 @@
+//! Token credentials over real sockets: the gateway against fake token endpoints and a fake vendor API that accepts
+//! only live tokens it issued. Herds, refresh ahead, TropiPay and Incode shapes, outages, garbage and 401 retries.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use support::fake_vendor::{self, Expires, FakeVendor, Mode};
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+fn http() -> Http {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A plain-HTTP gateway with route `/api` to the vendor's API under credential `v`, defined by `cred`.
+fn gateway_toml(v: &FakeVendor, cred: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[upstreams.v]
+url = "{}"
+[credentials.v]
+allowed_hosts = ["127.0.0.1"]
+{cred}
+[[routes]]
+path_prefix = "/api"
+upstream = "v"
+credential = "v"
+auth = "none"
+"#,
+        v.url()
+    )
+}
+
+fn oauth2(v: &FakeVendor, extra: &str) -> String {
+    format!(
+        r#"kind = "oauth2_client_credentials"
+token_url = "{}"
+client_id = "id"
+client_secret = "secret"
+backoff_min = "50ms"
+backoff_max = "200ms"
+{extra}"#,
+        v.token_url()
+    )
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+    took: Duration,
+}
+
+async fn send(
+    client: &Http,
+    gw: &support::TestGateway,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Answer {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gw.addr()))
+        .header("authorization", "Bearer caller-token")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let start = Instant::now();
+    let rsp = client.request(req).await.expect("response");
+    let took = start.elapsed();
+    let (parts, b) = rsp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: b.collect().await.expect("body").to_bytes(),
+        took,
+    }
+}
+
+async fn get(client: &Http, gw: &support::TestGateway, path: &str) -> Answer {
+    send(client, gw, "GET", path, "").await
+}
+
+/// Poll `cond` every 10 ms until it holds; fail after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn waits(gw: &support::TestGateway) -> f64 {
+    gw.gw
+        .metrics
+        .get("credgate_credential_waits_total", &[("credential", "v")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herd_of_1000_on_a_cold_cache_makes_exactly_one_token_request() {
+    let v = fake_vendor::new().run().await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;
+    v.set_mode(Mode::Hold);
+    let client = http();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let client = client.clone();
+        let url = format!("http://{}/api/item/{i}", gw.addr());
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            client.request(req).await.expect("response").status()
+        }));
+    }
+    // Every request is inside the gateway waiting for the one token request, which the endpoint holds.
+    wait_until("1000 waiting requests", Duration::from_secs(60), || {
+        waits(&gw) >= 1000.0
+    })
+    .await;
+    assert_eq!(v.grants(), 1, "one token request for the whole herd");
+    v.release();
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 1);
+    assert_eq!(v.api_log().len(), 1000);
+    let token = &v.issued()[0];
+    assert!(
+        v.api_log()
+            .iter()
+            .all(|s| s.headers["authorization"] == format!("Bearer {token}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn two_second_tokens_are_renewed_ahead_and_no_request_waits() {
+    let v = fake_vendor::new().ttl(Duration::from_secs(2)).run().await;
+    let gw =
+        support::start_gateway(&gateway_toml(&v, &oauth2(&v, r#"refresh_before = "1s""#))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/first").await.status, 200);
+    assert_eq!(waits(&gw), 1.0, "the cold start waits once");
+    // From now on every token request takes 300 ms: a request that waited for one would show it.
+    v.set_mode(Mode::Slow(Duration::from_millis(300)));
+    let mut n = 0;
+    let mut slowest = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while v.grants() < 4 {
+        assert!(Instant::now() < deadline, "tokens were not renewed");
+        let a = get(&client, &gw, "/api/x").await;
+        assert_eq!(a.status, 200, "request {n} failed");
+        slowest = slowest.max(a.took);
+        n += 1;
+    }
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a request waited on the token endpoint ({slowest:?})"
+    );
+    assert_eq!(waits(&gw), 1.0, "no request waited after the first");
+    assert_eq!(v.expired_tokens_seen(), 0, "an expired token was injected");
+    let used: std::collections::BTreeSet<String> = v
+        .api_log()
+        .iter()
+        .map(|s| {
+            s.headers["authorization"]
+                .to_str()
+                .expect("ascii")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        used.len() >= 3,
+        "requests used renewed tokens: {}",
+        used.len()
+    );
+}
+
+#[tokio::test]
+async fn tropipay_json_body_absolute_expires_in_and_refresh_token_renewal() {
+    let v = fake_vendor::new()
+        .json_only()
+        .expires(Expires::UnixTime)
+        .refresh_tokens()
+        .ttl(Duration::from_secs(3))
+        .client("tp-client", "tp-secret")
+        .run()
+        .await;
+    let cred = format!(
+        r#"kind = "oauth2_client_credentials"
+token_url = "{}"
+client_id = "tp-client"
+client_secret = "tp-secret"
+client_auth = "request_body"
+request_format = "json"
+expires_in = "auto"
+scopes = ["ALLOW_GET_BALANCE", "ALLOW_PAYMENT_IN"]
+refresh_before = "2s"
+"#,
+        v.token_url()
+    );
+    let gw = support::start_gateway(&gateway_toml(&v, &cred)).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/users/balance").await.status, 200);
+    let first = &v.grant_log()[0];
+    assert_eq!(first.headers["content-type"], "application/json");
+    assert!(
+        first.headers.get("authorization").is_none(),
+        "no HTTP Basic"
+    );
+    assert_eq!(first.grant_type(), "client_credentials");
+    assert_eq!(first.params["client_id"], "tp-client");
+    assert_eq!(first.params["client_secret"], "tp-secret");
+    assert_eq!(first.params["scope"], "ALLOW_GET_BALANCE ALLOW_PAYMENT_IN");
+    // expires_in is a Unix time about 3 s ahead; read as seconds it would be ~56 years and nothing would renew.
+    wait_until("refresh_token grant", Duration::from_secs(10), || {
+        v.grant_log().len() >= 2
+    })
+    .await;
+    let second = &v.grant_log()[1];
+    assert_eq!(second.grant_type(), "refresh_token");
+    assert_eq!(second.params["refresh_token"], v.refresh_tokens_issued()[0]);
+    assert_eq!(second.params["client_id"], "tp-client");
+    assert_eq!(second.params["client_secret"], "tp-secret");
+    wait_until("second token in use", Duration::from_secs(5), || {
+        v.issued().len() >= 2
+    })
+    .await;
+    assert_eq!(get(&client, &gw, "/api/users/balance").await.status, 200);
+    let last = v.api_log().last().cloned().expect("api call");
+    assert_eq!(
+        last.headers["authorization"],
+        format!("Bearer {}", v.issued()[1]).as_str()
+    );
+}
+
+#[tokio::test]
+async fn refused_refresh_token_falls_back_to_client_credentials() {
+    let v = fake_vendor::new()
+        .refresh_tokens()
+        .refuse_refresh()
+        .ttl(Duration::from_secs(3))
+        .run()
+        .await;
+    let gw =
+        support::start_gateway(&gateway_toml(&v, &oauth2(&v, r#"refresh_before = "2s""#))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    wait_until("fallback grant", Duration::from_secs(10), || {
+        v.grant_log().len() >= 3
+    })
+    .await;
+    let kinds: Vec<String> = v
+        .grant_log()
+        .iter()
+        .take(3)
+        .map(|g| g.grant_type().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["client_credentials", "refresh_token", "client_credentials"]
+    );
+    // The standard server got HTTP Basic and a form body, with no quirk settings.
+    let g = &v.grant_log()[0];
+    assert!(
+        g.headers["authorization"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Basic ")
+    );
+    assert_eq!(
+        g.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+}
+
+#[tokio::test]
+async fn jwt_exp_bounds_a_longer_expires_in() {
+    let v = fake_vendor::new()
+        .jwt()
+        .expires(Expires::FarDuration)
+        .ttl(Duration::from_secs(2))
+        .run()
+        .await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, r#"expires_in = "auto""#))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    // expires_in says "1d"; the JWT's exp says 2 s, and that wins.
+    wait_until("renewal before JWT exp", Duration::from_secs(10), || {
+        v.grants() >= 2
+    })
+    .await;
+    assert_eq!(v.expired_tokens_seen(), 0);
+}
+
+#[tokio::test]
+async fn incode_login_sends_the_documented_request_and_injects_three_headers() {
+    let dir = support::temp_dir("incode");
+    let key_file = dir.join("api-key");
+    std::fs::write(&key_file, "incode-api-key\n").expect("write");
+    let password = r#"pa"ss\word"#;
+    let v = fake_vendor::new()
+        .login("incode-api-key", "admin@example.com", password)
+        .ttl(Duration::from_secs(86400))
+        .run()
+        .await;
+    let cred = format!(
+        r#"kind = "login"
+url = "{}"
+request_headers = {{ "x-api-key" = "${{file:{key}}}", "api-version" = "1.0" }}
+body = {{ email = "admin@example.com", password = '{password}' }}
+ttl = "24h"
+headers = {{ "X-Incode-Hardware-Id" = "{{token}}", "x-api-key" = "${{file:{key}}}", "api-version" = "1.0" }}
+"#,
+        v.login_url(),
+        key = key_file.display()
+    );
+    let gw = support::start_gateway(&gateway_toml(&v, &cred)).await;
+    let client = http();
+    let a = get(&client, &gw, "/api/omni/get/score?id=abc").await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let login = &v.grant_log()[0];
+    assert_eq!(login.method, http::Method::POST);
+    assert_eq!(login.path, "/executive/log-in");
+    assert_eq!(login.headers["x-api-key"], "incode-api-key");
+    assert_eq!(login.headers["api-version"], "1.0");
+    assert_eq!(login.headers["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&login.body).expect("json body");
+    assert_eq!(
+        body,
+        serde_json::json!({"email": "admin@example.com", "password": password})
+    );
+    let seen = &v.api_log()[0];
+    assert_eq!(seen.uri, "/api/omni/get/score?id=abc");
+    assert_eq!(seen.headers["x-incode-hardware-id"], v.issued()[0].as_str());
+    assert_eq!(seen.headers["x-api-key"], "incode-api-key");
+    assert_eq!(seen.headers["api-version"], "1.0");
+    assert!(seen.headers.get("authorization").is_none());
+    // A second call reuses the 24 h token.
+    assert_eq!(
+        get(&client, &gw, "/api/omni/get/score?id=abd").await.status,
+        200
+    );
+    assert_eq!(v.grants(), 1);
+}
+
+#[tokio::test]
+async fn login_token_lifetime_comes_from_its_jwt_exp() {
+    let v = fake_vendor::new()
+        .login("k", "e@x", "p")
+        .jwt()
+        .ttl(Duration::from_secs(2))
+        .run()
+        .await;
+    let cred = format!(
+        r#"kind = "login"
+url = "{}"
+request_headers = {{ "x-api-key" = "k", "api-version" = "1.0" }}
+body = '{{"email": "e@x", "password": "p"}}'
+headers = {{ "X-Incode-Hardware-Id" = "{{token}}" }}
+refresh_before = "1s"
+"#,
+        v.login_url()
+    );
+    let gw = support::start_gateway(&gateway_toml(&v, &cred)).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    wait_until("login renewed ahead", Duration::from_secs(10), || {
+        v.grants() >= 2
+    })
+    .await;
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    assert_eq!(v.expired_tokens_seen(), 0);
+}
+
+#[tokio::test]
+async fn endpoint_down_while_the_token_is_valid_fails_no_request() {
+    let v = fake_vendor::new().ttl(Duration::from_secs(5)).run().await;
+    let gw =
+        support::start_gateway(&gateway_toml(&v, &oauth2(&v, r#"refresh_before = "4s""#))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.set_mode(Mode::Fail500);
+    // Renewal starts about 1 s in and fails, then retries with backoff.
+    wait_until("failed renewals", Duration::from_secs(10), || {
+        v.grants() >= 3
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(get(&client, &gw, "/api/x").await.status, 200, "request {i}");
+    }
+    v.set_mode(Mode::Ok);
+    wait_until("renewal after recovery", Duration::from_secs(10), || {
+        v.issued().len() >= 2
+    })
+    .await;
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+}
+
+#[tokio::test]
+async fn endpoint_down_and_token_expired_fails_fast_with_503_then_recovers() {
+    let v = fake_vendor::new().ttl(Duration::from_secs(1)).run().await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, r#"timeout = "500ms""#))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.set_mode(Mode::Fail500);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        assert!(Instant::now() < deadline, "never refused");
+        let a = get(&client, &gw, "/api/x").await;
+        if a.status != 200 {
+            break a;
+        }
+    };
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers["content-type"], "application/problem+json");
+    assert!(refused.headers.get("retry-after").is_some());
+    let doc: serde_json::Value = serde_json::from_slice(&refused.body).expect("problem");
+    assert_eq!(doc["code"], "upstream_credentials_unavailable");
+    for _ in 0..20 {
+        let a = get(&client, &gw, "/api/x").await;
+        assert_eq!(a.status, 503);
+        assert!(
+            a.took < Duration::from_millis(400),
+            "slow refusal {:?}",
+            a.took
+        );
+    }
+    // A stalled endpoint does not hang requests either: one waits at most the token timeout.
+    v.set_mode(Mode::Slow(Duration::from_secs(30)));
+    for _ in 0..5 {
+        let a = get(&client, &gw, "/api/x").await;
+        assert_eq!(a.status, 503);
+        assert!(a.took < Duration::from_millis(1500), "hung {:?}", a.took);
+    }
+    assert_eq!(v.expired_tokens_seen(), 0, "an expired token was injected");
+    v.set_mode(Mode::Ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&client, &gw, "/api/x").await.status != 200 {
+        assert!(Instant::now() < deadline, "did not recover");
+    }
+}
+
+#[tokio::test]
+async fn garbage_from_the_token_endpoint_is_an_error_never_a_token() {
+    for mode in [
+        Mode::Html,
+        Mode::NotJson,
+        Mode::MissingFields,
+        Mode::EmptyToken,
+        Mode::Fail500,
+    ] {
+        let v = fake_vendor::new().run().await;
+        let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;
+        v.set_mode(mode);
+        let client = http();
+        let a = get(&client, &gw, "/api/x").await;
+        assert_eq!(a.status, 503, "{mode:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&a.body).expect("problem");
+        assert_eq!(doc["code"], "upstream_credentials_unavailable", "{mode:?}");
+        assert!(v.api_log().is_empty(), "{mode:?}: nothing reached the API");
+        v.set_mode(Mode::Ok);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(&client, &gw, "/api/x").await.status != 200 {
+            assert!(Instant::now() < deadline, "{mode:?}: did not recover");
+        }
+        assert!(v.api_log().iter().all(|s| s.status == 200), "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_401_renews_the_token_once_and_replays_the_request() {
+    let v = fake_vendor::new().run().await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, "retry_body_limit = 64"))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.revoke_all();
+    let a = send(&client, &gw, "POST", "/api/pay", "hello world").await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(v.grants(), 2, "exactly one renewal");
+    let api = v.api_log();
+    assert_eq!(api.len(), 3);
+    assert_eq!(api[1].status, 401);
+    assert_eq!(api[2].status, 200);
+    assert_eq!(api[2].body, "hello world");
+    assert_eq!(
+        api[2].headers["authorization"],
+        format!("Bearer {}", v.issued()[1]).as_str()
+    );
+    assert_eq!(
+        gw.gw
+            .metrics
+            .get("credgate_credential_retries_total", &[("route", "/api")]),
+        1.0
+    );
+
+    // A body over retry_body_limit is not kept: the 401 is passed through, and the next request gets a new token.
+    v.revoke_all();
+    let big = "x".repeat(100);
+    let a = send(&client, &gw, "POST", "/api/upload", &big).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(v.api_log().len(), 4, "not replayed");
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    assert_eq!(v.grants(), 3);
+}
+
+#[tokio::test]
+async fn a_late_rejection_of_an_old_token_keeps_the_newer_one() {
+    let v = fake_vendor::new().run().await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;
+    let cred = gw.gw.credentials.get("v").expect("credential");
+    let first = cred.attach().await.expect("token");
+    assert!(cred.rejected(&first));
+    let second = cred.attach().await.expect("renewed");
+    assert_ne!(first.generation, second.generation);
+    assert_eq!(v.grants(), 2);
+    // Another request that used the first token is rejected late: the second token stays.
+    assert!(cred.rejected(&first));
+    let third = cred.attach().await.expect("kept");
+    assert_eq!(third.generation, second.generation);
+    assert_eq!(v.grants(), 2);
+}
+
+#[tokio::test]
+async fn body_marker_limits_which_rejections_count() {
+    let v = fake_vendor::new().run().await;
+    let cred = oauth2(
+        &v,
+        r#"reject_status = [401]
+reject_body_marker = "Failed to authenticate token""#,
+    );
+    let gw = support::start_gateway(&gateway_toml(&v, &cred)).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.revoke_all();
+    let a = get(&client, &gw, "/api/x").await;
+    assert_eq!(a.status, 200, "marker present: renewed and replayed");
+    assert_eq!(v.grants(), 2);
+
+    // A 401 without the marker is the upstream's own answer: passed through, token kept.
+    let v = fake_vendor::new().run().await;
+    let cred = oauth2(&v, r#"reject_body_marker = "token expired""#);
+    let gw = support::start_gateway(&gateway_toml(&v, &cred)).await;
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.revoke_all();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 401);
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 401);
+    assert_eq!(v.grants(), 1, "no renewal without the marker");
+}
+
+#[tokio::test]
+async fn a_credential_is_refused_for_an_upstream_it_may_not_reach() {
+    let v = fake_vendor::new().run().await;
+    let toml = gateway_toml(&v, &oauth2(&v, "")).replace(
+        r#"allowed_hosts = ["127.0.0.1"]"#,
+        r#"allowed_hosts = ["sandbox.tropipay.me"]"#,
+    );
+    let err = credgate::config::Config::from_toml(&toml, "<t>").expect_err("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("routes[0].credential"), "{msg}");
+    assert!(msg.contains("allowed_hosts"), "{msg}");
+    assert_eq!(v.grants(), 0);
+}
+
+#[tokio::test]
+async fn demo_injects_sandbox_tropipay_and_incode_tokens_over_tls() {
+    let demo = credgate::demo::prepare(0).await.expect("demo");
+    let gw = support::start_gateway(&demo.config_toml).await;
+    let ca = std::fs::read_to_string(&demo.ca_path).expect("ca");
+    let client = support::certs::client(&ca, support::certs::Alpn::H2);
+    let echo = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("https://localhost:{}{path}", gw.addr().port());
+        async move {
+            let req = Request::get(url)
+                .header("authorization", "Bearer my-own-token")
+                .body(support::upstream::full(""))
+                .expect("request");
+            let rsp = client.request(req).await.expect("response");
+            assert_eq!(rsp.status(), 200);
+            let body = rsp.into_body().collect().await.expect("body").to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).expect("echo json")
+        }
+    };
+    let tp = echo("/tropipay/users/balance").await;
+    let auth = tp["headers"]["authorization"].as_str().expect("bearer");
+    assert!(auth.starts_with("Bearer ey"), "{auth}");
+    assert_ne!(auth, "Bearer my-own-token");
+    assert_eq!(tp["path"], "/users/balance");
+    let inc = echo("/incode-admin/omni/get/score?id=demo").await;
+    assert!(
+        inc["headers"]["x-incode-hardware-id"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("ey"))
+    );
+    assert_eq!(
+        inc["headers"]["x-api-key"],
+        credgate::demo::credentials::INCODE_API_KEY
+    );
+    assert_eq!(inc["headers"]["api-version"], "1.0");
+    assert!(inc["headers"].get("authorization").is_none());
+}

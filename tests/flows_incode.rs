@@ -8,6 +8,15 @@ use serde_json::json;
 use support::fake_http::{Got, call};
 use support::fake_incode::{self, FakeIncode, StartFailure};
 
+/// interview_id, onboarding_status, client_id, flow_id, external_id.
+type EventRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 const API_KEY: &str = "api-key-1";
 const ADMIN_TOKEN: &str = "admin-token-1";
 const HOOK_SECRET: &str = "hook-secret-1";
@@ -376,7 +385,7 @@ async fn webhook_is_authenticated_validated_and_recorded() {
     assert_eq!(got.status, 405);
 
     let conn = rusqlite::Connection::open(&s.db).expect("open db");
-    let rows: Vec<(String, String, Option<String>, Option<String>, Option<String>)> = conn
+    let rows: Vec<EventRow> = conn
         .prepare("SELECT interview_id, onboarding_status, client_id, flow_id, external_id FROM incode_events ORDER BY id")
         .expect("prepare")
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))

@@ -1,6 +1,8 @@
 //! `credgate demo`: the gateway on loopback with a generated dev certificate and local sandbox upstreams, no accounts
 //! and no files needed. The config is ordinary TOML, validated by the same code as `credgate run`.
 
+pub mod flows;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +30,8 @@ pub struct Demo {
     pub ca_path: PathBuf,
     /// Where the sandbox echo upstream listens.
     pub echo: SocketAddr,
+    /// Where the sandbox vendors for the flows listen.
+    pub vendors: flows::Sandboxes,
 }
 
 /// Start the sandbox upstreams and write the demo config; `port` is the gateway's.
@@ -35,8 +39,9 @@ pub async fn prepare(port: u16) -> Result<Demo, std::io::Error> {
     let dir = std::env::temp_dir().join(format!("credgate-demo-{}", std::process::id()));
     crate::dev_certs::write(&dir).map_err(std::io::Error::other)?;
     let echo = spawn_echo().await?;
+    let vendors = flows::spawn().await?;
     let d = dir.display();
-    let config_toml = format!(
+    let mut config_toml = format!(
         r#"# credgate demo config (generated)
 [[listeners]]
 address = "127.0.0.1:{port}"
@@ -60,10 +65,12 @@ credential = "demo_api_key"
 auth = "none"
 "#
     );
+    config_toml.push_str(&flows::config(&vendors, &dir));
     Ok(Demo {
         config_toml,
         ca_path: dir.join("ca.crt"),
         echo,
+        vendors,
     })
 }
 
@@ -76,7 +83,8 @@ pub fn instructions(demo: &Demo, gateway: SocketAddr) -> String {
          route's credential (X-Api-Key):\n\n  \
          curl --cacert {ca} https://{gateway}/echo/hello -H 'Authorization: Bearer my-own-token'\n\n\
          HTTP/2 works the same (add --http2). An unknown path gets a problem+json 404:\n\n  \
-         curl --cacert {ca} https://{gateway}/nope\n"
+         curl --cacert {ca} https://{gateway}/nope\n\n{}",
+        flows::instructions(&ca.to_string(), gateway)
     )
 }
 

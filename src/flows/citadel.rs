@@ -182,7 +182,7 @@ pub struct Citadel {
     timeout: Duration,
     http: HttpClient,
     /// Public token → access token: a public token is single-use, so a retried verification reuses the exchange.
-    exchanged: moka::future::Cache<String, Arc<str>>,
+    exchanged: moka::future::Cache<String, SecretString>,
 }
 
 impl std::fmt::Debug for Citadel {
@@ -275,7 +275,7 @@ impl Citadel {
         let access_token = match self.exchanged.get(public_token).await {
             Some(t) => t,
             None => {
-                let t: Arc<str> = self.exchange(public_token).await?.into();
+                let t = SecretString::from(self.exchange(public_token).await?);
                 self.exchanged
                     .insert(public_token.to_owned(), t.clone())
                     .await;
@@ -283,7 +283,10 @@ impl Citadel {
             }
         };
         let mut report = self
-            .post(report_path, &json!({"access_token": &*access_token}))
+            .post(
+                report_path,
+                &json!({"access_token": access_token.expose_secret()}),
+            )
             .await?;
         // The access token is permanent and server-side only; the report echoes it, the caller must not get it.
         if let Some(o) = report.as_object_mut() {

@@ -327,7 +327,10 @@ fn parse_event(body: &[u8]) -> Result<IncodeEvent, FlowError> {
     let onboarding_status = raw
         .onboarding_status
         .filter(|s| {
-            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         })
         .ok_or_else(|| {
             invalid("onboardingStatus is missing or not a status like ONBOARDING_FINISHED")

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::future::{BoxFuture, FutureExt};
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -296,9 +296,7 @@ fn limit(
     }
     result.map_err(|not_until| FlowError::RateLimited {
         scope,
-        retry_after: super::retry_after_secs(
-            not_until.wait_time_from(DefaultClock::default().now()),
-        ),
+        retry_after: super::retry_after_secs(not_until.wait_time_from(limiter.clock().now())),
     })
 }
 

@@ -2,6 +2,7 @@
 //! and no files needed. The config is ordinary TOML, validated by the same code as `credgate run`.
 
 pub mod credentials;
+pub mod flows;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub struct Demo {
     pub ca_path: PathBuf,
     /// Where the sandbox echo upstream listens.
     pub echo: SocketAddr,
+    /// Where the sandbox vendors for the flows listen.
+    pub vendors: flows::Sandboxes,
 }
 
 /// Start the sandbox upstreams and write the demo config; `port` is the gateway's.
@@ -38,6 +41,7 @@ pub async fn prepare(port: u16) -> Result<Demo, std::io::Error> {
     crate::dev_certs::write(&dir).map_err(std::io::Error::other)?;
     let echo = spawn_echo().await?;
     let sandbox_vendors = credentials::spawn_sandbox().await?;
+    let vendors = flows::spawn().await?;
     let d = dir.display();
     let mut config_toml = format!(
         r#"# credgate demo config (generated)
@@ -64,10 +68,12 @@ auth = "none"
 "#
     );
     config_toml.push_str(&credentials::config_toml(sandbox_vendors));
+    config_toml.push_str(&flows::config(&vendors, &dir));
     Ok(Demo {
         config_toml,
         ca_path: dir.join("ca.crt"),
         echo,
+        vendors,
     })
 }
 
@@ -80,8 +86,9 @@ pub fn instructions(demo: &Demo, gateway: SocketAddr) -> String {
          route's credential (X-Api-Key):\n\n  \
          curl --cacert {ca} https://{gateway}/echo/hello -H 'Authorization: Bearer my-own-token'\n\n\
          HTTP/2 works the same (add --http2). An unknown path gets a problem+json 404:\n\n  \
-         curl --cacert {ca} https://{gateway}/nope\n{}",
-        credentials::instructions(&ca.to_string(), gateway)
+         curl --cacert {ca} https://{gateway}/nope\n{}\n{}",
+        credentials::instructions(&ca.to_string(), gateway),
+        flows::instructions(&ca.to_string(), gateway)
     )
 }
 

@@ -2,6 +2,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod certs;
+pub mod fake_citadel;
+pub mod fake_http;
+pub mod fake_incode;
 pub mod fake_vendor;
 pub mod upstream;
 

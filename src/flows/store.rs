@@ -1,0 +1,375 @@
+//! The flows' embedded SQLite database: Incode webhook records and approval decisions (the idempotency ledger), and
+//! the TeleSign token ledger. Created and migrated at start; every query runs on the blocking pool so the request
+//! path never waits on disk inside the async runtime. Stores no secrets: TeleSign tokens are kept as SHA-256 digests.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &["CREATE TABLE incode_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        interview_id TEXT NOT NULL,
+        onboarding_status TEXT NOT NULL,
+        client_id TEXT,
+        flow_id TEXT,
+        external_id TEXT,
+        received_at INTEGER NOT NULL
+    );
+    CREATE INDEX incode_events_interview ON incode_events (interview_id);
+    CREATE TABLE incode_approvals (
+        interview_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE telesign_tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        xid TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        issued_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        token_sha256 TEXT NOT NULL
+    );
+    CREATE INDEX telesign_tokens_xid ON telesign_tokens (xid);
+    CREATE INDEX telesign_tokens_phone ON telesign_tokens (phone, issued_at);"];
+
+/// A pending approval older than this is taken to be abandoned (the process died mid-call) and may be claimed again.
+const STALE_CLAIM_SECS: i64 = 300;
+
+/// The database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or migrating the file failed.
+    #[error("database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    /// The blocking task running a query was lost, or the connection lock was poisoned by a panic.
+    #[error("database worker failed")]
+    Worker,
+}
+
+/// The shared database handle.
+#[derive(Debug, Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// An Incode webhook event as recorded.
+#[derive(Debug, Clone)]
+pub struct IncodeEvent {
+    /// Interview (session) id.
+    pub interview_id: String,
+    /// Onboarding status.
+    pub onboarding_status: String,
+    /// Client id, when sent.
+    pub client_id: Option<String>,
+    /// Flow id, when sent.
+    pub flow_id: Option<String>,
+    /// External id, when sent.
+    pub external_id: Option<String>,
+}
+
+/// The state of one interview's approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// `approved`, `not_approved` or `pending`.
+    pub state: String,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds of the last change.
+    pub updated_at: i64,
+}
+
+/// Result of trying to claim an interview for approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller now owns the decision and must finish or release it.
+    Won,
+    /// A decision exists (or another delivery is deciding right now).
+    Taken(Decision),
+}
+
+/// One minted TeleSign token, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The external id (join key for Get Status).
+    pub xid: String,
+    /// Phone number, digits only.
+    pub phone: String,
+    /// Unix seconds, the token's `iat`.
+    pub issued_at: i64,
+    /// Unix seconds, the token's `exp`.
+    pub expires_at: i64,
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        // WAL lets readers proceed while a writer commits; `journal_mode` answers with a row, hence query_row.
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(open_err)?;
+        migrate(&mut conn).map_err(open_err)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Worker)?;
+            f(&mut guard).map_err(StoreError::Query)
+        })
+        .await
+        .map_err(|_| StoreError::Worker)?
+    }
+
+    /// Record one Incode webhook delivery.
+    pub async fn record_incode_event(&self, ev: IncodeEvent) -> Result<(), StoreError> {
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO incode_events
+                 (interview_id, onboarding_status, client_id, flow_id, external_id, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    ev.interview_id,
+                    ev.onboarding_status,
+                    ev.client_id,
+                    ev.flow_id,
+                    ev.external_id,
+                    now_secs()
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Try to become the one delivery that decides `interview_id`. A pending claim older than five minutes is
+    /// taken over, so a crash mid-decision does not block the interview forever.
+    pub async fn claim_approval(&self, interview_id: &str) -> Result<Claim, StoreError> {
+        let id = interview_id.to_owned();
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_secs();
+            let existing = tx
+                .query_row(
+                    "SELECT state, reason, updated_at FROM incode_approvals WHERE interview_id = ?1",
+                    params![id],
+                    |r| {
+                        Ok(Decision {
+                            state: r.get(0)?,
+                            reason: r.get(1)?,
+                            updated_at: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let claim = match existing {
+                Some(d) if d.state != "pending" || now - d.updated_at < STALE_CLAIM_SECS => {
+                    Claim::Taken(d)
+                }
+                _ => {
+                    tx.execute(
+                        "INSERT INTO incode_approvals (interview_id, state, reason, updated_at)
+                         VALUES (?1, 'pending', 'decision in progress', ?2)
+                         ON CONFLICT (interview_id) DO UPDATE SET updated_at = excluded.updated_at",
+                        params![id, now],
+                    )?;
+                    Claim::Won
+                }
+            };
+            tx.commit()?;
+            Ok(claim)
+        })
+        .await
+    }
+
+    /// Record the final decision for a claimed interview.
+    pub async fn finish_approval(
+        &self,
+        interview_id: &str,
+        approved: bool,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let (id, reason) = (interview_id.to_owned(), reason.to_owned());
+        let state = if approved { "approved" } else { "not_approved" };
+        self.run(move |c| {
+            c.execute(
+                "UPDATE incode_approvals SET state = ?2, reason = ?3, updated_at = ?4 WHERE interview_id = ?1",
+                params![id, state, reason, now_secs()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Drop a claim whose decision could not be made (a vendor call failed), so a redelivery can try again.
+    pub async fn release_approval(&self, interview_id: &str) -> Result<(), StoreError> {
+        let id = interview_id.to_owned();
+        self.run(move |c| {
+            c.execute(
+                "DELETE FROM incode_approvals WHERE interview_id = ?1 AND state = 'pending'",
+                params![id],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Record a minted TeleSign token.
+    pub async fn insert_token(&self, rec: TokenRecord) -> Result<(), StoreError> {
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    rec.xid,
+                    rec.phone,
+                    rec.issued_at,
+                    rec.expires_at,
+                    rec.token_sha256
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Tokens minted for `xid`, newest first.
+    pub async fn tokens_by_xid(&self, xid: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens("xid", xid.to_owned()).await
+    }
+
+    /// The latest tokens minted for `phone` (digits only), newest first, at most 100.
+    pub async fn tokens_by_phone(&self, phone: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens("phone", phone.to_owned()).await
+    }
+
+    async fn tokens(
+        &self,
+        column: &'static str,
+        value: String,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        // `column` is one of two literals above, never input.
+        let sql = format!(
+            "SELECT xid, phone, issued_at, expires_at, token_sha256 FROM telesign_tokens
+             WHERE {column} = ?1 ORDER BY issued_at DESC, id DESC LIMIT 100"
+        );
+        self.run(move |c| {
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(params![value], |r| {
+                Ok(TokenRecord {
+                    xid: r.get(0)?,
+                    phone: r.get(1)?,
+                    issued_at: r.get(2)?,
+                    expires_at: r.get(3)?,
+                    token_sha256: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("credgate-store-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("flows.db");
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[tokio::test]
+    async fn claim_is_exclusive_and_released_claims_can_be_retaken() {
+        let store = Store::open(&temp_db("claim")).expect("open");
+        assert_eq!(store.claim_approval("i1").await.expect("claim"), Claim::Won);
+        match store.claim_approval("i1").await.expect("claim") {
+            Claim::Taken(d) => assert_eq!(d.state, "pending"),
+            Claim::Won => panic!("second claim must not win"),
+        }
+        store.release_approval("i1").await.expect("release");
+        assert_eq!(store.claim_approval("i1").await.expect("claim"), Claim::Won);
+        store
+            .finish_approval("i1", true, "overall OK")
+            .await
+            .expect("finish");
+        match store.claim_approval("i1").await.expect("claim") {
+            Claim::Taken(d) => assert_eq!(
+                (d.state.as_str(), d.reason.as_str()),
+                ("approved", "overall OK")
+            ),
+            Claim::Won => panic!("decided interview must not be claimed"),
+        }
+    }
+
+    #[test]
+    fn migrations_are_recorded_and_reopening_keeps_data() {
+        let path = temp_db("reopen");
+        {
+            let s = Store::open(&path).expect("open");
+            let c = s.conn.lock().expect("lock");
+            c.execute(
+                "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256) VALUES ('x', '1', 1, 2, 'h')",
+                [],
+            )
+            .expect("insert");
+        }
+        let s = Store::open(&path).expect("reopen");
+        let c = s.conn.lock().expect("lock");
+        let v: usize = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, MIGRATIONS.len());
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM telesign_tokens", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 1);
+    }
+}

@@ -1,0 +1,191 @@
+//! Authentication for vendor webhooks, which never carry caller JWTs: a shared secret in a header or HTTP Basic
+//! credentials (compared in constant time), and/or a source-address allowlist. Never logs what was presented.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderName};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::FlowError;
+use crate::config::secret::{self, constant_time_eq};
+use crate::config::{ConfigError, Ctx};
+
+/// A webhook authentication table as written, e.g. `[flows.incode.webhook]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhookAuth {
+    /// Header carrying the shared secret, e.g. `X-Webhook-Secret` (set together with `secret`).
+    pub header: Option<String>,
+    /// The shared secret expected in `header` (`${ENV}`, `${file:PATH}`).
+    pub secret: Option<String>,
+    /// File holding the shared secret, instead of `secret`.
+    pub secret_file: Option<PathBuf>,
+    /// HTTP Basic user name the vendor sends (set together with a Basic password).
+    pub basic_user: Option<String>,
+    /// HTTP Basic password (`${ENV}`, `${file:PATH}`).
+    pub basic_password: Option<String>,
+    /// File holding the HTTP Basic password, instead of `basic_password`.
+    pub basic_password_file: Option<PathBuf>,
+    /// Source addresses or CIDR blocks allowed to call, e.g. `["203.0.113.0/24"]`; empty allows any address.
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+}
+
+/// Validated webhook authentication.
+#[derive(Debug)]
+pub struct WebhookAuth {
+    secret: Option<(HeaderName, SecretString)>,
+    basic: Option<(SecretString, SecretString)>,
+    allow: Vec<(IpAddr, u8)>,
+}
+
+/// Validate a webhook table; `key` is its dotted path, e.g. `flows.incode.webhook`.
+pub fn validate(ctx: &Ctx, key: &str, raw: RawWebhookAuth) -> Result<WebhookAuth, ConfigError> {
+    let k = |f: &str| format!("{key}.{f}");
+    let secret = match (
+        raw.header,
+        secret::resolve(raw.secret.as_deref(), raw.secret_file.as_deref())
+            .map_err(|e| ctx.invalid(k("secret"), e))?,
+    ) {
+        (Some(h), Some(s)) => {
+            let name = HeaderName::try_from(h.as_str())
+                .map_err(|_| ctx.invalid(k("header"), format!("{h:?} is not a header name")))?;
+            Some((name, s))
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err(ctx.invalid(k("secret"), "required when header is set")),
+        (None, Some(_)) => return Err(ctx.invalid(k("header"), "required when secret is set")),
+    };
+    let basic = match (
+        raw.basic_user,
+        secret::resolve(
+            raw.basic_password.as_deref(),
+            raw.basic_password_file.as_deref(),
+        )
+        .map_err(|e| ctx.invalid(k("basic_password"), e))?,
+    ) {
+        (Some(u), Some(p)) => Some((SecretString::from(u), p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ctx.invalid(k("basic_password"), "required when basic_user is set"));
+        }
+        (None, Some(_)) => {
+            return Err(ctx.invalid(k("basic_user"), "required when basic_password is set"));
+        }
+    };
+    let mut allow = Vec::new();
+    for (i, a) in raw.allow_ips.iter().enumerate() {
+        allow.push(parse_cidr(a).ok_or_else(|| {
+            ctx.invalid(
+                format!("{key}.allow_ips[{i}]"),
+                format!("{a:?} is not an IP address or CIDR block"),
+            )
+        })?);
+    }
+    if secret.is_none() && basic.is_none() && allow.is_empty() {
+        return Err(ctx.invalid(
+            key,
+            "configure a shared secret (header + secret), HTTP Basic (basic_user + basic_password) or allow_ips",
+        ));
+    }
+    Ok(WebhookAuth {
+        secret,
+        basic,
+        allow,
+    })
+}
+
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+        None => (s.parse::<IpAddr>().ok()?, None),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((addr.to_canonical(), len))
+}
+
+fn in_block(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    match (ip.to_canonical(), net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+impl WebhookAuth {
+    /// Admit or refuse one webhook delivery from `peer` with `headers`.
+    pub fn check(&self, headers: &HeaderMap, peer: IpAddr) -> Result<(), FlowError> {
+        if !self.allow.is_empty() && !self.allow.iter().any(|b| in_block(peer, *b)) {
+            return Err(FlowError::SourceNotAllowed);
+        }
+        if self.secret.is_none() && self.basic.is_none() {
+            return Ok(());
+        }
+        let secret_ok = self.secret.as_ref().is_some_and(|(name, want)| {
+            headers
+                .get(name)
+                .is_some_and(|got| constant_time_eq(want, got.as_bytes()))
+        });
+        let basic_ok = self.basic.as_ref().is_some_and(|(user, pass)| {
+            basic_credentials(headers).is_some_and(|(u, p)| {
+                // Both halves are compared in full (`&`, not `&&`) so timing does not reveal which one failed.
+                constant_time_eq(user, u.as_bytes()) & constant_time_eq(pass, p.as_bytes())
+            })
+        });
+        if secret_ok || basic_ok {
+            Ok(())
+        } else {
+            Err(FlowError::WebhookUnauthorized {
+                basic_challenge: self.basic.is_some(),
+            })
+        }
+    }
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_blocks_match_on_prefix() {
+        let b = parse_cidr("10.1.0.0/16").expect("cidr");
+        assert!(in_block("10.1.200.3".parse().expect("ip"), b));
+        assert!(!in_block("10.2.0.1".parse().expect("ip"), b));
+        let one = parse_cidr("127.0.0.1").expect("ip");
+        assert!(in_block("::ffff:127.0.0.1".parse().expect("ip"), one));
+        assert!(in_block(
+            "2001:db8::1".parse().expect("ip"),
+            parse_cidr("2001:db8::/32").expect("cidr")
+        ));
+        assert!(in_block(
+            "8.8.8.8".parse().expect("ip"),
+            parse_cidr("0.0.0.0/0").expect("cidr")
+        ));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
+        assert!(parse_cidr("nope").is_none());
+    }
+}

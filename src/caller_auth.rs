@@ -43,9 +43,12 @@ pub struct RoutePolicy {
 struct JwtPolicy {
     issuers: Box<[Box<str>]>,
     scopes: Box<[Box<str>]>,
-    require_claims: Box<[(Box<str>, Box<[String]>)]>,
+    require_claims: Box<[ClaimRule]>,
     forward_claims: Box<[(Box<str>, HeaderName)]>,
 }
+
+/// A claim and the values it may take.
+type ClaimRule = (Box<str>, Box<[String]>);
 
 impl RoutePolicy {
     /// Compile a route's policy.
@@ -349,7 +352,12 @@ impl CallerAuth {
         result
     }
 
-    async fn check(&self, p: &JwtPolicy, headers: &HeaderMap, uri: &Uri) -> Result<Caller, AuthError> {
+    async fn check(
+        &self,
+        p: &JwtPolicy,
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<Caller, AuthError> {
         if uri.query().is_some_and(has_access_token) {
             return Err(AuthError::TokenInQuery);
         }
@@ -379,10 +387,9 @@ impl CallerAuth {
     }
 
     fn check_time(&self, v: &Verified) -> Result<(), AuthError> {
-        let leeway = self
-            .issuers
-            .get(v.issuer)
-            .map_or(0, |i| i64::try_from(i.cfg.leeway.as_secs()).unwrap_or(i64::MAX));
+        let leeway = self.issuers.get(v.issuer).map_or(0, |i| {
+            i64::try_from(i.cfg.leeway.as_secs()).unwrap_or(i64::MAX)
+        });
         check_times(now_secs(), leeway, Some(v.exp), v.nbf, v.iat)
     }
 
@@ -427,7 +434,11 @@ impl CallerAuth {
         })
     }
 
-    async fn find_key(&self, issuer: &Arc<Issuer>, kid: Option<&str>) -> Result<Arc<keys::Key>, AuthError> {
+    async fn find_key(
+        &self,
+        issuer: &Arc<Issuer>,
+        kid: Option<&str>,
+    ) -> Result<Arc<keys::Key>, AuthError> {
         if let Lookup::Found(k) = issuer.keys().find(kid) {
             return Ok(k.clone());
         }
@@ -467,7 +478,7 @@ impl CallerAuth {
                 Some(serde_json::Value::String(s)) => allowed.iter().any(|a| a == s),
                 Some(other @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
                     let s = other.to_string();
-                    allowed.iter().any(|a| *a == s)
+                    allowed.contains(&s)
                 }
                 _ => false,
             };
@@ -527,7 +538,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     if all.next().is_some() {
         return Err(AuthError::MultipleAuthorization);
     }
-    let v = v.to_str().map_err(|_| AuthError::Malformed("Authorization is not ASCII"))?;
+    let v = v
+        .to_str()
+        .map_err(|_| AuthError::Malformed("Authorization is not ASCII"))?;
     let (scheme, rest) = v.split_once(' ').ok_or(AuthError::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Missing);
@@ -564,10 +577,22 @@ mod tests {
     #[test]
     fn times_honour_leeway() {
         assert!(check_times(100, 10, Some(95), None, None).is_ok());
-        assert!(matches!(check_times(100, 10, Some(89), None, None), Err(AuthError::Expired)));
-        assert!(matches!(check_times(100, 10, Some(200), Some(111), None), Err(AuthError::NotYetValid)));
-        assert!(matches!(check_times(100, 10, Some(200), None, Some(111)), Err(AuthError::IssuedInFuture)));
-        assert!(matches!(check_times(100, 10, None, None, None), Err(AuthError::MissingExp)));
+        assert!(matches!(
+            check_times(100, 10, Some(89), None, None),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            check_times(100, 10, Some(200), Some(111), None),
+            Err(AuthError::NotYetValid)
+        ));
+        assert!(matches!(
+            check_times(100, 10, Some(200), None, Some(111)),
+            Err(AuthError::IssuedInFuture)
+        ));
+        assert!(matches!(
+            check_times(100, 10, None, None, None),
+            Err(AuthError::MissingExp)
+        ));
     }
 
     #[test]

@@ -104,11 +104,7 @@ impl Issuer {
             done: watch::channel(0).0,
             status: Mutex::default(),
         });
-        Self {
-            cfg,
-            keys,
-            fetcher,
-        }
+        Self { cfg, keys, fetcher }
     }
 
     /// The key set in force.
@@ -151,9 +147,10 @@ impl Issuer {
         let Some(mut rx) = self.join_or_start(true) else {
             return Refetch::Skipped;
         };
-        let waited = tokio::time::timeout(f.cfg.fetch_timeout + Duration::from_secs(1), rx.changed())
-            .await
-            .is_ok();
+        let waited =
+            tokio::time::timeout(f.cfg.fetch_timeout + Duration::from_secs(1), rx.changed())
+                .await
+                .is_ok();
         if !waited {
             return Refetch::Skipped;
         }
@@ -199,9 +196,10 @@ impl Issuer {
         let Some(f) = &self.fetcher else { return };
         let name = self.cfg.name.as_str();
         match &result {
-            Ok(_) => f
-                .metrics
-                .incr("credgate_jwks_fetches_total", &[("issuer", name), ("result", "ok")]),
+            Ok(_) => f.metrics.incr(
+                "credgate_jwks_fetches_total",
+                &[("issuer", name), ("result", "ok")],
+            ),
             Err(e) => {
                 tracing::warn!(issuer = name, url = %f.cfg.url, error = %e, "JWKS fetch failed; keeping the last good keys");
                 f.metrics.incr(
@@ -278,7 +276,8 @@ impl Issuer {
         let Some(mut rx) = self.join_or_start(false) else {
             return Err("fetch state poisoned".into());
         };
-        let waited = tokio::time::timeout(f.cfg.fetch_timeout + Duration::from_secs(1), rx.changed()).await;
+        let waited =
+            tokio::time::timeout(f.cfg.fetch_timeout + Duration::from_secs(1), rx.changed()).await;
         if waited.is_err() {
             return Err("fetch did not finish".into());
         }
@@ -340,11 +339,10 @@ impl Issuer {
                 };
                 me.expire_stale(cfg.max_staleness);
                 // Wake in time to drop keys that go stale before the next attempt.
-                let stale_in = me
-                    .keys
-                    .load()
-                    .fetched_at
-                    .map(|at| (at + cfg.max_staleness).saturating_duration_since(Instant::now()));
+                let stale_in =
+                    me.keys.load().fetched_at.map(|at| {
+                        (at + cfg.max_staleness).saturating_duration_since(Instant::now())
+                    });
                 next = Some(stale_in.map_or(wait, |s| wait.min(s + Duration::from_millis(1))));
             }
         });
@@ -361,7 +359,11 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
             return Some(Duration::ZERO);
         }
         if let Some(n) = lower.strip_prefix("max-age=") {
-            age = n.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+            age = n
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
         }
     }
     age
@@ -374,9 +376,15 @@ mod tests {
     #[test]
     fn max_age_is_read_and_no_store_wins() {
         let mut h = http::HeaderMap::new();
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=120"));
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=120"),
+        );
         assert_eq!(max_age(&h), Some(Duration::from_secs(120)));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=120, no-store"));
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("max-age=120, no-store"),
+        );
         assert_eq!(max_age(&h), Some(Duration::ZERO));
         h.remove(CACHE_CONTROL);
         assert_eq!(max_age(&h), None);

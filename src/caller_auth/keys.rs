@@ -158,7 +158,11 @@ impl std::fmt::Debug for Key {
             .field("family", &self.family)
             .field(
                 "algorithms",
-                &self.verifiers.iter().map(|(a, _)| a.name()).collect::<Vec<_>>(),
+                &self
+                    .verifiers
+                    .iter()
+                    .map(|(a, _)| a.name())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -332,8 +336,11 @@ fn b64(s: &str) -> Result<Vec<u8>, KeyError> {
         .map_err(|_| KeyError::Malformed)
 }
 
+/// Keys of a JWKS that were not taken, by kid, with the reason.
+pub type Skipped = Vec<(Option<String>, KeyError)>;
+
 /// Parse every usable key of a JWKS; unusable ones are reported and skipped, as IdPs publish encryption keys too.
-pub fn from_jwks(set: &JwkSet, allowed: &[Alg]) -> (Vec<Arc<Key>>, Vec<(Option<String>, KeyError)>) {
+pub fn from_jwks(set: &JwkSet, allowed: &[Alg]) -> (Vec<Arc<Key>>, Skipped) {
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for jwk in &set.keys {

@@ -128,7 +128,11 @@ fn strings(v: Option<&Value>, name: &'static str) -> Result<Vec<String>, AuthErr
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_str().map(str::to_owned).ok_or(AuthError::Malformed(name)))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or(AuthError::Malformed(name))
+            })
             .collect(),
         Some(_) => Err(AuthError::Malformed(name)),
     }
@@ -147,7 +151,10 @@ impl Claims {
         let iat = numeric_date(all.get("iat"), "iat is not a number")?;
         let mut scopes: Vec<Box<str>> = Vec::new();
         for name in ["scope", "scp"] {
-            for s in strings(all.get(name), "scope/scp is not a string or array of strings")? {
+            for s in strings(
+                all.get(name),
+                "scope/scp is not a string or array of strings",
+            )? {
                 scopes.extend(s.split(' ').filter(|x| !x.is_empty()).map(Box::from));
             }
         }

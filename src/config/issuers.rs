@@ -113,7 +113,10 @@ pub fn validate(ctx: &Ctx, raw: Vec<RawIssuer>) -> Result<Vec<IssuerConfig>, Con
         if let Some(o) = out.iter().find(|o| o.issuer == r.issuer) {
             return Err(ctx.invalid(
                 k("issuer"),
-                format!("{:?} is already issuer {:?}; iss must pick one issuer", r.issuer, o.name),
+                format!(
+                    "{:?} is already issuer {:?}; iss must pick one issuer",
+                    r.issuer, o.name
+                ),
             ));
         }
         if r.audiences.is_empty() || r.audiences.iter().any(String::is_empty) {
@@ -140,7 +143,12 @@ pub fn validate(ctx: &Ctx, raw: Vec<RawIssuer>) -> Result<Vec<IssuerConfig>, Con
                 algs
             }
         };
-        let leeway = duration(ctx, &k("leeway"), r.leeway.as_deref(), Duration::from_secs(60))?;
+        let leeway = duration(
+            ctx,
+            &k("leeway"),
+            r.leeway.as_deref(),
+            Duration::from_secs(60),
+        )?;
         let static_keys = read_keys(ctx, i, &r.keys, &algorithms)?;
         let jwks = match &r.jwks_url {
             None => {

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod certs;
+pub mod fake_idp;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -1,78 +1,603 @@
-//! Caller authentication: who is calling, proven by a JWT checked locally. This is the slot the pipeline calls;
-//! routes with `auth = "none"` pass without reading a token. Never logs or echoes a token.
+//! Caller authentication: who is calling, proven by a JWT checked locally against the issuer's own keys, then the
+//! route's rules (accepted issuers, scopes, claim requirements). Routes with `auth = "none"` pass without reading a
+//! token. The token's `iss` picks the issuer first and its `kid` is looked up only among that issuer's keys; the key
+//! decides the algorithm family. Never logs, stores in plain or echoes a token.
+//!
+//! Request path: bearer extraction → verified-token cache ([`verified`]) → on a miss, parse ([`token`]), issuer,
+//! cheap claim checks, key lookup ([`keys`], with an unknown-kid refetch from [`jwks`]), one signature verification
+//! with a pre-parsed aws-lc-rs key → cache → time and route checks. No lock is taken on this path.
 
+pub mod jwks;
+pub mod keys;
+pub mod token;
+pub mod verified;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
 use crate::config::{IssuerConfig, RouteAuthConfig};
 use crate::error::Problem;
+use crate::http_client::HttpClient;
+use crate::metrics::Metrics;
+use jwks::{Issuer, Refetch};
+use keys::{Alg, Lookup};
+use verified::{Verified, VerifiedCache};
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
 /// A route's caller policy, compiled from config.
 #[derive(Debug, Clone)]
 pub struct RoutePolicy {
-    cfg: RouteAuthConfig,
+    jwt: Option<JwtPolicy>,
 }
+
+#[derive(Debug, Clone)]
+struct JwtPolicy {
+    issuers: Box<[Box<str>]>,
+    scopes: Box<[Box<str>]>,
+    require_claims: Box<[ClaimRule]>,
+    forward_claims: Box<[(Box<str>, HeaderName)]>,
+}
+
+/// A claim and the values it may take.
+type ClaimRule = (Box<str>, Box<[String]>);
 
 impl RoutePolicy {
     /// Compile a route's policy.
     pub fn new(cfg: RouteAuthConfig) -> Self {
-        Self { cfg }
+        let jwt = match cfg {
+            RouteAuthConfig::None => None,
+            RouteAuthConfig::Jwt {
+                issuers,
+                scopes,
+                require_claims,
+                forward_claims,
+            } => Some(JwtPolicy {
+                issuers: issuers.into_iter().map(Box::from).collect(),
+                scopes: scopes.into_iter().map(Box::from).collect(),
+                require_claims: require_claims
+                    .into_iter()
+                    .map(|(k, v)| (Box::from(k), v.into_boxed_slice()))
+                    .collect(),
+                forward_claims: forward_claims
+                    .into_iter()
+                    .map(|(k, h)| (Box::from(k), h))
+                    .collect(),
+            }),
+        };
+        Self { jwt }
     }
 }
 
 /// The authenticated caller.
 #[derive(Debug, Default, Clone)]
 pub struct Caller {
-    /// Headers the gateway sets from verified claims.
+    /// Headers the gateway sets from verified claims (a claim the token lacks is sent empty, so a caller-sent value
+    /// never passes).
     pub forward_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Why a caller was refused.
+/// Why a caller was refused. Carries no token content.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// No usable bearer token.
+    /// No bearer token.
     #[error("missing bearer token")]
     Missing,
+    /// More than one `Authorization` header.
+    #[error("more than one Authorization header")]
+    MultipleAuthorization,
+    /// `access_token` in the query string.
+    #[error("token in query string")]
+    TokenInQuery,
+    /// The token is not a well-formed JWS.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The token or its header is over the size limit.
+    #[error("token too large")]
+    TooLarge,
+    /// `alg` is `none`, symmetric, unknown or not on the issuer's list (`None`: not a name credgate knows).
+    #[error("algorithm not allowed")]
+    AlgNotAllowed {
+        /// The algorithm, when it is one credgate knows.
+        alg: Option<Alg>,
+    },
+    /// The header has `crit`.
+    #[error("unsupported critical header")]
+    UnsupportedCrit,
+    /// `iss` matches no configured issuer.
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    /// The issuer is configured but not accepted on this route.
+    #[error("issuer not accepted on this route")]
+    IssuerNotAccepted,
+    /// `aud` has none of the issuer's audiences.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// No `exp`.
+    #[error("token has no exp")]
+    MissingExp,
+    /// `exp` passed (beyond leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` in the future (beyond leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iat` in the future (beyond leeway).
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    /// No key of the issuer has this `kid`.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// The key's type does not allow the header's `alg`.
+    #[error("algorithm does not match the key")]
+    AlgKeyMismatch,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// The issuer has no keys (JWKS never fetched, or stale beyond `max_staleness`).
+    #[error("keys of issuer {issuer} unavailable")]
+    KeysUnavailable {
+        /// Issuer name.
+        issuer: String,
+    },
+    /// A required scope is missing.
+    #[error("missing scope {scope}")]
+    InsufficientScope {
+        /// The first missing scope.
+        scope: String,
+    },
+    /// A claim requirement is not met.
+    #[error("claim {claim} not allowed")]
+    ClaimNotAllowed {
+        /// The claim.
+        claim: String,
+    },
 }
 
-/// Map an auth error to the caller's problem.
+impl AuthError {
+    /// Stable reason code, used in the problem body and the rejection counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::MultipleAuthorization => "multiple_authorization",
+            AuthError::TokenInQuery => "token_in_query",
+            AuthError::Malformed(_) => "malformed_token",
+            AuthError::TooLarge => "token_too_large",
+            AuthError::AlgNotAllowed { .. } => "alg_not_allowed",
+            AuthError::UnsupportedCrit => "unsupported_crit",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::IssuerNotAccepted => "issuer_not_accepted",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::MissingExp => "missing_exp",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::AlgKeyMismatch => "alg_key_mismatch",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::KeysUnavailable { .. } => "issuer_keys_unavailable",
+            AuthError::InsufficientScope { .. } => "insufficient_scope",
+            AuthError::ClaimNotAllowed { .. } => "claim_not_allowed",
+        }
+    }
+}
+
+const REALM: &str = "credgate";
+
+fn invalid_token(code: &'static str, title: &'static str, detail: String) -> Problem {
+    Problem {
+        www_authenticate: Some(format!(
+            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{detail}\""
+        )),
+        ..Problem::new(StatusCode::UNAUTHORIZED, code, title).detail(detail)
+    }
+}
+
+fn invalid_request(code: &'static str, detail: &'static str) -> Problem {
+    Problem {
+        www_authenticate: Some(format!(
+            "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{detail}\""
+        )),
+        ..Problem::new(StatusCode::BAD_REQUEST, code, "Invalid request").detail(detail)
+    }
+}
+
+fn forbidden(code: &'static str, www: String, detail: String) -> Problem {
+    Problem {
+        www_authenticate: Some(www),
+        ..Problem::new(StatusCode::FORBIDDEN, code, "Insufficient scope").detail(detail)
+    }
+}
+
+/// Map an auth error to the caller's problem: which check failed, never the token.
 pub fn problem(e: &AuthError) -> Problem {
+    let code = e.reason();
+    let bad = |detail: &str| invalid_token(code, "Invalid token", detail.to_owned());
     match e {
         AuthError::Missing => Problem {
-            www_authenticate: Some("Bearer realm=\"credgate\"".into()),
-            ..Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "Bearer token required",
-            )
+            www_authenticate: Some(format!("Bearer realm=\"{REALM}\"")),
+            ..Problem::new(StatusCode::UNAUTHORIZED, code, "Bearer token required")
         },
+        AuthError::MultipleAuthorization => {
+            invalid_request(code, "send exactly one Authorization header")
+        }
+        AuthError::TokenInQuery => invalid_request(
+            code,
+            "tokens are not accepted in the query string; use the Authorization header",
+        ),
+        AuthError::Malformed(what) => bad(&format!("malformed token: {what}")),
+        AuthError::TooLarge => bad("token too large"),
+        AuthError::AlgNotAllowed { alg } => match alg {
+            Some(a) => bad(&format!("algorithm {} is not accepted", a.name())),
+            None => bad("algorithm is not accepted"),
+        },
+        AuthError::UnsupportedCrit => bad("unsupported critical header (crit)"),
+        AuthError::UnknownIssuer => bad("unknown issuer (iss)"),
+        AuthError::IssuerNotAccepted => bad("issuer not accepted on this route"),
+        AuthError::WrongAudience => bad("wrong audience (aud)"),
+        AuthError::MissingExp => bad("token has no expiry (exp)"),
+        AuthError::Expired => bad("token expired"),
+        AuthError::NotYetValid => bad("token not yet valid (nbf)"),
+        AuthError::IssuedInFuture => bad("token issued in the future (iat)"),
+        AuthError::UnknownKey => bad("unknown signing key (kid)"),
+        AuthError::AlgKeyMismatch => bad("algorithm does not match the signing key"),
+        AuthError::BadSignature => bad("bad signature"),
+        AuthError::KeysUnavailable { issuer } => Problem {
+            retry_after: Some(5),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                "Issuer keys unavailable",
+            )
+            .detail(format!("keys of issuer {issuer} are not loaded"))
+        },
+        AuthError::InsufficientScope { scope } => forbidden(
+            code,
+            format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{scope}\""),
+            format!("missing scope {scope}"),
+        ),
+        AuthError::ClaimNotAllowed { claim } => forbidden(
+            code,
+            format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"claim {claim} not allowed\""
+            ),
+            format!("claim {claim} not allowed"),
+        ),
     }
+}
+
+/// An issuer's JWKS could not be fetched at startup with `startup = "fail_fast"`.
+#[derive(Debug, thiserror::Error)]
+#[error("issuer {issuer}: JWKS fetch at startup failed: {reason}")]
+pub struct StartError {
+    /// Issuer name.
+    pub issuer: String,
+    /// Why (transport or format; no response content).
+    pub reason: String,
 }
 
 /// Validates caller tokens against the configured issuers.
 #[derive(Debug)]
 pub struct CallerAuth {
-    issuers: Vec<IssuerConfig>,
+    issuers: Vec<Arc<Issuer>>,
+    cache: VerifiedCache,
+    metrics: Arc<Metrics>,
 }
 
 impl CallerAuth {
-    /// Build from the issuer list.
-    pub fn new(issuers: &[IssuerConfig]) -> Self {
+    /// Build from the issuer list; fetches nothing until [`CallerAuth::start`].
+    pub fn new(issuers: &[IssuerConfig], http: &HttpClient, metrics: Arc<Metrics>) -> Self {
         Self {
-            issuers: issuers.to_vec(),
+            issuers: issuers
+                .iter()
+                .map(|c| Arc::new(Issuer::new(c.clone(), http, &metrics)))
+                .collect(),
+            cache: VerifiedCache::default(),
+            metrics,
         }
     }
 
-    /// Authenticate and authorize one request under `policy`.
+    /// Start key fetching: `fail_fast` issuers are fetched before this returns; the others start not ready and
+    /// retry with backoff in the background. Every JWKS issuer then refreshes in the background.
+    pub async fn start(&self) -> Result<(), StartError> {
+        for iss in &self.issuers {
+            let Some(j) = &iss.cfg.jwks else { continue };
+            if j.fail_fast {
+                iss.initial_fetch().await.map_err(|reason| StartError {
+                    issuer: iss.cfg.name.clone(),
+                    reason,
+                })?;
+                iss.spawn_refresh(true);
+            } else {
+                iss.spawn_refresh(false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Readiness rows, one per issuer: (name, keys loaded, detail).
+    pub fn readiness(&self) -> Vec<(String, bool, String)> {
+        self.issuers
+            .iter()
+            .map(|i| {
+                let (ok, detail) = i.readiness();
+                (format!("issuer:{}", i.cfg.name), ok, detail)
+            })
+            .collect()
+    }
+
+    /// Authenticate and authorize one request under `policy`. Every rejection is counted by reason.
     pub async fn authenticate(
         &self,
         policy: &RoutePolicy,
         headers: &HeaderMap,
         uri: &Uri,
     ) -> Result<Caller, AuthError> {
-        let _ = (headers, uri, &self.issuers);
-        match &policy.cfg {
-            RouteAuthConfig::None => Ok(Caller::default()),
-            RouteAuthConfig::Jwt { .. } => Err(AuthError::Missing),
+        let Some(p) = &policy.jwt else {
+            return Ok(Caller::default());
+        };
+        let result = self.check(p, headers, uri).await;
+        if let Err(e) = &result {
+            self.metrics
+                .incr("credgate_auth_rejections_total", &[("reason", e.reason())]);
         }
+        result
+    }
+
+    async fn check(
+        &self,
+        p: &JwtPolicy,
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<Caller, AuthError> {
+        if uri.query().is_some_and(has_access_token) {
+            return Err(AuthError::TokenInQuery);
+        }
+        let token = bearer(headers)?;
+        let v = self.validate(token).await?;
+        self.authorize(p, &v)
+    }
+
+    /// Validate a bearer token: a cache hit re-checks the key and time; a miss verifies and caches.
+    pub async fn validate(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
+        if let Some(v) = self.cache.get(token) {
+            if self.key_still_valid(&v) {
+                self.check_time(&v)?;
+                return Ok(v);
+            }
+            self.cache.remove(token);
+        }
+        let v = Arc::new(self.verify(token).await?);
+        self.cache.insert(token, v.clone());
+        Ok(v)
+    }
+
+    fn key_still_valid(&self, v: &Verified) -> bool {
+        self.issuers
+            .get(v.issuer)
+            .is_some_and(|i| i.keys().holds(&v.key))
+    }
+
+    fn check_time(&self, v: &Verified) -> Result<(), AuthError> {
+        let leeway = self.issuers.get(v.issuer).map_or(0, |i| {
+            i64::try_from(i.cfg.leeway.as_secs()).unwrap_or(i64::MAX)
+        });
+        check_times(now_secs(), leeway, Some(v.exp), v.nbf, v.iat)
+    }
+
+    /// Verify a token without the cache: parse, issuer, claims, key, signature.
+    pub async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        let parsed = token::parse(token)?;
+        let c = &parsed.claims;
+        let iss = c.iss.as_deref().ok_or(AuthError::UnknownIssuer)?;
+        let (idx, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.cfg.issuer == iss)
+            .ok_or(AuthError::UnknownIssuer)?;
+        let cfg = &issuer.cfg;
+        if !cfg.algorithms.contains(&parsed.alg) {
+            return Err(AuthError::AlgNotAllowed {
+                alg: Some(parsed.alg),
+            });
+        }
+        // Cheap claim checks before key lookup and signature: garbage costs little and cannot trigger refetches.
+        let leeway = i64::try_from(cfg.leeway.as_secs()).unwrap_or(i64::MAX);
+        let exp = c.exp.ok_or(AuthError::MissingExp)?;
+        check_times(now_secs(), leeway, Some(exp), c.nbf, c.iat)?;
+        if !c.aud.iter().any(|a| cfg.audiences.iter().any(|x| x == a)) {
+            return Err(AuthError::WrongAudience);
+        }
+        let key = self.find_key(issuer, parsed.kid.as_deref()).await?;
+        let verifier = key.verifier(parsed.alg).ok_or(AuthError::AlgKeyMismatch)?;
+        verifier
+            .verify_sig(parsed.signing_input, &parsed.signature)
+            .map_err(|_| AuthError::BadSignature)?;
+        let claims = parsed.claims;
+        Ok(Verified {
+            issuer: idx,
+            key,
+            exp,
+            nbf: claims.nbf,
+            iat: claims.iat,
+            scopes: claims.scopes.into_boxed_slice(),
+            claims: claims.all,
+        })
+    }
+
+    async fn find_key(
+        &self,
+        issuer: &Arc<Issuer>,
+        kid: Option<&str>,
+    ) -> Result<Arc<keys::Key>, AuthError> {
+        if let Lookup::Found(k) = issuer.keys().find(kid) {
+            return Ok(k.clone());
+        }
+        // A kid-less token with several keys is ambiguous; a refetch cannot fix that.
+        if kid.is_some() && issuer.refetch_for_unknown_kid(kid).await == Refetch::Done {
+            if let Lookup::Found(k) = issuer.keys().find(kid) {
+                return Ok(k.clone());
+            }
+            if let Some(kid) = kid {
+                issuer.remember_unknown(kid);
+            }
+        }
+        if issuer.keys().is_empty() {
+            return Err(AuthError::KeysUnavailable {
+                issuer: issuer.cfg.name.clone(),
+            });
+        }
+        Err(AuthError::UnknownKey)
+    }
+
+    fn authorize(&self, p: &JwtPolicy, v: &Verified) -> Result<Caller, AuthError> {
+        if !p.issuers.is_empty() {
+            let name = self.issuers.get(v.issuer).map(|i| i.cfg.name.as_str());
+            if !p.issuers.iter().any(|n| Some(&**n) == name) {
+                return Err(AuthError::IssuerNotAccepted);
+            }
+        }
+        for s in &p.scopes {
+            if !v.scopes.iter().any(|have| have == s) {
+                return Err(AuthError::InsufficientScope {
+                    scope: s.to_string(),
+                });
+            }
+        }
+        for (claim, allowed) in &p.require_claims {
+            let ok = match v.claims.get(&**claim) {
+                Some(serde_json::Value::String(s)) => allowed.iter().any(|a| a == s),
+                Some(other @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                    let s = other.to_string();
+                    allowed.contains(&s)
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::ClaimNotAllowed {
+                    claim: claim.to_string(),
+                });
+            }
+        }
+        let mut forward_headers = Vec::with_capacity(p.forward_claims.len());
+        for (claim, header) in &p.forward_claims {
+            forward_headers.push((header.clone(), claim_value(v.claims.get(&**claim))));
+        }
+        Ok(Caller { forward_headers })
+    }
+}
+
+/// A claim as a header value: strings as they are, numbers and booleans printed; anything else, or a value that cannot
+/// be a header, is sent empty.
+fn claim_value(v: Option<&serde_json::Value>) -> HeaderValue {
+    let hv = match v {
+        Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
+        Some(n @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+            HeaderValue::from_str(&n.to_string()).ok()
+        }
+        _ => None,
+    };
+    hv.unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+fn check_times(
+    now: i64,
+    leeway: i64,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+) -> Result<(), AuthError> {
+    let exp = exp.ok_or(AuthError::MissingExp)?;
+    if now > exp.saturating_add(leeway) {
+        return Err(AuthError::Expired);
+    }
+    if nbf.is_some_and(|n| n.saturating_sub(leeway) > now) {
+        return Err(AuthError::NotYetValid);
+    }
+    if iat.is_some_and(|i| i.saturating_sub(leeway) > now) {
+        return Err(AuthError::IssuedInFuture);
+    }
+    Ok(())
+}
+
+/// The bearer token of the single `Authorization` header (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let Some(v) = all.next() else {
+        return Err(AuthError::Missing);
+    };
+    if all.next().is_some() {
+        return Err(AuthError::MultipleAuthorization);
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| AuthError::Malformed("Authorization is not ASCII"))?;
+    let (scheme, rest) = v.split_once(' ').ok_or(AuthError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Missing);
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
+
+fn has_access_token(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|kv| kv.split('=').next().is_some_and(|k| k == "access_token"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_single() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bEaReR abc"));
+        assert_eq!(bearer(&h).ok(), Some("abc"));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer def"));
+        assert!(matches!(bearer(&h), Err(AuthError::MultipleAuthorization)));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(matches!(bearer(&h), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn times_honour_leeway() {
+        assert!(check_times(100, 10, Some(95), None, None).is_ok());
+        assert!(matches!(
+            check_times(100, 10, Some(89), None, None),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            check_times(100, 10, Some(200), Some(111), None),
+            Err(AuthError::NotYetValid)
+        ));
+        assert!(matches!(
+            check_times(100, 10, Some(200), None, Some(111)),
+            Err(AuthError::IssuedInFuture)
+        ));
+        assert!(matches!(
+            check_times(100, 10, None, None, None),
+            Err(AuthError::MissingExp)
+        ));
+    }
+
+    #[test]
+    fn access_token_query_is_spotted() {
+        assert!(has_access_token("a=1&access_token=x"));
+        assert!(!has_access_token("my_access_token=x"));
     }
 }

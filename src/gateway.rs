@@ -93,15 +93,20 @@ impl Gateway {
         }
         Ok(Arc::new(Self {
             routes: RouteTable::new(routes),
-            caller_auth: CallerAuth::new(&cfg.issuers),
+            caller_auth: CallerAuth::new(&cfg.issuers, &http, metrics.clone()),
             credentials,
             http,
             metrics,
         }))
     }
 
+    /// Start background work (issuer key fetching and refresh). Called when serving starts; `check` never calls it.
+    pub async fn start_background(self: &Arc<Self>) -> Result<(), crate::caller_auth::StartError> {
+        self.caller_auth.start().await
+    }
+
     /// Readiness checks: name, ready, detail.
     pub fn readiness(&self) -> Vec<(String, bool, String)> {
-        Vec::new()
+        self.caller_auth.readiness()
     }
 }

@@ -45,6 +45,9 @@ pub enum ServerError {
         #[source]
         source: TlsError,
     },
+    /// Background startup work failed (an issuer's JWKS with `startup = "fail_fast"`).
+    #[error(transparent)]
+    Startup(#[from] crate::caller_auth::StartError),
 }
 
 /// A running gateway: its bound addresses and the handle to stop it.
@@ -72,6 +75,7 @@ impl Running {
 
 /// Bind every listener in `cfg` (and the admin listener) and start serving `gw`.
 pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerError> {
+    gw.start_background().await?;
     let (stop, _) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();

@@ -1,8 +1,15 @@
-//! `[[issuers]]`: identity providers whose caller JWTs the gateway accepts.
+//! `[[issuers]]`: identity providers whose caller JWTs the gateway accepts, with their audiences, algorithms and keys
+//! (a JWKS URL and/or static PEM, JWK or JWKS files). Static key files are read and parsed here, so `credgate check`
+//! catches a bad key; nothing here fetches.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, Ctx};
+use super::{ConfigError, Ctx, duration};
+use crate::caller_auth::keys::{self, Alg, Key};
 
 /// An issuer as written.
 #[derive(Debug, Deserialize)]
@@ -12,6 +19,65 @@ pub struct RawIssuer {
     pub name: String,
     /// Exact `iss` claim value.
     pub issuer: String,
+    /// Accepted audiences: the token's `aud` (string or array) must contain one.
+    pub audiences: Vec<String>,
+    /// Accepted `alg` values (default: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA). Each key only
+    /// ever verifies the algorithms of its own type; `none` and HS* are never accepted.
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (default `60s`).
+    pub leeway: Option<String>,
+    /// JWKS URL (https, or http on loopback only), fetched at startup and refreshed in the background.
+    pub jwks_url: Option<String>,
+    /// Static keys: PEM `PUBLIC KEY` files (give `kid`), or JWK / JWKS JSON files (kids from the file).
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    /// JWKS refresh interval when the response has no `Cache-Control: max-age` (default `5m`).
+    pub refresh_interval: Option<String>,
+    /// Lower bound on a JWKS `max-age` (default `30s`).
+    pub min_refresh_interval: Option<String>,
+    /// Upper bound on a JWKS `max-age` (default `24h`).
+    pub max_refresh_interval: Option<String>,
+    /// An unknown `kid` triggers at most one JWKS refetch per this interval; unknown kids are remembered this long
+    /// (default `30s`).
+    pub unknown_kid_refetch_interval: Option<String>,
+    /// How long the last good JWKS stays in force while fetches fail (default `24h`).
+    pub max_staleness: Option<String>,
+    /// Timeout of one JWKS fetch (default `5s`).
+    pub fetch_timeout: Option<String>,
+    /// When the JWKS cannot be fetched at startup: `"retry"` (default: start not ready, retry with backoff) or
+    /// `"fail_fast"` (refuse to start).
+    pub startup: Option<String>,
+}
+
+/// A static key file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// PEM (`-----BEGIN PUBLIC KEY-----`), JWK or JWKS (JSON) file.
+    pub file: PathBuf,
+    /// Key id tokens name in their `kid` header; for PEM files, and to override a single JWK's own.
+    pub kid: Option<String>,
+}
+
+/// JWKS fetching settings of one issuer.
+#[derive(Debug, Clone)]
+pub struct JwksConfig {
+    /// The JWKS URL.
+    pub url: http::Uri,
+    /// Interval without `max-age`.
+    pub refresh_interval: Duration,
+    /// Lower bound on `max-age`.
+    pub min_refresh_interval: Duration,
+    /// Upper bound on `max-age`.
+    pub max_refresh_interval: Duration,
+    /// Minimum time between unknown-kid refetches; also how long unknown kids are remembered.
+    pub unknown_kid_refetch_interval: Duration,
+    /// Longest a stale JWKS stays in force.
+    pub max_staleness: Duration,
+    /// One fetch's timeout.
+    pub fetch_timeout: Duration,
+    /// Refuse to start when the first fetch fails.
+    pub fail_fast: bool,
 }
 
 /// A validated issuer.
@@ -21,22 +87,212 @@ pub struct IssuerConfig {
     pub name: String,
     /// Exact `iss`.
     pub issuer: String,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// Accepted algorithms.
+    pub algorithms: Vec<Alg>,
+    /// Clock skew tolerance.
+    pub leeway: Duration,
+    /// JWKS source, if any.
+    pub jwks: Option<JwksConfig>,
+    /// Keys from files, parsed.
+    pub static_keys: Vec<Arc<Key>>,
 }
 
 /// Validate the issuer list.
 pub fn validate(ctx: &Ctx, raw: Vec<RawIssuer>) -> Result<Vec<IssuerConfig>, ConfigError> {
     let mut out: Vec<IssuerConfig> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
+        let k = |f: &str| format!("issuers[{i}].{f}");
         if out.iter().any(|o| o.name == r.name) {
+            return Err(ctx.invalid(k("name"), format!("{:?} is defined twice", r.name)));
+        }
+        if r.issuer.is_empty() {
+            return Err(ctx.invalid(k("issuer"), "must not be empty"));
+        }
+        if let Some(o) = out.iter().find(|o| o.issuer == r.issuer) {
             return Err(ctx.invalid(
-                format!("issuers[{i}].name"),
-                format!("{:?} is defined twice", r.name),
+                k("issuer"),
+                format!(
+                    "{:?} is already issuer {:?}; iss must pick one issuer",
+                    r.issuer, o.name
+                ),
             ));
         }
+        if r.audiences.is_empty() || r.audiences.iter().any(String::is_empty) {
+            return Err(ctx.invalid(k("audiences"), "list at least one non-empty audience"));
+        }
+        let algorithms = match &r.algorithms {
+            None => Alg::ALL.to_vec(),
+            Some(names) => {
+                let mut algs = Vec::new();
+                for n in names {
+                    let a = Alg::from_name(n).ok_or_else(|| {
+                        ctx.invalid(
+                            k("algorithms"),
+                            format!("{n:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (none and HS* are never accepted)"),
+                        )
+                    })?;
+                    if !algs.contains(&a) {
+                        algs.push(a);
+                    }
+                }
+                if algs.is_empty() {
+                    return Err(ctx.invalid(k("algorithms"), "must not be empty"));
+                }
+                algs
+            }
+        };
+        let leeway = duration(
+            ctx,
+            &k("leeway"),
+            r.leeway.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        let static_keys = read_keys(ctx, i, &r.keys, &algorithms)?;
+        let jwks = match &r.jwks_url {
+            None => {
+                if static_keys.is_empty() {
+                    return Err(ctx.invalid(k("jwks_url"), "an issuer needs jwks_url or keys"));
+                }
+                None
+            }
+            Some(url) => Some(jwks_config(ctx, i, url, &r)?),
+        };
         out.push(IssuerConfig {
             name: r.name,
             issuer: r.issuer,
+            audiences: r.audiences,
+            algorithms,
+            leeway,
+            jwks,
+            static_keys,
         });
+    }
+    Ok(out)
+}
+
+fn jwks_config(ctx: &Ctx, i: usize, url: &str, r: &RawIssuer) -> Result<JwksConfig, ConfigError> {
+    let k = |f: &str| format!("issuers[{i}].{f}");
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ctx.invalid(k("jwks_url"), format!("bad URL {url:?}: {e}")))?;
+    let host = uri.host().unwrap_or("");
+    let loopback = matches!(host, "127.0.0.1" | "[::1]" | "::1" | "localhost");
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if loopback => {}
+        _ => {
+            return Err(ctx.invalid(
+                k("jwks_url"),
+                format!("{url:?} must be https:// (plain http only on loopback)"),
+            ));
+        }
+    }
+    if host.is_empty() {
+        return Err(ctx.invalid(k("jwks_url"), format!("{url:?} has no host")));
+    }
+    let d = |f: &str, raw: &Option<String>, def: u64| {
+        duration(ctx, &k(f), raw.as_deref(), Duration::from_secs(def))
+    };
+    let cfg = JwksConfig {
+        url: uri,
+        refresh_interval: d("refresh_interval", &r.refresh_interval, 300)?,
+        min_refresh_interval: d("min_refresh_interval", &r.min_refresh_interval, 30)?,
+        max_refresh_interval: d("max_refresh_interval", &r.max_refresh_interval, 86_400)?,
+        unknown_kid_refetch_interval: d(
+            "unknown_kid_refetch_interval",
+            &r.unknown_kid_refetch_interval,
+            30,
+        )?,
+        max_staleness: d("max_staleness", &r.max_staleness, 86_400)?,
+        fetch_timeout: d("fetch_timeout", &r.fetch_timeout, 5)?,
+        fail_fast: match r.startup.as_deref() {
+            None | Some("retry") => false,
+            Some("fail_fast") => true,
+            Some(o) => {
+                return Err(ctx.invalid(
+                    k("startup"),
+                    format!("{o:?} is not \"retry\" or \"fail_fast\""),
+                ));
+            }
+        },
+    };
+    if cfg.min_refresh_interval > cfg.max_refresh_interval {
+        return Err(ctx.invalid(
+            k("min_refresh_interval"),
+            "is larger than max_refresh_interval",
+        ));
+    }
+    if cfg.refresh_interval.is_zero() || cfg.fetch_timeout.is_zero() {
+        return Err(ctx.invalid(
+            k("refresh_interval"),
+            "refresh_interval and fetch_timeout must be above zero",
+        ));
+    }
+    Ok(cfg)
+}
+
+fn read_keys(
+    ctx: &Ctx,
+    i: usize,
+    raw: &[RawKey],
+    algs: &[Alg],
+) -> Result<Vec<Arc<Key>>, ConfigError> {
+    let mut out: Vec<Arc<Key>> = Vec::new();
+    for (j, rk) in raw.iter().enumerate() {
+        let key = format!("issuers[{i}].keys[{j}].file");
+        let path = rk.file.display();
+        let text = std::fs::read_to_string(&rk.file)
+            .map_err(|e| ctx.invalid(&key, format!("cannot read {path}: {e}")))?;
+        let bad = |e: &dyn std::fmt::Display| ctx.invalid(&key, format!("{path}: {e}"));
+        let trimmed = text.trim_start();
+        let mut found: Vec<Arc<Key>> = if trimmed.starts_with("-----BEGIN") {
+            use rustls::pki_types::SubjectPublicKeyInfoDer;
+            use rustls::pki_types::pem::PemObject;
+            let der = SubjectPublicKeyInfoDer::from_pem_slice(text.as_bytes())
+                .map_err(|e| bad(&format!("no PEM PUBLIC KEY ({e}); convert with `openssl pkey -pubin -in FILE` if it is PKCS#1")))?;
+            vec![Arc::new(
+                Key::from_spki_der(rk.kid.clone(), der.as_ref(), algs).map_err(|e| bad(&e))?,
+            )]
+        } else {
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(&format!("not PEM or JSON: {e}")))?;
+            if v.get("keys").is_some() {
+                let set: jsonwebtoken::jwk::JwkSet =
+                    serde_json::from_value(v).map_err(|e| bad(&format!("bad JWKS: {e}")))?;
+                if rk.kid.is_some() {
+                    return Err(ctx.invalid(
+                        format!("issuers[{i}].keys[{j}].kid"),
+                        "a JWKS file names its own kids",
+                    ));
+                }
+                let (keys, skipped) = keys::from_jwks(&set, algs);
+                for (kid, e) in skipped {
+                    tracing::warn!(file = %path, ?kid, error = %e, "key skipped");
+                }
+                if keys.is_empty() {
+                    return Err(bad(&"JWKS has no usable key"));
+                }
+                keys
+            } else {
+                let mut jwk: jsonwebtoken::jwk::Jwk =
+                    serde_json::from_value(v).map_err(|e| bad(&format!("bad JWK: {e}")))?;
+                if rk.kid.is_some() {
+                    jwk.common.key_id.clone_from(&rk.kid);
+                }
+                vec![Arc::new(Key::from_jwk(&jwk, algs).map_err(|e| bad(&e))?)]
+            }
+        };
+        for k in &found {
+            if k.kid().is_some() && out.iter().any(|o| o.kid() == k.kid()) {
+                return Err(ctx.invalid(
+                    key,
+                    format!("kid {:?} appears twice in this issuer's keys", k.kid()),
+                ));
+            }
+        }
+        out.append(&mut found);
     }
     Ok(out)
 }

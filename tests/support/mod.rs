@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod fake_citadel;
 pub mod fake_http;
+pub mod fake_idp;
 pub mod fake_incode;
 pub mod fake_vendor;
 pub mod upstream;

@@ -70,7 +70,13 @@ impl Gateway {
             upstreams.insert(name.clone(), Arc::new(Upstream::new(u, client)));
         }
         let credentials = Credentials::build(&cfg.credentials, &http, &metrics)?;
-        let handlers = flows::build(&cfg.flows, &FlowDeps { http: &http, credentials: &credentials })?;
+        let handlers = flows::build(
+            &cfg.flows,
+            &FlowDeps {
+                http: &http,
+                credentials: &credentials,
+            },
+        )?;
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for r in &cfg.routes {
             // Names were checked by config validation; a miss here would be a bug, so skip rather than panic.

@@ -608,3 +608,48 @@ fn config_errors_name_the_key() {
     let err = credgate::config::Config::from_toml(&no_db, "<t>").expect_err("db");
     assert!(err.to_string().contains("flows.database"), "{err}");
 }
+
+#[tokio::test]
+async fn flows_work_over_tls_and_http2() {
+    use http_body_util::BodyExt;
+    use support::certs::{self, Alpn};
+
+    let incode = fake_incode::start(API_KEY, ADMIN_TOKEN).await;
+    let db = support::temp_dir("incode-tls").join("flows.db");
+    let c = certs::make();
+    let toml = config(&incode.url(), &db, "", "").replacen(
+        "tls = false",
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"",
+            c.cert.display(),
+            c.key.display()
+        ),
+        1,
+    );
+    let gw = support::start_gateway(&toml).await;
+    let client = certs::client(&c.pem.ca_cert_pem, Alpn::H2);
+    let base = format!("https://localhost:{}", gw.addr().port());
+
+    let req = http::Request::get(format!("{base}/incode/start"))
+        .body(support::upstream::full(""))
+        .expect("req");
+    let rsp = client.request(req).await.expect("start");
+    assert_eq!(rsp.version(), http::Version::HTTP_2);
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["interviewId"], "iv-1");
+
+    let req = http::Request::post(format!("{base}/incode/hooks/approve"))
+        .header("x-webhook-secret", HOOK_SECRET)
+        .body(support::upstream::full(
+            json!({"interviewId": "iv-h2", "onboardingStatus": "ONBOARDING_FINISHED"}).to_string(),
+        ))
+        .expect("req");
+    let rsp = client.request(req).await.expect("approve");
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["decision"], "approved");
+    assert_eq!(incode.seen("/omni/process/approve").len(), 1);
+}

@@ -233,6 +233,18 @@ async fn session_api_passes_through_with_the_callers_session_token_and_never_the
     assert_eq!(got.status, 200);
     assert_eq!(got.json()["action"], "approved");
     assert!(s.incode.seen("/0/omni/finish-status")[0].body.is_empty());
+
+    let got = call(
+        Method::POST,
+        &s.url("/incode/0/omni/process/id"),
+        &[("x-incode-hardware-id", "sess-9")],
+        "",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let r = &s.incode.seen("/0/omni/process/id")[0];
+    assert_eq!(r.body.as_ref(), b"{}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
 }
 
 #[tokio::test]

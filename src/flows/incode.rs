@@ -330,7 +330,7 @@ fn parse_event(body: &[u8]) -> Result<IncodeEvent, FlowError> {
             invalid("onboardingStatus is missing or not a status like ONBOARDING_FINISHED")
         })?;
     // Optional fields are customer-defined (an external id may be an email): any short text without control
-    // characters. They are stored as query parameters and never logged.
+    // characters. They are bound as SQL parameters and never logged.
     let opt = |v: Option<String>, what: &str| match v {
         Some(s) if s.len() > 256 || s.chars().any(char::is_control) => Err(invalid(&format!(
             "{what} is too long or has control characters"
@@ -467,19 +467,17 @@ impl Inner {
                 detail: "path segments must be plain".into(),
             });
         }
-        let token = parts
+        let mut token = parts
             .headers
             .get(SESSION_HEADER)
             .filter(|v| !v.is_empty())
             .cloned()
             .ok_or(FlowError::MissingSessionToken)?;
-        let mut token = token;
         token.set_sensitive(true);
         let rel = path.trim_start_matches('/');
-        let step_name = rel.to_owned();
         let step = Step {
             vendor: VENDOR,
-            name: &step_name,
+            name: rel,
         };
         let mut url = self.url(rel);
         if let Some(q) = parts.uri.query() {
@@ -487,14 +485,12 @@ impl Inner {
             url.push_str(q);
         }
         let body = read_body(incoming).await?;
-        let body = (!body.is_empty() || parts.method == Method::POST).then_some(body);
-        let body = body.map(|b| {
-            if b.is_empty() {
-                Bytes::from_static(b"{}")
-            } else {
-                b
-            }
-        });
+        // Incode's POST endpoints take JSON; an empty POST (process/id, process/face) is sent as `{}` as the samples do.
+        let body = match (body.is_empty(), parts.method == Method::POST) {
+            (false, _) => Some(body),
+            (true, true) => Some(Bytes::from_static(b"{}")),
+            (true, false) => None,
+        };
         let out = self.request(
             parts.method.clone(),
             &url,

@@ -225,6 +225,10 @@ fn session(rest: &str, r: &Recorded) -> Answer {
                        "readability": true, "typeOfId": "DriversLicense", "sessionStatus": "Alive"}),
             )
         }
+        (Method::POST, "process/id") if r.body.as_ref() == b"{}" => Answer::Json(
+            StatusCode::OK,
+            json!({"success": true, "sessionStatus": "Alive"}),
+        ),
         (Method::POST, "add/face/third-party") => {
             error(400, 4005, "Spoof attempt detected", &r.path)
         }

@@ -665,3 +665,22 @@ async fn flows_work_over_tls_and_http2() {
     assert_eq!(v["decision"], "approved");
     assert_eq!(incode.seen("/omni/process/approve").len(), 1);
 }
+
+#[tokio::test]
+async fn webhook_bodies_over_the_route_limit_are_413() {
+    let incode = fake_incode::start(API_KEY, ADMIN_TOKEN).await;
+    let db = support::temp_dir("incode-limit").join("flows.db");
+    let toml = config(&incode.url(), &db, "", "").replace(
+        "flow = \"incode_webhooks\"\nauth = \"none\"",
+        "flow = \"incode_webhooks\"\nauth = \"none\"\nmax_body_bytes = 64",
+    );
+    let gw = support::start_gateway(&toml).await;
+    let s = Setup { incode, gw, db };
+    let big = json!({"interviewId": "iv-1", "onboardingStatus": "ONBOARDING_FINISHED",
+                     "padding": "x".repeat(200)});
+    let got = s.hook("/incode/hooks/webhook", &big).await;
+    assert_eq!(got.status, 413);
+    assert_eq!(got.json()["code"], "body_too_large");
+    let small = json!({"interviewId": "iv-1", "onboardingStatus": "ONBOARDING_FINISHED"});
+    assert_eq!(s.hook("/incode/hooks/webhook", &small).await.status, 200);
+}

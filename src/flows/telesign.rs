@@ -234,8 +234,10 @@ impl Handler for Telesign {
 
 /// The phone number as TeleSign wants it (E.164 digits, no `+`), or why not.
 fn e164(raw: &str) -> Result<String, FlowError> {
+    // A `+` arrives as itself in a path, as `%2B` when escaped, and as a space when a query was form-decoded.
     let digits = raw
         .strip_prefix('+')
+        .or_else(|| raw.strip_prefix(' '))
         .or_else(|| raw.strip_prefix("%2B"))
         .or_else(|| raw.strip_prefix("%2b"))
         .unwrap_or(raw);

@@ -115,9 +115,12 @@ pub enum FlowError {
         /// What is wrong, for the caller.
         detail: String,
     },
-    /// The request body could not be read within the route's limit.
-    #[error("request body unreadable or too large")]
+    /// The request body could not be read.
+    #[error("request body unreadable")]
     Body,
+    /// The request body is over the route's limit.
+    #[error("request body too large")]
+    BodyTooLarge,
     /// A webhook request failed the shared-secret or Basic check.
     #[error("webhook authentication failed")]
     WebhookUnauthorized {
@@ -206,9 +209,14 @@ pub fn problem(e: &FlowError) -> Problem {
         )
         .detail(detail.clone()),
         FlowError::Body => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Request body unreadable",
+        ),
+        FlowError::BodyTooLarge => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            "Request body unreadable or too large",
+            "Request body too large",
         ),
         FlowError::WebhookUnauthorized { basic_challenge } => Problem {
             www_authenticate: basic_challenge.then(|| "Basic realm=\"credgate\"".to_owned()),
@@ -329,10 +337,15 @@ pub fn build(
 
 /// Read a flow request's whole body (already limited to the route's maximum).
 pub async fn read_body(body: Body) -> Result<Bytes, FlowError> {
-    body.collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(|_| FlowError::Body)
+    body.collect().await.map(|b| b.to_bytes()).map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            FlowError::BodyTooLarge
+        } else {
+            FlowError::Body
+        }
+    })
 }
 
 /// A JSON response with `status`.

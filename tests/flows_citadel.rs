@@ -253,3 +253,40 @@ client_name = "Acme"
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_vendor_is_a_502_naming_the_step() {
+    // Bind and drop a listener: its port is then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let gw = support::start_gateway(&format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[flows.citadel]
+api_url = "http://{closed}/v1/"
+client_id = "{CLIENT_ID}"
+access_secret = "{SECRET}"
+client_name = "Acme"
+[[routes]]
+path_prefix = "/citadel"
+flow = "citadel"
+auth = "none"
+"#
+    ))
+    .await;
+    let got = call(
+        Method::GET,
+        &format!("http://127.0.0.1:{}/citadel/bridge-token", gw.addr().port()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(got.status, 502);
+    let p = got.json();
+    assert_eq!(p["code"], "vendor_unreachable");
+    assert_eq!(p["detail"], "citadel bridge-tokens/ could not be reached");
+}

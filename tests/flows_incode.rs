@@ -233,6 +233,18 @@ async fn session_api_passes_through_with_the_callers_session_token_and_never_the
     assert_eq!(got.status, 200);
     assert_eq!(got.json()["action"], "approved");
     assert!(s.incode.seen("/0/omni/finish-status")[0].body.is_empty());
+
+    let got = call(
+        Method::POST,
+        &s.url("/incode/0/omni/process/id"),
+        &[("x-incode-hardware-id", "sess-9")],
+        "",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let r = &s.incode.seen("/0/omni/process/id")[0];
+    assert_eq!(r.body.as_ref(), b"{}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
 }
 
 #[tokio::test]
@@ -607,4 +619,68 @@ fn config_errors_name_the_key() {
     let no_db = base.replace(&format!("database = \"{}\"", db.display()), "");
     let err = credgate::config::Config::from_toml(&no_db, "<t>").expect_err("db");
     assert!(err.to_string().contains("flows.database"), "{err}");
+}
+
+#[tokio::test]
+async fn flows_work_over_tls_and_http2() {
+    use http_body_util::BodyExt;
+    use support::certs::{self, Alpn};
+
+    let incode = fake_incode::start(API_KEY, ADMIN_TOKEN).await;
+    let db = support::temp_dir("incode-tls").join("flows.db");
+    let c = certs::make();
+    let toml = config(&incode.url(), &db, "", "").replacen(
+        "tls = false",
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"",
+            c.cert.display(),
+            c.key.display()
+        ),
+        1,
+    );
+    let gw = support::start_gateway(&toml).await;
+    let client = certs::client(&c.pem.ca_cert_pem, Alpn::H2);
+    let base = format!("https://localhost:{}", gw.addr().port());
+
+    let req = http::Request::get(format!("{base}/incode/start"))
+        .body(support::upstream::full(""))
+        .expect("req");
+    let rsp = client.request(req).await.expect("start");
+    assert_eq!(rsp.version(), http::Version::HTTP_2);
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["interviewId"], "iv-1");
+
+    let req = http::Request::post(format!("{base}/incode/hooks/approve"))
+        .header("x-webhook-secret", HOOK_SECRET)
+        .body(support::upstream::full(
+            json!({"interviewId": "iv-h2", "onboardingStatus": "ONBOARDING_FINISHED"}).to_string(),
+        ))
+        .expect("req");
+    let rsp = client.request(req).await.expect("approve");
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["decision"], "approved");
+    assert_eq!(incode.seen("/omni/process/approve").len(), 1);
+}
+
+#[tokio::test]
+async fn webhook_bodies_over_the_route_limit_are_413() {
+    let incode = fake_incode::start(API_KEY, ADMIN_TOKEN).await;
+    let db = support::temp_dir("incode-limit").join("flows.db");
+    let toml = config(&incode.url(), &db, "", "").replace(
+        "flow = \"incode_webhooks\"\nauth = \"none\"",
+        "flow = \"incode_webhooks\"\nauth = \"none\"\nmax_body_bytes = 64",
+    );
+    let gw = support::start_gateway(&toml).await;
+    let s = Setup { incode, gw, db };
+    let big = json!({"interviewId": "iv-1", "onboardingStatus": "ONBOARDING_FINISHED",
+                     "padding": "x".repeat(200)});
+    let got = s.hook("/incode/hooks/webhook", &big).await;
+    assert_eq!(got.status, 413);
+    assert_eq!(got.json()["code"], "body_too_large");
+    let small = json!({"interviewId": "iv-1", "onboardingStatus": "ONBOARDING_FINISHED"});
+    assert_eq!(s.hook("/incode/hooks/webhook", &small).await.status, 200);
 }

@@ -202,6 +202,11 @@ async fn the_ledger_is_read_back_after_a_restart() {
     let tokens = by_phone["tokens"].as_array().expect("tokens");
     assert_eq!(tokens.len(), 2);
     assert!(tokens.iter().any(|t| t["xid"] == "order-9"));
+    let unescaped = s
+        .get("/telesign/token-status?phone=+15551234567")
+        .await
+        .json();
+    assert_eq!(unescaped["tokens"].as_array().map(Vec::len), Some(2));
 
     let conn = rusqlite::Connection::open(&s.db).expect("db");
     let (xid, phone, iat, exp, sha): (String, String, i64, i64, String) = conn

@@ -67,8 +67,8 @@ pub enum Exchange {
 pub struct CitadelConfig {
     /// Base URL ending in `/`.
     pub api_base: String,
-    client_id: SecretString,
-    access_secret: SecretString,
+    /// `X-Access-Client-Id` and `X-Access-Secret`, marked sensitive.
+    secret_headers: Vec<(HeaderName, HeaderValue)>,
     /// Product type.
     pub product_type: String,
     /// Client name.
@@ -96,10 +96,14 @@ pub fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, ConfigError
     )
     .map_err(|e| ctx.invalid(k("access_secret"), e))?
     .ok_or_else(|| ctx.invalid(k("access_secret"), "required (or access_secret_file)"))?;
-    for (key, v) in [("client_id", &client_id), ("access_secret", &access_secret)] {
-        if sensitive_value(v.expose_secret()).is_none() {
-            return Err(ctx.invalid(k(key), "is not a valid header value"));
-        }
+    let mut secret_headers = Vec::with_capacity(2);
+    for (key, header, v) in [
+        ("client_id", "x-access-client-id", &client_id),
+        ("access_secret", "x-access-secret", &access_secret),
+    ] {
+        let value = sensitive_value(v.expose_secret())
+            .ok_or_else(|| ctx.invalid(k(key), "is not a valid header value"))?;
+        secret_headers.push((HeaderName::from_static(header), value));
     }
     let product_type = raw.product_type.unwrap_or_else(|| "employment".to_owned());
     if product_type.is_empty()
@@ -125,8 +129,7 @@ pub fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, ConfigError
     Ok(CitadelConfig {
         // Citadel's paths are Django-style: the base must end in `/` and every path too.
         api_base: format!("{scheme}://{authority}{base_path}/"),
-        client_id,
-        access_secret,
+        secret_headers,
         product_type,
         client_name: raw.client_name,
         tracking_info: raw.tracking_info,
@@ -142,22 +145,9 @@ pub fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, ConfigError
 
 /// Build the Citadel handler.
 pub fn build(cfg: &CitadelConfig, deps: &FlowDeps<'_>) -> Arc<dyn Handler> {
-    let secret_headers = [
-        ("x-access-client-id", &cfg.client_id),
-        ("x-access-secret", &cfg.access_secret),
-    ]
-    .into_iter()
-    // Validation proved both are header values; filter_map keeps this infallible without a panic path.
-    .filter_map(|(n, v)| {
-        Some((
-            HeaderName::from_static(n),
-            sensitive_value(v.expose_secret())?,
-        ))
-    })
-    .collect();
     Arc::new(Citadel {
         api_base: cfg.api_base.clone(),
-        secret_headers,
+        secret_headers: cfg.secret_headers.clone(),
         product_type: cfg.product_type.clone(),
         client_name: cfg.client_name.clone(),
         tracking_info: cfg.tracking_info.clone(),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderName, Method, Request, Response, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -73,7 +73,8 @@ pub struct RawIncode {
 pub struct IncodeConfig {
     /// API base without trailing slash.
     pub api_base: String,
-    api_key: SecretString,
+    /// `x-api-key`, marked sensitive.
+    api_key: HeaderValue,
     /// Flow id.
     pub flow_id: String,
     /// Client id.
@@ -100,9 +101,8 @@ pub fn validate(ctx: &Ctx, raw: RawIncode) -> Result<IncodeConfig, ConfigError> 
     let api_key = secret::resolve(raw.api_key.as_deref(), raw.api_key_file.as_deref())
         .map_err(|e| ctx.invalid(k("api_key"), e))?
         .ok_or_else(|| ctx.invalid(k("api_key"), "required (or api_key_file)"))?;
-    if sensitive_value(api_key.expose_secret()).is_none() {
-        return Err(ctx.invalid(k("api_key"), "is not a valid header value"));
-    }
+    let api_key = sensitive_value(api_key.expose_secret())
+        .ok_or_else(|| ctx.invalid(k("api_key"), "is not a valid header value"))?;
     if raw.flow_id.is_empty() {
         return Err(ctx.invalid(k("flow_id"), "must not be empty"));
     }
@@ -174,13 +174,9 @@ pub fn build(cfg: &IncodeConfig, deps: &FlowDeps<'_>, store: Store) -> Result<Ha
         }
         None => None,
     };
-    let api_key =
-        sensitive_value(cfg.api_key.expose_secret()).ok_or_else(|| FlowError::Invalid {
-            detail: "flows.incode.api_key is not a valid header value".into(),
-        })?;
     let inner = Arc::new(Inner {
         api_base: cfg.api_base.clone(),
-        api_key,
+        api_key: cfg.api_key.clone(),
         flow_id: cfg.flow_id.clone(),
         client_id: cfg.client_id.clone(),
         country_code: cfg.country_code.clone(),
@@ -240,7 +236,7 @@ impl Handler for CallerFacing {
             let method = req.req.method().clone();
             match path.as_str() {
                 "/start" => {
-                    only(&method, &Method::GET)?;
+                    only(&method, Method::GET, "GET")?;
                     let s = inner.start(None).await?;
                     Ok(json_response(
                         StatusCode::OK,
@@ -248,7 +244,7 @@ impl Handler for CallerFacing {
                     ))
                 }
                 "/onboarding-url" => {
-                    only(&method, &Method::GET)?;
+                    only(&method, Method::GET, "GET")?;
                     let q = req.req.uri().query();
                     let wanted =
                         query_param(q, "redirectionUrl").or_else(|| query_param(q, "redirectUrl"));
@@ -273,7 +269,7 @@ impl Handler for Webhooks {
                 "/approve" if inner.admin.is_some() => true,
                 _ => return Err(FlowError::NotFound),
             };
-            only(req.req.method(), &Method::POST)?;
+            only(req.req.method(), Method::POST, "POST")?;
             auth.check(req.req.headers(), req.conn.peer.ip())?;
             let event = parse_event(&read_body(req.req.into_body()).await?)?;
             tracing::info!(
@@ -293,13 +289,11 @@ impl Handler for Webhooks {
     }
 }
 
-fn only(got: &Method, want: &Method) -> Result<(), FlowError> {
-    if got == want {
+fn only(got: &Method, want: Method, allow: &'static str) -> Result<(), FlowError> {
+    if *got == want {
         Ok(())
-    } else if *want == Method::GET {
-        Err(FlowError::MethodNotAllowed { allow: "GET" })
     } else {
-        Err(FlowError::MethodNotAllowed { allow: "POST" })
+        Err(FlowError::MethodNotAllowed { allow })
     }
 }
 
@@ -335,8 +329,12 @@ fn parse_event(body: &[u8]) -> Result<IncodeEvent, FlowError> {
         .ok_or_else(|| {
             invalid("onboardingStatus is missing or not a status like ONBOARDING_FINISHED")
         })?;
+    // Optional fields are customer-defined (an external id may be an email): any short text without control
+    // characters. They are bound as SQL parameters and never logged.
     let opt = |v: Option<String>, what: &str| match v {
-        Some(s) if !is_id(&s) => Err(invalid(&format!("{what} is not an id"))),
+        Some(s) if s.len() > 256 || s.chars().any(char::is_control) => Err(invalid(&format!(
+            "{what} is too long or has control characters"
+        ))),
         other => Ok(other),
     };
     Ok(IncodeEvent {
@@ -469,19 +467,17 @@ impl Inner {
                 detail: "path segments must be plain".into(),
             });
         }
-        let token = parts
+        let mut token = parts
             .headers
             .get(SESSION_HEADER)
             .filter(|v| !v.is_empty())
             .cloned()
             .ok_or(FlowError::MissingSessionToken)?;
-        let mut token = token;
         token.set_sensitive(true);
         let rel = path.trim_start_matches('/');
-        let step_name = rel.to_owned();
         let step = Step {
             vendor: VENDOR,
-            name: &step_name,
+            name: rel,
         };
         let mut url = self.url(rel);
         if let Some(q) = parts.uri.query() {
@@ -489,14 +485,12 @@ impl Inner {
             url.push_str(q);
         }
         let body = read_body(incoming).await?;
-        let body = (!body.is_empty() || parts.method == Method::POST).then_some(body);
-        let body = body.map(|b| {
-            if b.is_empty() {
-                Bytes::from_static(b"{}")
-            } else {
-                b
-            }
-        });
+        // Incode's POST endpoints take JSON; an empty POST (process/id, process/face) is sent as `{}` as the samples do.
+        let body = match (body.is_empty(), parts.method == Method::POST) {
+            (false, _) => Some(body),
+            (true, true) => Some(Bytes::from_static(b"{}")),
+            (true, false) => None,
+        };
         let out = self.request(
             parts.method.clone(),
             &url,

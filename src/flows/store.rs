@@ -43,7 +43,7 @@ const STALE_CLAIM_SECS: i64 = 300;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Opening or migrating the file failed.
-    #[error("database {path}: {source}")]
+    #[error("flows.database {path}: {source}")]
     Open {
         /// The file.
         path: PathBuf,

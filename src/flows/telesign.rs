@@ -15,7 +15,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{Method, Response, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -71,7 +71,8 @@ pub struct RawTelesign {
 #[derive(Debug)]
 pub struct TelesignConfig {
     customer_id: SecretString,
-    key: SecretString,
+    /// The base64-decoded API key: the HS256 key.
+    key: SecretSlice<u8>,
     /// Token lifetime from `iat`.
     pub token_ttl: Duration,
     /// Include `phn`.
@@ -123,8 +124,6 @@ pub fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, ConfigErr
     if decoded.is_empty() {
         return Err(ctx.invalid(k("api_key"), "decodes to nothing"));
     }
-    // The decoded key is binary, so the secret kept is the base64 text, decoded again (infallibly, as checked here)
-    // when the handler is built.
     let token_ttl = crate::config::duration(
         ctx,
         &k("token_ttl"),
@@ -136,7 +135,7 @@ pub fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, ConfigErr
     }
     Ok(TelesignConfig {
         customer_id,
-        key: api_key,
+        key: SecretSlice::from(decoded),
         token_ttl,
         include_phone: raw.include_phone.unwrap_or(true),
         bta: raw.bta.unwrap_or(false),
@@ -157,12 +156,9 @@ pub fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, ConfigErr
 
 /// Build the TeleSign handler.
 pub fn build(cfg: &TelesignConfig, store: Store) -> Arc<dyn Handler> {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(cfg.key.expose_secret().trim())
-        .unwrap_or_default();
     Arc::new(Telesign {
         iss: cfg.customer_id.clone(),
-        key: EncodingKey::from_secret(&key),
+        key: EncodingKey::from_secret(cfg.key.expose_secret()),
         ttl: i64::try_from(cfg.token_ttl.as_secs()).unwrap_or(i64::MAX),
         include_phone: cfg.include_phone,
         bta: cfg.bta,
@@ -238,8 +234,10 @@ impl Handler for Telesign {
 
 /// The phone number as TeleSign wants it (E.164 digits, no `+`), or why not.
 fn e164(raw: &str) -> Result<String, FlowError> {
+    // A `+` arrives as itself in a path, as `%2B` when escaped, and as a space when a query was form-decoded.
     let digits = raw
         .strip_prefix('+')
+        .or_else(|| raw.strip_prefix(' '))
         .or_else(|| raw.strip_prefix("%2B"))
         .or_else(|| raw.strip_prefix("%2b"))
         .unwrap_or(raw);

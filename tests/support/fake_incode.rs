@@ -1,6 +1,7 @@
 //! A fake Incode Omni API on 127.0.0.1:0 speaking the wire shapes in VENDORS.md §1: `omni/start` (API key),
 //! `0/omni/...` session calls (session token only, an API key there is refused), scores and approval (admin token
-//! plus API key). It refuses requests the real API would refuse, and records every request for exact assertions.
+//! plus API key), and `executive/log-in` issuing the admin token for `{email, password}` (VENDORS.md §1a row 5). It
+//! refuses requests the real API would refuse, and records every request for exact assertions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,13 +73,30 @@ impl FakeIncode {
         *self.state.start_failure.lock().expect("lock") = Some(f);
     }
 
+    /// How many admin logins succeeded.
+    pub fn logins(&self) -> usize {
+        self.server
+            .seen_path("/executive/log-in")
+            .iter()
+            .filter(|r| {
+                r.header("x-api-key") == Some(self.state.api_key.as_str())
+                    && r.json() == json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+            })
+            .count()
+    }
+
     /// Answer the next `n` admin-token calls with 401, as when the admin token has expired.
     pub fn reject_admin(&self, n: usize) {
         self.state.admin_rejects.store(n, Ordering::SeqCst);
     }
 }
 
-/// Start a fake Incode accepting `api_key` and the admin token `admin_token`.
+/// The admin login the fake accepts at `executive/log-in`.
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+/// The admin password the fake accepts.
+pub const ADMIN_PASSWORD: &str = "admin-password";
+
+/// Start a fake Incode accepting `api_key` and the admin token `admin_token` (which `executive/log-in` hands out).
 pub async fn start(api_key: &str, admin_token: &str) -> FakeIncode {
     let state = Arc::new(State {
         api_key: api_key.to_owned(),
@@ -162,6 +180,15 @@ fn answer(s: &State, r: &Recorded) -> Answer {
                        "endScreenTitle": "", "endScreenText": "", "optinEnabled": false, "optinCompanyName": ""}),
             )
         }
+        (Method::POST, "/executive/log-in") => {
+            let creds = serde_json::from_slice::<Value>(&r.body).ok();
+            if !api_key_ok
+                || creds != Some(json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+            {
+                return error(401, 401, "Unauthorized", path);
+            }
+            Answer::Json(StatusCode::OK, json!({"token": s.admin_token}))
+        }
         (Method::GET, "/omni/get/score") | (Method::POST, "/omni/process/approve") => {
             if !api_key_ok || hardware != s.admin_token {
                 return error(401, 401, "Unauthorized", path);
@@ -225,6 +252,10 @@ fn session(rest: &str, r: &Recorded) -> Answer {
                        "readability": true, "typeOfId": "DriversLicense", "sessionStatus": "Alive"}),
             )
         }
+        (Method::POST, "process/id") if r.body.as_ref() == b"{}" => Answer::Json(
+            StatusCode::OK,
+            json!({"success": true, "sessionStatus": "Alive"}),
+        ),
         (Method::POST, "add/face/third-party") => {
             error(400, 4005, "Spoof attempt detected", &r.path)
         }

@@ -250,47 +250,59 @@ pub async fn forward(
     req: Request<Body>,
     max_body_bytes: u64,
 ) -> Result<Response<Body>, Error> {
-    let (parts, body) = req.into_parts();
-    let progress = Arc::new(Progress::default());
-    let (sent_tx, mut sent_rx) = oneshot::channel();
-    let body = Watched {
-        inner: body,
-        progress: progress.clone(),
-        sent: Some(sent_tx),
-    };
-    let send = up
-        .client
-        .request(Request::from_parts(parts, body::boxed(body)));
     let timeout = up.response_timeout;
-    let deadline = async {
-        let mut last = progress.frames.load(Ordering::Relaxed);
-        loop {
-            tokio::select! {
-                // Resolves when the body has ended or hyper dropped it (sent, or never needed).
-                _ = &mut sent_rx => break,
-                () = tokio::time::sleep(timeout) => {
-                    let now = progress.frames.load(Ordering::Relaxed);
-                    if now == last {
-                        return progress.caller_pending.load(Ordering::Relaxed);
+    let upstream_timeout = || -> Error {
+        UpstreamError::Timeout {
+            upstream: up.name.clone(),
+            timeout,
+        }
+        .into()
+    };
+    let (parts, body) = req.into_parts();
+    let result = if http_body::Body::is_end_stream(&body) {
+        // Nothing to send (most GETs): the response clock starts now, and nothing needs watching.
+        let send = up.client.request(Request::from_parts(parts, body));
+        tokio::time::timeout(timeout, send)
+            .await
+            .map_err(|_| upstream_timeout())?
+    } else {
+        let progress = Arc::new(Progress::default());
+        let (sent_tx, mut sent_rx) = oneshot::channel();
+        let body = Watched {
+            inner: body,
+            progress: progress.clone(),
+            sent: Some(sent_tx),
+        };
+        let send = up
+            .client
+            .request(Request::from_parts(parts, body::boxed(body)));
+        let deadline = async {
+            let mut last = progress.frames.load(Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    // Resolves when the body has ended or hyper dropped it (sent, or never needed).
+                    _ = &mut sent_rx => break,
+                    () = tokio::time::sleep(timeout) => {
+                        let now = progress.frames.load(Ordering::Relaxed);
+                        if now == last {
+                            return progress.caller_pending.load(Ordering::Relaxed);
+                        }
+                        last = now;
                     }
-                    last = now;
                 }
             }
-        }
-        tokio::time::sleep(timeout).await;
-        false
-    };
-    let result = tokio::select! {
-        r = send => r,
-        caller_stalled = deadline => {
-            if caller_stalled {
-                return Err(RequestError::BodyTimeout { timeout }.into());
+            tokio::time::sleep(timeout).await;
+            false
+        };
+        tokio::select! {
+            r = send => r,
+            caller_stalled = deadline => {
+                return Err(if caller_stalled {
+                    RequestError::BodyTimeout { timeout }.into()
+                } else {
+                    upstream_timeout()
+                });
             }
-            return Err(UpstreamError::Timeout {
-                upstream: up.name.clone(),
-                timeout,
-            }
-            .into());
         }
     };
     let rsp = match result {

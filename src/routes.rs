@@ -155,12 +155,18 @@ impl RouteTable {
     }
 }
 
-/// Does `path` contain a `.` or `..` segment, also percent-encoded (`%2e`, any case)?
+/// Does `path` contain a `.` or `..` segment, also percent-encoded (`%2e`, any case) or delimited by an encoded
+/// slash or a backslash (`..%2f`, `..\\`), which some upstreams decode before normalising?
 pub fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|seg| {
-        if seg.contains('%') {
-            let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
-            decoded == "." || decoded == ".."
+        if seg.contains(['%', '\\']) {
+            let decoded = seg
+                .to_ascii_lowercase()
+                .replace("%2e", ".")
+                .replace("%2f", "/")
+                .replace("%5c", "/")
+                .replace('\\', "/");
+            decoded.split('/').any(|s| s == "." || s == "..")
         } else {
             seg == "." || seg == ".."
         }
@@ -180,6 +186,9 @@ mod tests {
             "/api/%2e%2e/x",
             "/api/%2E./x",
             "/api/.%2E",
+            "/api/..%2fadmin",
+            "/api/%2E%2E%5Cadmin",
+            "/api/..\\admin",
         ] {
             assert!(has_dot_segment(bad), "{bad}");
         }
@@ -190,6 +199,8 @@ mod tests {
             "/api/x..",
             "/a/.well-known/x",
             "/%2e%2ex",
+            "/ids/a%2Fb",
+            "/q/100%25",
         ] {
             assert!(!has_dot_segment(ok), "{ok}");
         }

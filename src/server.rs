@@ -1,5 +1,6 @@
-//! Listeners: bind, accept, TLS handshake inside the per-connection task (bounded by a timeout), then hyper-util's
-//! auto builder (HTTP/1.1 and HTTP/2). Shutdown stops accepting and lets in-flight requests finish within a grace period.
+//! Listeners: bind, accept, TLS handshake inside the per-connection task (bounded by a timeout), then hyper-util with
+//! the protocol ALPN chose (or sniffed, on plain listeners). Until its first request head, every connection is bounded
+//! by the header read timeout. Shutdown stops accepting and lets in-flight requests finish within a grace period.
 
 use std::convert::Infallible;
 use std::future::Future;

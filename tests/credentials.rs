@@ -144,13 +144,17 @@ async fn herd_of_1000_on_a_cold_cache_makes_exactly_one_token_request() {
 #[tokio::test]
 async fn two_second_tokens_are_renewed_ahead_and_no_request_waits() {
     let v = fake_vendor::new().ttl(Duration::from_secs(2)).run().await;
-    let gw =
-        support::start_gateway(&gateway_toml(&v, &oauth2(&v, r#"refresh_before = "1s""#))).await;
+    let gw = support::start_gateway(&gateway_toml(
+        &v,
+        &oauth2(&v, r#"refresh_before = "1500ms""#),
+    ))
+    .await;
     let client = http();
     assert_eq!(get(&client, &gw, "/api/first").await.status, 200);
     assert_eq!(waits(&gw), 1.0, "the cold start waits once");
-    // From now on every token request takes 300 ms: a request that waited for one would show it.
-    v.set_mode(Mode::Slow(Duration::from_millis(300)));
+    // From now on every token request takes 800 ms: a request that waited for one would show it. Renewal starts
+    // about 0.5 s into each token's 2 s, so it ends well before the token's usable end (1.8 s).
+    v.set_mode(Mode::Slow(Duration::from_millis(800)));
     let mut n = 0;
     let mut slowest = Duration::ZERO;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -162,7 +166,7 @@ async fn two_second_tokens_are_renewed_ahead_and_no_request_waits() {
         n += 1;
     }
     assert!(
-        slowest < Duration::from_millis(250),
+        slowest < Duration::from_millis(600),
         "a request waited on the token endpoint ({slowest:?})"
     );
     assert_eq!(waits(&gw), 1.0, "no request waited after the first");

@@ -15,7 +15,7 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::token_cache::{FetchedToken, TokenError, TokenSource, earliest, jwt_remaining};
+use super::token_cache::{FetchedToken, TokenError, TokenSource, earliest, jwt_remaining, later};
 use crate::body;
 use crate::config::credentials::{ClientAuthMethod, ExpiresInMode, OAuth2Config, RequestFormat};
 use crate::http_client::{self, FetchError, HttpClient};
@@ -165,7 +165,8 @@ impl OAuth2Source {
             None => None,
         };
         let jwt = jwt_remaining(token, now_sys);
-        let expires_at = earliest(now, &[derived, jwt]).unwrap_or(now + self.cfg.default_ttl);
+        let expires_at =
+            earliest(now, &[derived, jwt]).unwrap_or_else(|| later(now, self.cfg.default_ttl));
         Ok(FetchedToken {
             token: SecretString::from(token.clone()),
             expires_at,
@@ -224,9 +225,9 @@ pub fn expires_in(mode: ExpiresInMode, v: &serde_json::Value, now: SystemTime) -
     };
     if absolute {
         let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-        Some(Duration::from_secs_f64((number - now).max(0.0)))
+        Duration::try_from_secs_f64((number - now).max(0.0)).ok()
     } else {
-        Some(Duration::from_secs_f64(number))
+        Duration::try_from_secs_f64(number).ok()
     }
 }
 
@@ -347,5 +348,6 @@ mod tests {
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!("soon"), now), None);
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(-1), now), None);
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(null), now), None);
+        assert_eq!(expires_in(ExpiresInMode::Seconds, &json!(1e300), now), None);
     }
 }

@@ -518,6 +518,54 @@ async fn upstream_401_renews_the_token_once_and_replays_the_request() {
 }
 
 #[tokio::test]
+async fn a_replayed_request_is_retried_only_once() {
+    let v = fake_vendor::new().run().await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.reject_next(2);
+    let a = send(&client, &gw, "PUT", "/api/y", "body").await;
+    assert_eq!(a.status, 401, "the second 401 is passed through");
+    assert_eq!(v.api_log().len(), 3, "first try and one replay");
+    assert_eq!(v.grants(), 2, "one renewal");
+}
+
+#[tokio::test]
+async fn the_same_token_handed_back_is_not_taken_as_fresh() {
+    let v = fake_vendor::new().ttl(Duration::from_secs(2)).run().await;
+    let gw =
+        support::start_gateway(&gateway_toml(&v, &oauth2(&v, r#"refresh_before = "1s""#))).await;
+    let client = http();
+    let t0 = Instant::now();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    // The endpoint now returns the first token again, claiming another 2 s each time.
+    v.set_mode(Mode::SameToken);
+    let mut refused = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let a = get(&client, &gw, "/api/x").await;
+        assert!(a.status == 200 || a.status == 503, "{}", a.status);
+        refused += usize::from(a.status == 503);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        v.expired_tokens_seen(),
+        0,
+        "the stale token was injected after its expiry"
+    );
+    assert!(refused > 0, "the stale token was served as fresh");
+    let grants = v.grants();
+    assert!(
+        (3..=40).contains(&grants),
+        "renewal retried with backoff, not in a loop: {grants}"
+    );
+    v.set_mode(Mode::Ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&client, &gw, "/api/x").await.status != 200 {
+        assert!(Instant::now() < deadline, "did not recover");
+    }
+}
+
+#[tokio::test]
 async fn a_late_rejection_of_an_old_token_keeps_the_newer_one() {
     let v = fake_vendor::new().run().await;
     let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;

@@ -255,7 +255,7 @@ impl Credentials {
                 }
                 CredentialConfig::OAuth2(o) => Arc::new(TokenCredential::new(
                     name,
-                    Box::new(oauth2::OAuth2Source::new(o.clone(), http.clone())),
+                    Box::new(oauth2::OAuth2Source::new(name, o.clone(), http.clone())),
                     o.token.clone(),
                     metrics.clone(),
                 )),

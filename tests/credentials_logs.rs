@@ -176,3 +176,71 @@ auth = "none"
         );
     }
 }
+
+#[tokio::test]
+async fn check_validates_token_credentials_without_fetching_a_token() {
+    let v = fake_vendor::new().login("k", "e@x", "p").run().await;
+    let dir = support::temp_dir("check");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[upstreams.v]
+url = "{url}"
+[credentials.o]
+kind = "oauth2_client_credentials"
+allowed_hosts = ["127.0.0.1"]
+token_url = "{token_url}"
+client_id = "id"
+client_secret = "secret"
+[credentials.l]
+kind = "login"
+allowed_hosts = ["127.0.0.1"]
+url = "{login_url}"
+body = {{ email = "e@x", password = "p" }}
+ttl = "1h"
+headers = {{ "X-Incode-Hardware-Id" = "{{token}}" }}
+[[routes]]
+path_prefix = "/o"
+upstream = "v"
+credential = "o"
+auth = "none"
+[[routes]]
+path_prefix = "/l"
+upstream = "v"
+credential = "l"
+auth = "none"
+"#,
+            url = v.url(),
+            token_url = v.token_url(),
+            login_url = v.login_url(),
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_credgate"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v.grants(), 0, "check fetched a token");
+
+    // A missing secret is a config error naming the key, exit code 2.
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(&config, text.replace(r#"client_secret = "secret""#, "")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_credgate"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credentials.o.client_secret"));
+}

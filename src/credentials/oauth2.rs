@@ -15,7 +15,7 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::token_cache::{FetchedToken, TokenError, TokenSource, earliest, jwt_remaining};
+use super::token_cache::{FetchedToken, TokenError, TokenSource, earliest, jwt_remaining, later};
 use crate::body;
 use crate::config::credentials::{ClientAuthMethod, ExpiresInMode, OAuth2Config, RequestFormat};
 use crate::http_client::{self, FetchError, HttpClient};
@@ -83,14 +83,19 @@ type Client = oauth2::Client<
 /// The client-credentials token source.
 #[derive(Debug)]
 pub struct OAuth2Source {
+    name: String,
     cfg: OAuth2Config,
     http: HttpClient,
 }
 
 impl OAuth2Source {
-    /// A source for `cfg`, calling out through `http`.
-    pub fn new(cfg: OAuth2Config, http: HttpClient) -> Self {
-        Self { cfg, http }
+    /// A source for credential `name` with `cfg`, calling out through `http`.
+    pub fn new(name: &str, cfg: OAuth2Config, http: HttpClient) -> Self {
+        Self {
+            name: name.to_owned(),
+            cfg,
+            http,
+        }
     }
 
     fn client(&self) -> Client {
@@ -165,7 +170,8 @@ impl OAuth2Source {
             None => None,
         };
         let jwt = jwt_remaining(token, now_sys);
-        let expires_at = earliest(now, &[derived, jwt]).unwrap_or(now + self.cfg.default_ttl);
+        let expires_at =
+            earliest(now, &[derived, jwt]).unwrap_or_else(|| later(now, self.cfg.default_ttl));
         Ok(FetchedToken {
             token: SecretString::from(token.clone()),
             expires_at,
@@ -193,7 +199,7 @@ impl TokenSource for OAuth2Source {
                 match self.refresh(&http, rt).await {
                     Ok(t) => return Ok(t),
                     Err(e) => {
-                        tracing::info!(token_url = %self.cfg.token_url, error = %e, "refresh_token grant failed; falling back to client credentials");
+                        tracing::info!(credential = %self.name, error = %e, "refresh_token grant failed; falling back to client credentials");
                     }
                 }
             }
@@ -224,9 +230,9 @@ pub fn expires_in(mode: ExpiresInMode, v: &serde_json::Value, now: SystemTime) -
     };
     if absolute {
         let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-        Some(Duration::from_secs_f64((number - now).max(0.0)))
+        Duration::try_from_secs_f64((number - now).max(0.0)).ok()
     } else {
-        Some(Duration::from_secs_f64(number))
+        Duration::try_from_secs_f64(number).ok()
     }
 }
 
@@ -234,10 +240,17 @@ pub fn expires_in(mode: ExpiresInMode, v: &serde_json::Value, now: SystemTime) -
 fn token_error(e: RequestTokenError<FetchError, BasicErrorResponse>, status: u16) -> TokenError {
     match e {
         RequestTokenError::Request(f) => TokenError::Http(f),
-        RequestTokenError::ServerResponse(r) => TokenError::Refused {
-            status,
-            code: r.error().to_string(),
-        },
+        RequestTokenError::ServerResponse(r) => {
+            // The code is the vendor's text: log it only when it looks like an RFC 6749 error code.
+            let code = r.error().to_string();
+            let code =
+                if code.len() <= 64 && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    code
+                } else {
+                    "(non-standard error code)".to_owned()
+                };
+            TokenError::Refused { status, code }
+        }
         RequestTokenError::Parse(_, _) if status != 200 => TokenError::Status(
             http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
         ),
@@ -347,5 +360,6 @@ mod tests {
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!("soon"), now), None);
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(-1), now), None);
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(null), now), None);
+        assert_eq!(expires_in(ExpiresInMode::Seconds, &json!(1e300), now), None);
     }
 }

@@ -39,6 +39,8 @@ pub enum Mode {
     MissingFields,
     /// 200 JSON with an empty token.
     EmptyToken,
+    /// Hand back the last token issued again, with a fresh-looking `expires_in` (a server-side cache gone stale).
+    SameToken,
 }
 
 /// How `expires_in` is written.
@@ -123,6 +125,7 @@ struct Shared {
     log: Mutex<Log>,
     n: AtomicUsize,
     expired_seen: AtomicUsize,
+    reject_next: AtomicUsize,
 }
 
 /// Builder: `fake_vendor::new().ttl(..).run().await`.
@@ -206,6 +209,7 @@ impl Builder {
             log: Mutex::default(),
             n: AtomicUsize::new(0),
             expired_seen: AtomicUsize::new(0),
+            reject_next: AtomicUsize::new(0),
         });
         let sh = shared.clone();
         tokio::spawn(async move {
@@ -282,6 +286,10 @@ impl FakeVendor {
         for i in &mut self.shared.log.lock().expect("lock").issued {
             i.revoked = true;
         }
+    }
+    /// The API answers 401 to the next `n` requests, whatever token they carry.
+    pub fn reject_next(&self, n: usize) {
+        self.shared.reject_next.store(n, Ordering::SeqCst);
     }
     /// API requests that carried an expired token.
     pub fn expired_tokens_seen(&self) -> usize {
@@ -385,13 +393,7 @@ async fn answer(sh: &Shared, req: Request<Incoming>) -> Response<credgate::body:
         if path == "/executive/log-in" {
             return login(sh, &parts.headers, &body, mode == Mode::EmptyToken);
         }
-        return token(
-            sh,
-            &parts.headers,
-            is_json,
-            &params,
-            mode == Mode::EmptyToken,
-        );
+        return token(sh, &parts.headers, is_json, &params, mode);
     }
     api(sh, parts.uri.to_string(), parts.headers, body)
 }
@@ -428,8 +430,9 @@ fn token(
     headers: &HeaderMap,
     is_json: bool,
     params: &BTreeMap<String, String>,
-    empty: bool,
+    mode: Mode,
 ) -> Response<credgate::body::Body> {
+    let empty = mode == Mode::EmptyToken;
     let s = &sh.settings;
     if s.json_only && !is_json {
         return json_rsp(
@@ -478,7 +481,17 @@ fn token(
             );
         }
     }
-    let (tok, _) = mint(sh);
+    let last = sh
+        .log
+        .lock()
+        .expect("lock")
+        .issued
+        .last()
+        .map(|i| i.token.clone());
+    let tok = match last {
+        Some(t) if mode == Mode::SameToken => t,
+        _ => mint(sh).0,
+    };
     let expires_in = match s.expires {
         Expires::Seconds => json!(s.ttl.as_secs()),
         Expires::UnixTime => json!(unix_now() + s.ttl.as_secs()),
@@ -545,7 +558,13 @@ fn api(
         .unwrap_or("")
         .to_owned();
     let now = Instant::now();
-    let status = {
+    let forced = sh
+        .reject_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if forced {
+        StatusCode::UNAUTHORIZED
+    } else {
         let log = sh.log.lock().expect("lock");
         match log.issued.iter().find(|i| i.token == presented) {
             Some(i) if i.revoked => StatusCode::UNAUTHORIZED,

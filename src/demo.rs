@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
 
+pub mod caller_auth;
+
 /// The demo's API key, injected by the gateway; a sandbox value, not a secret of anyone's.
 pub const DEMO_API_KEY: &str = "demo-sandbox-api-key";
 
@@ -28,6 +30,8 @@ pub struct Demo {
     pub ca_path: PathBuf,
     /// Where the sandbox echo upstream listens.
     pub echo: SocketAddr,
+    /// A caller token from the demo's dev issuer.
+    pub caller_token: String,
 }
 
 /// Start the sandbox upstreams and write the demo config; `port` is the gateway's.
@@ -35,6 +39,9 @@ pub async fn prepare(port: u16) -> Result<Demo, std::io::Error> {
     let dir = std::env::temp_dir().join(format!("credgate-demo-{}", std::process::id()));
     crate::dev_certs::write(&dir).map_err(std::io::Error::other)?;
     let echo = spawn_echo().await?;
+    let dev_issuer = caller_auth::start().await.map_err(std::io::Error::other)?;
+    let issuer_toml = &dev_issuer.issuer_toml;
+    let scope = caller_auth::SCOPE;
     let d = dir.display();
     let config_toml = format!(
         r#"# credgate demo config (generated)
@@ -43,6 +50,7 @@ address = "127.0.0.1:{port}"
 cert = "{d}/server.crt"
 key = "{d}/server.key"
 
+{issuer_toml}
 [upstreams.echo]
 url = "http://{echo}"
 
@@ -57,23 +65,28 @@ path_prefix = "/echo"
 upstream = "echo"
 strip_prefix = true
 credential = "demo_api_key"
-auth = "none"
+scopes = ["{scope}"]
+forward_claims = {{ sub = "X-Credgate-Subject" }}
 "#
     );
     Ok(Demo {
         config_toml,
         ca_path: dir.join("ca.crt"),
         echo,
+        caller_token: dev_issuer.token,
     })
 }
 
 /// The curl commands the demo prints.
 pub fn instructions(demo: &Demo, gateway: SocketAddr) -> String {
     let ca = demo.ca_path.display();
+    let token = &demo.caller_token;
     format!(
         "credgate demo is running on https://{gateway} (sandbox upstreams on loopback; Ctrl-C stops it)\n\n\
-         The sandbox upstream echoes what it receives. The gateway strips your Authorization header and injects the\n\
-         route's credential (X-Api-Key):\n\n  \
+         The sandbox upstream echoes what it receives. The gateway checks your caller JWT (from the demo's dev issuer),\n\
+         strips your Authorization header, injects the route's credential (X-Api-Key) and forwards your subject:\n\n  \
+         curl --cacert {ca} https://{gateway}/echo/hello -H 'Authorization: Bearer {token}'\n\n\
+         A token the gateway cannot verify is refused with 401 (problem+json, WWW-Authenticate):\n\n  \
          curl --cacert {ca} https://{gateway}/echo/hello -H 'Authorization: Bearer my-own-token'\n\n\
          HTTP/2 works the same (add --http2). An unknown path gets a problem+json 404:\n\n  \
          curl --cacert {ca} https://{gateway}/nope\n"

@@ -1,6 +1,7 @@
 //! `credgate demo`: the gateway on loopback with a generated dev certificate and local sandbox upstreams, no accounts
 //! and no files needed. The config is ordinary TOML, validated by the same code as `credgate run`.
 
+pub mod caller_auth;
 pub mod credentials;
 pub mod flows;
 
@@ -33,6 +34,8 @@ pub struct Demo {
     pub echo: SocketAddr,
     /// Where the sandbox vendors for the flows listen.
     pub vendors: flows::Sandboxes,
+    /// A caller token from the demo's dev issuer.
+    pub caller_token: String,
 }
 
 /// Start the sandbox upstreams and write the demo config; `port` is the gateway's.
@@ -42,6 +45,9 @@ pub async fn prepare(port: u16) -> Result<Demo, std::io::Error> {
     let echo = spawn_echo().await?;
     let sandbox_vendors = credentials::spawn_sandbox().await?;
     let vendors = flows::spawn().await?;
+    let dev_issuer = caller_auth::start().await.map_err(std::io::Error::other)?;
+    let issuer_toml = &dev_issuer.issuer_toml;
+    let scope = caller_auth::SCOPE;
     let d = dir.display();
     let mut config_toml = format!(
         r#"# credgate demo config (generated)
@@ -50,6 +56,7 @@ address = "127.0.0.1:{port}"
 cert = "{d}/server.crt"
 key = "{d}/server.key"
 
+{issuer_toml}
 [upstreams.echo]
 url = "http://{echo}"
 
@@ -64,7 +71,8 @@ path_prefix = "/echo"
 upstream = "echo"
 strip_prefix = true
 credential = "demo_api_key"
-auth = "none"
+scopes = ["{scope}"]
+forward_claims = {{ sub = "X-Credgate-Subject" }}
 "#
     );
     config_toml.push_str(&credentials::config_toml(sandbox_vendors));
@@ -74,16 +82,20 @@ auth = "none"
         ca_path: dir.join("ca.crt"),
         echo,
         vendors,
+        caller_token: dev_issuer.token,
     })
 }
 
 /// The curl commands the demo prints.
 pub fn instructions(demo: &Demo, gateway: SocketAddr) -> String {
     let ca = demo.ca_path.display();
+    let token = &demo.caller_token;
     format!(
         "credgate demo is running on https://{gateway} (sandbox upstreams on loopback; Ctrl-C stops it)\n\n\
-         The sandbox upstream echoes what it receives. The gateway strips your Authorization header and injects the\n\
-         route's credential (X-Api-Key):\n\n  \
+         The sandbox upstream echoes what it receives. The gateway checks your caller JWT (from the demo's dev issuer),\n\
+         strips your Authorization header, injects the route's credential (X-Api-Key) and forwards your subject:\n\n  \
+         curl --cacert {ca} https://{gateway}/echo/hello -H 'Authorization: Bearer {token}'\n\n\
+         A token the gateway cannot verify is refused with 401 (problem+json, WWW-Authenticate):\n\n  \
          curl --cacert {ca} https://{gateway}/echo/hello -H 'Authorization: Bearer my-own-token'\n\n\
          HTTP/2 works the same (add --http2). An unknown path gets a problem+json 404:\n\n  \
          curl --cacert {ca} https://{gateway}/nope\n{}\n{}",

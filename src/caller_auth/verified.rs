@@ -34,8 +34,10 @@ pub struct Verified {
     pub iat: Option<i64>,
     /// Scopes from `scope` (space-delimited) and `scp`.
     pub scopes: Box<[Box<str>]>,
-    /// Every claim, for route requirements and forwarded headers.
+    /// Every claim, for route requirements.
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Claims that can be forwarded as headers, prepared once.
+    pub header_values: Box<[(Box<str>, http::HeaderValue)]>,
 }
 
 /// Largest total weight (approximate bytes) the cache holds.

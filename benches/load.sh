@@ -11,6 +11,10 @@
 # Needs the peers running (`../shared/peers/run-peers.sh start`). Knobs: GATEWAY_CPU (default 1), PORT (18090),
 # ORIGIN (http://127.0.0.1:18080), PEERS (peers folder), TLS=1 (listen with the peers' keys/tls.crt and bench the
 # https:// URL instead), NAME (label for bench.sh, default credgate-static[-https]).
+# AUTH=jwt: the route requires a caller JWT configured like the HAProxy peer: static PEM key keys/rsa.pub with the kid
+#   the peers' tokens carry (rsa-1), iss https://idp.test/, aud credgate, RS256 only (NAME default credgate-jwt).
+# CRED=oauth2: the injected Authorization is an OAuth2 client-credentials token from a loopback token endpoint
+#   (python3, one grant per hour) instead of the static header (NAME default credgate-oauth2).
 # The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
 set -euo pipefail
 
@@ -20,6 +24,8 @@ port=${PORT:-18090}
 origin=${ORIGIN:-http://127.0.0.1:18080}
 cpu=${GATEWAY_CPU:-1}
 tls=${TLS:-0}
+auth=${AUTH:-none}
+cred=${CRED:-static}
 
 [ -x "$peers/bench.sh" ] || { echo "no peers harness at $peers (set PEERS)" >&2; exit 1; }
 curl -fsS -o /dev/null "$origin/" || {
@@ -33,7 +39,9 @@ bin=${CARGO_TARGET_DIR:-$root/target}/release/credgate
 
 work=$(mktemp -d)
 pid=
+token_pid=
 cleanup() {
+  [ -n "$token_pid" ] && kill "$token_pid" 2>/dev/null
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
     wait "$pid" || true
@@ -46,12 +54,51 @@ if [ "$tls" = 1 ]; then
   listener="cert = \"$peers/keys/tls.crt\"
 key = \"$peers/keys/tls.key\""
   url="https://127.0.0.1:$port/"
-  name=${NAME:-credgate-static-https}
+  suffix=-https
 else
   listener="tls = false"
   url="http://127.0.0.1:$port/"
-  name=${NAME:-credgate-static}
+  suffix=
 fi
+label=credgate-static
+route_auth='auth = "none"'
+issuers=
+if [ "$auth" = jwt ]; then
+  label=credgate-jwt
+  route_auth='auth = "jwt"'
+  issuers="[[issuers]]
+name = \"peers\"
+issuer = \"https://idp.test/\"
+audiences = [\"credgate\"]
+algorithms = [\"RS256\"]
+keys = [{ file = \"$peers/keys/rsa.pub\", kid = \"rsa-1\" }]"
+fi
+credential="[credentials.origin]
+kind = \"static\"
+allowed_hosts = [\"127.0.0.1\"]
+headers = { \"Authorization\" = \"Bearer upstream-secret-token\" }"
+if [ "$cred" = oauth2 ]; then
+  label=$label-oauth2
+  tport=$((port + 1))
+  python3 - "$tport" > "$work/token.log" 2>&1 <<'PY' &
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps({"access_token": "upstream-oauth2-token", "token_type": "Bearer", "expires_in": 3600}).encode()
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+  token_pid=$!
+  credential="[credentials.origin]
+kind = \"oauth2_client_credentials\"
+allowed_hosts = [\"127.0.0.1\"]
+token_url = \"http://127.0.0.1:$tport/token\"
+client_id = \"bench\"
+client_secret = \"bench-secret\""
+fi
+name=${NAME:-$label$suffix}
 
 cat > "$work/config.toml" <<EOF
 [server]
@@ -64,29 +111,30 @@ $listener
 [upstreams.origin]
 url = "$origin"
 
-[credentials.origin]
-kind = "static"
-allowed_hosts = ["127.0.0.1"]
-headers = { "Authorization" = "Bearer upstream-secret-token" }
+$credential
+
+$issuers
 
 [[routes]]
 name = "origin"
 path_prefix = "/"
 upstream = "origin"
 credential = "origin"
-auth = "none"
+$route_auth
 EOF
 
 "$bin" check --config "$work/config.toml" >/dev/null
 RUST_LOG=warn taskset -c "$cpu" "$bin" run --config "$work/config.toml" 2>"$work/credgate.log" &
 pid=$!
 
+probe=(-H "X-Probe: 1")
+[ "$auth" = jwt ] && probe=(-H "Authorization: Bearer $("$peers/mktoken.py")")
 # Wait (at most 10 s) until the gateway answers through to the origin.
 for _ in $(seq 1 100); do
-  if curl -fsSk -o /dev/null "$url"; then break; fi
+  if curl -fsSk "${probe[@]}" -o /dev/null "$url"; then break; fi
   kill -0 "$pid" 2>/dev/null || { echo "credgate exited:" >&2; cat "$work/credgate.log" >&2; exit 1; }
   sleep 0.1
 done
-curl -fsSk -o /dev/null "$url" || { echo "credgate does not answer on $url" >&2; cat "$work/credgate.log" >&2; exit 1; }
+curl -fsSk "${probe[@]}" -o /dev/null "$url" || { echo "credgate does not answer on $url" >&2; cat "$work/credgate.log" >&2; exit 1; }
 
 NAME=$name "$peers/bench.sh" "$url" "$@"

@@ -6,12 +6,19 @@
 //! Run: `cargo bench --bench caller_auth -- --warm-up-time 1 --measurement-time 3`
 //! Figures: see the FIGURES comment below and docs/caller-auth.md.
 
-// FIGURES (2026-11-23, 2-vCPU AMD EPYC VM, shared and noisy; medians; command above)
-//   RS256  floor aws-lc verify 14.3 µs | jsonwebtoken decode 18.2 µs | credgate verify 15.5 µs (1.08x floor)
-//          credgate miss incl. cache insert 16.4 µs (1.15x)
-//   ES256  floor 41.0 µs | jsonwebtoken 43.3 µs | credgate 42.3 µs (1.03x)
-//   EdDSA  floor 49.0 µs | jsonwebtoken 52.6 µs | credgate 50.3 µs (1.03x)
-//   cached validate (hit) 170 ns | cached authenticate (whole request-side call) 254 ns
+// FIGURES — 2026-11-23 20:43 UTC, 2-vCPU AMD EPYC VM (shared with other builds; load average 1.5-1.8 during the run),
+// `cargo bench --bench caller_auth -- --warm-up-time 1 --measurement-time 3`, criterion medians:
+//
+//   case   floor: aws-lc-rs verify   jsonwebtoken decode   credgate verify (uncached)   credgate miss (+ cache insert)
+//   RS256  18.15 µs                  24.78 µs (1.37x)      21.47 µs (1.18x)             23.55 µs (1.30x)
+//   ES256  56.96 µs                  62.11 µs (1.09x)      60.68 µs (1.07x)             62.40 µs (1.10x)
+//   EdDSA  41.71 µs                  44.97 µs (1.08x)      44.89 µs (1.08x)             46.74 µs (1.12x)
+//
+//   cached: validate (hit: cache lookup, key still published, exp/nbf/iat)        203 ns
+//   cached: authenticate (hit + bearer extraction + scope check + one forwarded claim) 367 ns
+//
+// Earlier runs the same evening under load average 3-9 were 1.5-3x slower and their ratios wandered with the noise;
+// compare only within one quiet run.
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -152,7 +152,7 @@ forward_claims = {{ sub = "X-Credgate-Subject" }}
     )
     .expect("config");
     let http = credgate::http_client::build(&[], Duration::from_secs(5)).expect("client");
-    let auth = CallerAuth::new(&cfg.issuers, &http, Arc::new(Metrics::default()));
+    let auth = CallerAuth::new(&cfg, &http, Arc::new(Metrics::default()));
 
     for c in &cases {
         let t = token(c);

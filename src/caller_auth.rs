@@ -393,21 +393,21 @@ impl CallerAuth {
         p: &JwtPolicy,
         headers: &HeaderMap,
     ) -> Result<Caller, AuthError> {
-        let token = bearer(headers)?;
+        let token = utf8(bearer(headers)?)?;
         let v = self.verify_and_cache(token).await?;
         self.authorize(p, &v)
     }
 
     /// Validate a bearer token: a cache hit re-checks the key and time; a miss verifies and caches.
     pub async fn validate(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
-        match self.cached(token) {
+        match self.cached(token.as_bytes()) {
             Some(r) => r,
             None => Box::pin(self.verify_and_cache(token)).await,
         }
     }
 
     /// The cached verification of `token`, time-checked, if its key is still published.
-    fn cached(&self, token: &str) -> Option<Result<Arc<Verified>, AuthError>> {
+    fn cached(&self, token: &[u8]) -> Option<Result<Arc<Verified>, AuthError>> {
         let v = self.cache.get(token)?;
         if !self.key_still_valid(&v) {
             self.cache.remove(token);
@@ -424,7 +424,7 @@ impl CallerAuth {
 
     /// Drop a token from the verified-token cache (benchmarks measure the miss path with it).
     pub fn forget(&self, token: &str) {
-        self.cache.remove(token);
+        self.cache.remove(token.as_bytes());
     }
 
     fn key_still_valid(&self, v: &Verified) -> bool {
@@ -591,7 +591,7 @@ fn check_times(
 }
 
 /// The bearer token of the single `Authorization` header (scheme case-insensitive).
-fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+fn bearer(headers: &HeaderMap) -> Result<&[u8], AuthError> {
     let mut all = headers.get_all(AUTHORIZATION).iter();
     let Some(v) = all.next() else {
         return Err(AuthError::Missing);
@@ -599,18 +599,25 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     if all.next().is_some() {
         return Err(AuthError::MultipleAuthorization);
     }
-    let v = v
-        .to_str()
-        .map_err(|_| AuthError::Malformed("Authorization is not ASCII"))?;
-    let (scheme, rest) = v.split_once(' ').ok_or(AuthError::Missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    // Bytes, not `to_str`: a cache hit compares the exact bytes of a token that once verified (hence base64url), and a
+    // miss checks UTF-8 before parsing; walking every byte of every header here would cost more than that.
+    let v = v.as_bytes();
+    let sp = v
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(AuthError::Missing)?;
+    if !v[..sp].eq_ignore_ascii_case(b"bearer") {
         return Err(AuthError::Missing);
     }
-    let token = rest.trim_matches(' ');
+    let token = v[sp..].trim_ascii();
     if token.is_empty() {
         return Err(AuthError::Missing);
     }
     Ok(token)
+}
+
+fn utf8(token: &[u8]) -> Result<&str, AuthError> {
+    std::str::from_utf8(token).map_err(|_| AuthError::Malformed("token is not UTF-8"))
 }
 
 fn has_access_token(query: &str) -> bool {
@@ -627,7 +634,7 @@ mod tests {
     fn bearer_scheme_is_case_insensitive_and_single() {
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_static("bEaReR abc"));
-        assert_eq!(bearer(&h).ok(), Some("abc"));
+        assert_eq!(bearer(&h).ok(), Some(&b"abc"[..]));
         h.append(AUTHORIZATION, HeaderValue::from_static("Bearer def"));
         assert!(matches!(bearer(&h), Err(AuthError::MultipleAuthorization)));
         let mut h = HeaderMap::new();

@@ -6,16 +6,17 @@
 //! Run: `cargo bench --bench caller_auth -- --warm-up-time 1 --measurement-time 3`
 //! Figures: see the FIGURES comment below and docs/caller-auth.md.
 
-// FIGURES — 2026-11-23 20:43 UTC, 2-vCPU AMD EPYC VM (shared with other builds; load average 1.5-1.8 during the run),
+// FIGURES — 2026-11-23 20:56 UTC, 2-vCPU AMD EPYC VM (shared with other builds; load average 0.9-1.5 during the run),
 // `cargo bench --bench caller_auth -- --warm-up-time 1 --measurement-time 3`, criterion medians:
 //
 //   case   floor: aws-lc-rs verify   jsonwebtoken decode   credgate verify (uncached)   credgate miss (+ cache insert)
-//   RS256  18.15 µs                  24.78 µs (1.37x)      21.47 µs (1.18x)             23.55 µs (1.30x)
-//   ES256  56.96 µs                  62.11 µs (1.09x)      60.68 µs (1.07x)             62.40 µs (1.10x)
-//   EdDSA  41.71 µs                  44.97 µs (1.08x)      44.89 µs (1.08x)             46.74 µs (1.12x)
+//   RS256  17.94 µs                  24.99 µs (1.39x)      21.06 µs (1.17x)             22.78 µs (1.27x)
+//   ES256  56.80 µs                  62.61 µs (1.10x)      59.99 µs (1.06x)             61.41 µs (1.08x)
+//   EdDSA  41.67 µs                  45.24 µs (1.09x)      44.56 µs (1.07x)             46.04 µs (1.10x)
 //
-//   cached: validate (hit: cache lookup, key still published, exp/nbf/iat)        203 ns
-//   cached: authenticate (hit + bearer extraction + scope check + one forwarded claim) 367 ns
+//   cached: validate (hit: cache lookup, key still published, exp/nbf/iat)             212 ns
+//   cached: authenticate (hit + bearer extraction + scope check + one forwarded claim)  286 ns
+//   (cached rows: 21:00 UTC run with `-- ^cached`, after bearer extraction moved to bytes; it was 337 ns before)
 //
 // Earlier runs the same evening under load average 3-9 were 1.5-3x slower and their ratios wandered with the noise;
 // compare only within one quiet run.
@@ -152,7 +153,7 @@ forward_claims = {{ sub = "X-Credgate-Subject" }}
     )
     .expect("config");
     let http = credgate::http_client::build(&[], Duration::from_secs(5)).expect("client");
-    let auth = CallerAuth::new(&cfg.issuers, &http, Arc::new(Metrics::default()));
+    let auth = CallerAuth::new(&cfg, &http, Arc::new(Metrics::default()));
 
     for c in &cases {
         let t = token(c);

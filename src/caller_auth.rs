@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
-use crate::config::{IssuerConfig, RouteAuthConfig};
+use crate::config::{Config, RouteAuthConfig};
 use crate::error::Problem;
 use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
@@ -290,18 +290,32 @@ pub struct CallerAuth {
     issuers: Vec<Arc<Issuer>>,
     cache: VerifiedCache,
     metrics: Arc<Metrics>,
+    /// Claims some route forwards: the only ones prepared as header values when a token is verified.
+    forwarded: Box<[Box<str>]>,
 }
 
 impl CallerAuth {
-    /// Build from the issuer list; fetches nothing until [`CallerAuth::start`].
-    pub fn new(issuers: &[IssuerConfig], http: &HttpClient, metrics: Arc<Metrics>) -> Self {
+    /// Build from the config's issuers and routes; fetches nothing until [`CallerAuth::start`].
+    pub fn new(cfg: &Config, http: &HttpClient, metrics: Arc<Metrics>) -> Self {
+        let mut forwarded: Vec<Box<str>> = Vec::new();
+        for r in &cfg.routes {
+            if let RouteAuthConfig::Jwt { forward_claims, .. } = &r.auth {
+                for (claim, _) in forward_claims {
+                    if !forwarded.iter().any(|f| **f == **claim) {
+                        forwarded.push(claim.as_str().into());
+                    }
+                }
+            }
+        }
         Self {
-            issuers: issuers
+            issuers: cfg
+                .issuers
                 .iter()
                 .map(|c| Arc::new(Issuer::new(c.clone(), http, &metrics)))
                 .collect(),
             cache: VerifiedCache::default(),
             metrics,
+            forwarded: forwarded.into_boxed_slice(),
         }
     }
 
@@ -344,7 +358,11 @@ impl CallerAuth {
         let Some(p) = &policy.jwt else {
             return Ok(Caller::default());
         };
-        let result = self.check(p, headers, uri).await;
+        // The cache-hit path is synchronous; the miss path is boxed so the future every request builds stays small.
+        let result = match self.check_cached(p, headers, uri) {
+            Some(r) => r,
+            None => Box::pin(self.check_uncached(p, headers)).await,
+        };
         if let Err(e) = &result {
             self.metrics
                 .incr("credgate_auth_rejections_total", &[("reason", e.reason())]);
@@ -352,29 +370,53 @@ impl CallerAuth {
         result
     }
 
-    async fn check(
+    /// Request checks and a cache hit; `None` when the token must be verified.
+    fn check_cached(
         &self,
         p: &JwtPolicy,
         headers: &HeaderMap,
         uri: &Uri,
-    ) -> Result<Caller, AuthError> {
+    ) -> Option<Result<Caller, AuthError>> {
         if uri.query().is_some_and(has_access_token) {
-            return Err(AuthError::TokenInQuery);
+            return Some(Err(AuthError::TokenInQuery));
         }
-        let token = bearer(headers)?;
-        let v = self.validate(token).await?;
+        let token = match bearer(headers) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let v = self.cached(token)?;
+        Some(v.and_then(|v| self.authorize(p, &v)))
+    }
+
+    async fn check_uncached(
+        &self,
+        p: &JwtPolicy,
+        headers: &HeaderMap,
+    ) -> Result<Caller, AuthError> {
+        let token = utf8(bearer(headers)?)?;
+        let v = self.verify_and_cache(token).await?;
         self.authorize(p, &v)
     }
 
     /// Validate a bearer token: a cache hit re-checks the key and time; a miss verifies and caches.
     pub async fn validate(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
-        if let Some(v) = self.cache.get(token) {
-            if self.key_still_valid(&v) {
-                self.check_time(&v)?;
-                return Ok(v);
-            }
-            self.cache.remove(token);
+        match self.cached(token.as_bytes()) {
+            Some(r) => r,
+            None => Box::pin(self.verify_and_cache(token)).await,
         }
+    }
+
+    /// The cached verification of `token`, time-checked, if its key is still published.
+    fn cached(&self, token: &[u8]) -> Option<Result<Arc<Verified>, AuthError>> {
+        let v = self.cache.get(token)?;
+        if !self.key_still_valid(&v) {
+            self.cache.remove(token);
+            return None;
+        }
+        Some(self.check_time(&v).map(|()| v))
+    }
+
+    async fn verify_and_cache(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
         let v = Arc::new(self.verify(token).await?);
         self.cache.insert(token, v.clone());
         Ok(v)
@@ -382,7 +424,7 @@ impl CallerAuth {
 
     /// Drop a token from the verified-token cache (benchmarks measure the miss path with it).
     pub fn forget(&self, token: &str) {
-        self.cache.remove(token);
+        self.cache.remove(token.as_bytes());
     }
 
     fn key_still_valid(&self, v: &Verified) -> bool {
@@ -429,7 +471,7 @@ impl CallerAuth {
             .map_err(|_| AuthError::BadSignature)?;
         let claims = parsed.claims;
         Ok(Verified {
-            header_values: header_values(&claims.all),
+            header_values: header_values(&claims.all, &self.forwarded),
             issuer: idx,
             key,
             exp,
@@ -507,21 +549,23 @@ impl CallerAuth {
     }
 }
 
-/// Top-level claims that can be header values, prepared once per verified token so that a cache hit forwards them
-/// by reference count: strings as they are, numbers and booleans printed. Anything else cannot be forwarded.
+/// The forwarded claims of a token as header values, prepared once per verified token so that a cache hit forwards
+/// them by reference count: strings as they are, numbers and booleans printed. Anything else cannot be forwarded.
 fn header_values(
     claims: &serde_json::Map<String, serde_json::Value>,
+    forwarded: &[Box<str>],
 ) -> Box<[(Box<str>, HeaderValue)]> {
-    claims
+    forwarded
         .iter()
-        .filter_map(|(k, v)| {
+        .filter_map(|k| {
+            let v = claims.get(&**k)?;
             let text = match v {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(_) | serde_json::Value::Bool(_) => v.to_string(),
                 _ => return None,
             };
             let hv = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()?;
-            Some((Box::from(k.as_str()), hv))
+            Some((k.clone(), hv))
         })
         .collect()
 }
@@ -547,7 +591,7 @@ fn check_times(
 }
 
 /// The bearer token of the single `Authorization` header (scheme case-insensitive).
-fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+fn bearer(headers: &HeaderMap) -> Result<&[u8], AuthError> {
     let mut all = headers.get_all(AUTHORIZATION).iter();
     let Some(v) = all.next() else {
         return Err(AuthError::Missing);
@@ -555,18 +599,25 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     if all.next().is_some() {
         return Err(AuthError::MultipleAuthorization);
     }
-    let v = v
-        .to_str()
-        .map_err(|_| AuthError::Malformed("Authorization is not ASCII"))?;
-    let (scheme, rest) = v.split_once(' ').ok_or(AuthError::Missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    // Bytes, not `to_str`: a cache hit compares the exact bytes of a token that once verified (hence base64url), and a
+    // miss checks UTF-8 before parsing; walking every byte of every header here would cost more than that.
+    let v = v.as_bytes();
+    let sp = v
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(AuthError::Missing)?;
+    if !v[..sp].eq_ignore_ascii_case(b"bearer") {
         return Err(AuthError::Missing);
     }
-    let token = rest.trim_matches(' ');
+    let token = v[sp..].trim_ascii();
     if token.is_empty() {
         return Err(AuthError::Missing);
     }
     Ok(token)
+}
+
+fn utf8(token: &[u8]) -> Result<&str, AuthError> {
+    std::str::from_utf8(token).map_err(|_| AuthError::Malformed("token is not UTF-8"))
 }
 
 fn has_access_token(query: &str) -> bool {
@@ -583,7 +634,7 @@ mod tests {
     fn bearer_scheme_is_case_insensitive_and_single() {
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_static("bEaReR abc"));
-        assert_eq!(bearer(&h).ok(), Some("abc"));
+        assert_eq!(bearer(&h).ok(), Some(&b"abc"[..]));
         h.append(AUTHORIZATION, HeaderValue::from_static("Bearer def"));
         assert!(matches!(bearer(&h), Err(AuthError::MultipleAuthorization)));
         let mut h = HeaderMap::new();

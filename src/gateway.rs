@@ -99,7 +99,7 @@ impl Gateway {
         }
         Ok(Arc::new(Self {
             routes: RouteTable::new(routes),
-            caller_auth: CallerAuth::new(&cfg.issuers, &http, metrics.clone()),
+            caller_auth: CallerAuth::new(cfg, &http, metrics.clone()),
             credentials,
             http,
             metrics,

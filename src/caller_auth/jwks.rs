@@ -91,7 +91,7 @@ pub enum Refetch {
 impl Issuer {
     /// Build with static keys in force; JWKS keys come with the first fetch.
     pub fn new(cfg: IssuerConfig, http: &HttpClient, metrics: &Arc<Metrics>) -> Self {
-        let keys = ArcSwap::from_pointee(KeySet::new(1, cfg.static_keys.clone(), None));
+        let keys = ArcSwap::from_pointee(KeySet::new(cfg.static_keys.clone(), None));
         let fetcher = cfg.jwks.clone().map(|j| Fetcher {
             unknown_kids: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -246,17 +246,9 @@ impl Issuer {
         }
         let cur = self.keys.load();
         let (merged, changed) = cur.merge(&self.cfg.static_keys, fetched);
-        let generation = if changed {
-            cur.generation.wrapping_add(1)
-        } else {
-            cur.generation
-        };
         let n = merged.len();
-        self.keys.store(Arc::new(KeySet::new(
-            generation,
-            merged,
-            Some(Instant::now()),
-        )));
+        self.keys
+            .store(Arc::new(KeySet::new(merged, Some(Instant::now()))));
         f.metrics.set(
             "credgate_jwks_keys",
             &[("issuer", self.cfg.name.as_str())],
@@ -300,11 +292,8 @@ impl Issuer {
             && at.elapsed() > max_staleness
         {
             tracing::error!(issuer = %self.cfg.name, "JWKS older than max_staleness; dropping its keys");
-            self.keys.store(Arc::new(KeySet::new(
-                cur.generation.wrapping_add(1),
-                self.cfg.static_keys.clone(),
-                None,
-            )));
+            self.keys
+                .store(Arc::new(KeySet::new(self.cfg.static_keys.clone(), None)));
         }
     }
 

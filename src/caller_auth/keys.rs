@@ -174,11 +174,6 @@ impl Key {
         self.kid.as_deref()
     }
 
-    /// The key family.
-    pub fn family(&self) -> Family {
-        self.family
-    }
-
     /// The verifier for `alg`, if this key may verify it.
     pub fn verifier(&self, alg: Alg) -> Option<&ParsedPublicKey> {
         self.verifiers
@@ -355,8 +350,6 @@ pub fn from_jwks(set: &JwkSet, allowed: &[Alg]) -> (Vec<Arc<Key>>, Skipped) {
 /// The keys in force for one issuer: its static keys plus the last good JWKS. Replaced whole, never mutated.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    /// Changes whenever the set of keys changes.
-    pub generation: u64,
     keys: Vec<Arc<Key>>,
     /// When the JWKS part was last fetched successfully.
     pub fetched_at: Option<Instant>,
@@ -373,12 +366,8 @@ pub enum Lookup<'a> {
 
 impl KeySet {
     /// A set of `keys`.
-    pub fn new(generation: u64, keys: Vec<Arc<Key>>, fetched_at: Option<Instant>) -> Self {
-        Self {
-            generation,
-            keys,
-            fetched_at,
-        }
+    pub fn new(keys: Vec<Arc<Key>>, fetched_at: Option<Instant>) -> Self {
+        Self { keys, fetched_at }
     }
 
     /// Find the key for a token's `kid`; a token without `kid` is accepted only when the issuer has exactly one key.
@@ -420,5 +409,44 @@ impl KeySet {
         let changed = out.len() != self.keys.len()
             || out.iter().zip(&self.keys).any(|(a, b)| !Arc::ptr_eq(a, b));
         (out, changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+
+    use super::*;
+
+    #[test]
+    fn spki_key_type_decides_the_family() {
+        let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("keygen");
+        let der = kp.public_key().as_der().expect("der");
+        let key = Key::from_spki_der(Some("e".into()), der.as_ref(), &Alg::ALL).expect("key");
+        assert_eq!(key.family, Family::P256);
+        assert!(key.verifier(Alg::ES256).is_some());
+        assert!(key.verifier(Alg::RS256).is_none() && key.verifier(Alg::ES384).is_none());
+        // An EC key on an RSA-only issuer is refused, not reinterpreted.
+        assert!(matches!(
+            Key::from_spki_der(None, der.as_ref(), &[Alg::RS256]),
+            Err(KeyError::NoAllowedAlg)
+        ));
+    }
+
+    #[test]
+    fn jwks_skips_symmetric_encryption_and_weak_keys() {
+        let set: JwkSet = serde_json::from_value(serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "h", "k": "c2VjcmV0"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "kid": "weak", "n": "AQAB", "e": "AQAB"},
+        ]}))
+        .expect("jwks");
+        let (keys, skipped) = from_jwks(&set, &Alg::ALL);
+        assert!(keys.is_empty());
+        let reasons: Vec<_> = skipped.iter().map(|(_, e)| e.to_string()).collect();
+        assert!(reasons[0].contains("unsupported"), "{reasons:?}");
+        assert!(reasons[1].contains("not for signature"), "{reasons:?}");
+        assert!(reasons[2].contains("2048"), "{reasons:?}");
     }
 }

@@ -45,9 +45,8 @@ const MAX_WEIGHT: u64 = 64 * 1024 * 1024;
 /// How many trailing bytes of a token feed the hash.
 const HASHED_TAIL: usize = 32;
 
-fn hash_tail<H: Hasher>(token: &str, state: &mut H) {
-    let b = token.as_bytes();
-    b[b.len().saturating_sub(HASHED_TAIL)..].hash(state);
+fn hash_tail<H: Hasher>(token: &[u8], state: &mut H) {
+    token[token.len().saturating_sub(HASHED_TAIL)..].hash(state);
 }
 
 /// A cached token, zeroed on drop.
@@ -55,7 +54,7 @@ struct TokenKey(SecretString);
 
 impl Hash for TokenKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_tail(self.0.expose_secret(), state);
+        hash_tail(self.0.expose_secret().as_bytes(), state);
     }
 }
 
@@ -68,7 +67,7 @@ impl PartialEq for TokenKey {
 impl Eq for TokenKey {}
 
 /// A presented token, for lookups without copying it.
-struct Presented<'a>(&'a str);
+struct Presented<'a>(&'a [u8]);
 
 impl Hash for Presented<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -78,7 +77,7 @@ impl Hash for Presented<'_> {
 
 impl Equivalent<TokenKey> for Presented<'_> {
     fn equivalent(&self, key: &TokenKey) -> bool {
-        self.0 == key.0.expose_secret()
+        self.0 == key.0.expose_secret().as_bytes()
     }
 }
 
@@ -126,7 +125,7 @@ impl Default for VerifiedCache {
 
 impl VerifiedCache {
     /// The entry for exactly this token.
-    pub fn get(&self, token: &str) -> Option<Arc<Verified>> {
+    pub fn get(&self, token: &[u8]) -> Option<Arc<Verified>> {
         self.inner.get(&Presented(token))
     }
 
@@ -137,7 +136,7 @@ impl VerifiedCache {
     }
 
     /// Forget a token (its key went away, or a benchmark wants a miss).
-    pub fn remove(&self, token: &str) {
+    pub fn remove(&self, token: &[u8]) {
         self.inner.invalidate(&Presented(token));
     }
 }

@@ -97,10 +97,15 @@ impl CliError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On one CPU (e.g. pinned with taskset) a current-thread runtime serves the same load without the work-stealing
+    // scheduler's cross-thread bookkeeping; otherwise one worker per CPU.
+    let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("credgate: cannot start the runtime: {e}");

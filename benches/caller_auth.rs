@@ -4,7 +4,7 @@
 //! `authenticate` call a request makes on a hit (bearer extraction, cache, key/time re-checks, route rules).
 //!
 //! Run: `cargo bench --bench caller_auth -- --warm-up-time 1 --measurement-time 3`
-//! Figures: see the FIGURES comment below and docs/caller-auth.md.
+//! Figures: see the FIGURES comment below and README.md (Caller authentication).
 
 // FIGURES — 2026-11-23 20:56 UTC, 2-vCPU AMD EPYC VM (shared with other builds; load average 0.9-1.5 during the run),
 // `cargo bench --bench caller_auth -- --warm-up-time 1 --measurement-time 3`, criterion medians:

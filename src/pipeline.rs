@@ -241,7 +241,10 @@ pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
     }
     let mut buf = uuid::Uuid::encode_buffer();
     // A thread-local CSPRNG, not the OS: `Uuid::new_v4` costs a getrandom syscall on every request.
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid().hyphenated().encode_lower(&mut buf);
+    let id = uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut buf);
     HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 

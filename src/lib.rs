@@ -11,6 +11,8 @@
 //! shared part (the outbound [`http_client`], credentials, routes, [`metrics`]). Vendor flows ([`flows`]) are users of
 //! that core, mounted on routes like any other handler; the core never names a vendor.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod body;
 pub mod caller_auth;

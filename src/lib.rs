@@ -10,6 +10,12 @@
 //! [`config`] turns TOML into a validated [`config::Config`]; [`gateway::Gateway`] is built once from it and owns every
 //! shared part (the outbound [`http_client`], credentials, routes, [`metrics`]). Vendor flows ([`flows`]) are users of
 //! that core, mounted on routes like any other handler; the core never names a vendor.
+//!
+//! Inside the steps: [`caller_auth`] keeps issuer-bound key sets (JWKS fetch and refresh, static key files) and a
+//! verified-token cache; [`credentials`] holds static headers and token kinds (OAuth2 client credentials, vendor
+//! login) behind one cache with refresh-ahead and single flight. Around them: [`admin`] serves health, readiness and
+//! metrics; [`cli`] is the command line (`run`, `check`, `dev-certs`, `demo`); [`demo`] starts sandbox vendors on
+//! loopback and [`dev_certs`] makes a local CA; [`body`] is the one body type handed to hyper.
 
 #![warn(missing_docs)]
 

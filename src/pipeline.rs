@@ -103,9 +103,15 @@ async fn serve_route(
                 request_id,
             };
             match (cred, attachment.as_ref()) {
-                (Some(c), Some(used)) if c.reject_policy().is_some() => {
-                    forward_renewable(gw, route, up, c, used, req, out, conn).await
-                }
+                (Some(c), Some(used)) => match c.reject_policy() {
+                    Some(policy) => {
+                        forward_renewable(gw, route, up, c, policy, used, req, out, conn).await
+                    }
+                    None => {
+                        let upstream_req = proxy::prepare(req, up, &out, conn)?;
+                        proxy::forward(up, upstream_req, route.max_body_bytes).await
+                    }
+                },
                 _ => {
                     let upstream_req = proxy::prepare(req, up, &out, conn)?;
                     proxy::forward(up, upstream_req, route.max_body_bytes).await
@@ -145,15 +151,12 @@ async fn forward_renewable(
     route: &Route,
     up: &Upstream,
     cred: &dyn Credential,
+    policy: &crate::config::credentials::RejectPolicy,
     used: &Attachment,
     req: Request<Incoming>,
     out: Outgoing<'_>,
     conn: &ConnInfo,
 ) -> Result<Response<Body>, Error> {
-    let Some(policy) = cred.reject_policy() else {
-        let upstream_req = proxy::prepare(req, up, &out, conn)?;
-        return proxy::forward(up, upstream_req, route.max_body_bytes).await;
-    };
     let keep_limit = u64::try_from(policy.retry_body_limit)
         .unwrap_or(u64::MAX)
         .min(route.max_body_bytes);

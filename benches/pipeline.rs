@@ -5,14 +5,13 @@
 //! regressions in either step. `pipeline::handle` needs hyper's `Incoming` body, which only a live connection makes,
 //! so the end-to-end figure comes from `benches/load.sh` against the peers instead.
 //!
-//! Last run (2026-11-23 20:07 UTC, 2-vCPU VM with other builds running, load average 8: the absolute figures are
-//! inflated by an unknown factor; compare runs only on a quiet machine):
+//! Last run (2026-11-23 21:41 UTC, 2-vCPU VM, quiet: load average about 1):
 //! `cargo bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`
-//!   route_match/50_routes/hit_deep     363 ns   [342 ns .. 383 ns]
-//!   route_match/50_routes/miss          88 ns   [78 ns .. 99 ns]
-//!   prepare/static_credential          2.40 µs  [2.16 µs .. 2.65 µs]
-//!   hot_path/match_attach_prepare      3.29 µs  [2.93 µs .. 3.62 µs]
-//! An earlier run during a parallel release build gave 504 ns / 246 ns / 7.2 µs / 7.2 µs: the machine, not the code.
+//!   route_match/50_routes/hit_deep     136 ns   [136.3 ns .. 136.6 ns]
+//!   route_match/50_routes/miss          38 ns   [38.1 ns .. 38.4 ns]
+//!   prepare/static_credential          1.23 µs  [1.227 µs .. 1.233 µs]
+//!   hot_path/match_attach_prepare      1.51 µs  [1.508 µs .. 1.517 µs]
+//! Runs taken during parallel builds (load average 8) were 2-3x slower: compare only on a quiet machine.
 
 use std::hint::black_box;
 use std::net::SocketAddr;

@@ -81,10 +81,7 @@ fn request() -> Request<Full<Bytes>> {
 }
 
 fn conn() -> ConnInfo {
-    ConnInfo {
-        peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
-        tls: true,
-    }
+    ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 40000)), true)
 }
 
 /// Match, attach and prepare one request: what the pipeline does between accepting and forwarding.

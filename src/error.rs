@@ -47,9 +47,9 @@ pub enum UpstreamError {
     Unreachable {
         /// Upstream name.
         upstream: String,
-        /// The client's error.
+        /// Why.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::proxy::SendError,
     },
     /// No response headers within the upstream's response timeout.
     #[error("upstream {upstream} did not answer within {timeout:?}")]

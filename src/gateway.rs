@@ -61,13 +61,11 @@ impl Gateway {
         })?;
         let mut upstreams = BTreeMap::new();
         for (name, u) in &cfg.upstreams {
-            let client = http_client::build(&u.extra_ca, u.connect_timeout).map_err(|source| {
-                BuildError::Client {
-                    upstream: name.clone(),
-                    source,
-                }
+            let upstream = Upstream::new(u).map_err(|source| BuildError::Client {
+                upstream: name.clone(),
+                source,
             })?;
-            upstreams.insert(name.clone(), Arc::new(Upstream::new(u, client)));
+            upstreams.insert(name.clone(), Arc::new(upstream));
         }
         let credentials = Credentials::build(&cfg.credentials, &http, &metrics)?;
         let handlers = flows::build(

@@ -26,6 +26,9 @@ pub enum ClientBuildError {
     /// rustls refused the configuration.
     #[error("TLS client configuration: {0}")]
     Tls(#[source] rustls::Error),
+    /// The upstream's scheme and authority do not make a URI or a `Host` value.
+    #[error("upstream address cannot be used as URI and Host")]
+    Target,
 }
 
 /// Build a client trusting the webpki roots plus `extra_ca`, with `connect_timeout` on TCP connects.

@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use http::header::HeaderValue;
 use http::{Request, Response, Uri};
 use http_body::Body as _;
@@ -135,7 +137,7 @@ async fn serve_route(
                 .handle(FlowRequest {
                     req,
                     caller,
-                    conn: *conn,
+                    conn: conn.clone(),
                 })
                 .await?)
         }
@@ -161,6 +163,8 @@ async fn forward_renewable(
         .unwrap_or(u64::MAX)
         .min(route.max_body_bytes);
     let kept = match req.body().size_hint().exact() {
+        // Nothing to read and keep (most GETs).
+        Some(0) => Ok((req.into_parts().0, Bytes::new())),
         Some(n) if n <= keep_limit => {
             let (parts, incoming) = req.into_parts();
             let bytes = incoming

@@ -21,7 +21,28 @@ use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::credentials::Attachment;
 use crate::error::{Error, RequestError, UpstreamError};
-use crate::http_client::HttpClient;
+use crate::http_client::{self, ClientBuildError, HttpClient};
+
+mod conn_pool;
+
+use conn_pool::ConnPool;
+
+/// Why a request could not be sent or got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// TCP connect failed.
+    #[error("connect failed: {0}")]
+    Connect(#[source] BoxError),
+    /// The connection failed while sending or before the response head.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    /// The pooled client (TLS upstreams) failed.
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+    /// The request's path could not be made into an absolute URI.
+    #[error("request URI cannot be made absolute")]
+    Target,
+}
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -30,33 +51,92 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// A named upstream with its own pooled client.
+/// A named upstream and the connections to it.
 #[derive(Debug)]
 pub struct Upstream {
     /// Name for logs and errors.
     pub name: String,
-    scheme: Scheme,
-    authority: Authority,
+    /// The `Host` every request to it carries.
+    host: HeaderValue,
     base_path: String,
     /// Response-header timeout.
     pub response_timeout: Duration,
-    client: HttpClient,
+    transport: Transport,
 }
 
+/// How requests reach an upstream.
+#[derive(Debug)]
+enum Transport {
+    /// `http://`: HTTP/1.1 keep-alive connections driven in the request's own task (the fast path).
+    Plain(Arc<ConnPool>),
+    /// `https://`: the pooled client, which lets ALPN choose HTTP/2 or HTTP/1.1.
+    Tls {
+        client: Box<HttpClient>,
+        scheme: Scheme,
+        authority: Authority,
+    },
+}
+
+/// Idle keep-alive connections kept per plain upstream, and for how long.
+const MAX_IDLE: usize = 256;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Upstream {
-    /// An upstream from config and the client to reach it with.
-    pub fn new(cfg: &UpstreamConfig, client: HttpClient) -> Self {
-        Self {
+    /// An upstream from config.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, ClientBuildError> {
+        let host =
+            HeaderValue::from_str(cfg.authority.as_str()).map_err(|_| ClientBuildError::Target)?;
+        let transport = if cfg.scheme == Scheme::HTTPS {
+            Transport::Tls {
+                client: Box::new(http_client::build(&cfg.extra_ca, cfg.connect_timeout)?),
+                scheme: cfg.scheme.clone(),
+                authority: cfg.authority.clone(),
+            }
+        } else {
+            let target = Uri::builder()
+                .scheme(cfg.scheme.clone())
+                .authority(cfg.authority.clone())
+                .path_and_query("/")
+                .build()
+                .map_err(|_| ClientBuildError::Target)?;
+            Transport::Plain(Arc::new(ConnPool::new(
+                target,
+                cfg.connect_timeout,
+                MAX_IDLE,
+                IDLE_TIMEOUT,
+            )))
+        };
+        Ok(Self {
             name: cfg.name.clone(),
-            scheme: cfg.scheme.clone(),
-            authority: cfg.authority.clone(),
+            host,
             base_path: cfg.base_path.clone(),
             response_timeout: cfg.response_timeout,
-            client,
+            transport,
+        })
+    }
+
+    /// Send a prepared request (origin-form URI, `Host` set); the response head is back, its body streams.
+    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        match &self.transport {
+            Transport::Plain(pool) => pool.send(req).await,
+            Transport::Tls {
+                client,
+                scheme,
+                authority,
+            } => {
+                // The pooled client picks its connection by the absolute URI.
+                let (mut parts, body) = req.into_parts();
+                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                uri.scheme = Some(scheme.clone());
+                uri.authority = Some(authority.clone());
+                parts.uri = Uri::from_parts(uri).map_err(|_| SendError::Target)?;
+                let rsp = client.request(Request::from_parts(parts, body)).await?;
+                Ok(rsp.map(body::boxed))
+            }
         }
     }
 
-    /// The absolute URI for `path` (starting with `/`) and `query`.
+    /// The origin-form URI for `path` (starting with `/`) and `query`.
     fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, RequestError> {
         let mut pq = String::with_capacity(
             self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
@@ -67,28 +147,61 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
-        let pq = PathAndQuery::try_from(pq)
-            .map_err(|_| RequestError::Malformed("path cannot be forwarded"))?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        PathAndQuery::try_from(pq)
+            .map(Uri::from)
             .map_err(|_| RequestError::Malformed("path cannot be forwarded"))
     }
 }
 
 /// What the proxy needs to know about the caller's connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The caller's address.
     pub peer: SocketAddr,
     /// Whether the caller came over TLS.
     pub tls: bool,
+    /// The caller's IP as a header value, formatted once per connection for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// The connection from `peer`, over TLS or not.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { peer, tls, peer_ip }
+    }
+}
+
+/// The hop-by-hop headers RFC 9110 §7.6.1 names, plus the de-facto ones.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
 }
 
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the few headers present costs less than a lookup per hop-by-hop name, and most messages carry
+    // none or only `Connection`.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -96,20 +209,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::try_from(n.trim()).ok())
         .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
+    for n in named.into_iter().chain(present) {
         headers.remove(n);
     }
 }
@@ -185,39 +285,60 @@ where
     parts.uri = up.uri(out.path, parts.uri.query())?;
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
-    // `TE: trailers` says the caller accepts trailers; the gateway streams them through, so it may say the same to
-    // the upstream (gRPC needs it). Any other TE value is this hop's business only.
-    let accepts_trailers = h
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    strip_hop_by_hop(h);
-    join_cookies(h);
-    if accepts_trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    // One pass over the caller's headers (a handful) tells which of the steps below have anything to do.
+    let (mut hop_by_hop, mut cookie, mut xff, mut gateway_set) = (false, false, false, false);
+    for n in h.keys() {
+        hop_by_hop |= is_hop_by_hop(n);
+        cookie |= n == header::COOKIE;
+        xff |= n == X_FORWARDED_FOR;
+        gateway_set |= n == header::AUTHORIZATION
+            || out.credential_headers.contains(n)
+            || out.caller_headers.iter().any(|(c, _)| c == n);
     }
-    // The caller's own credentials never reach the upstream, and a caller can never set what the gateway sets.
-    h.remove(header::AUTHORIZATION);
-    h.remove(header::HOST);
-    for n in out.credential_headers {
-        h.remove(n);
-    }
-    for (n, _) in out.caller_headers {
-        h.remove(n);
-    }
-    // Append the peer to whatever chain the caller sent (every line of it, in order). The caller's part is not
-    // trusted by the gateway; the last entry is the one the gateway vouches for.
-    let mut xff = String::new();
-    for prev in h.get_all(&X_FORWARDED_FOR) {
-        if let Ok(prev) = prev.to_str() {
-            xff.push_str(prev.trim());
-            xff.push_str(", ");
+    if hop_by_hop {
+        // `TE: trailers` says the caller accepts trailers; the gateway streams them through, so it may say the
+        // same to the upstream (gRPC needs it). Any other TE value is this hop's business only.
+        let accepts_trailers = h
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        strip_hop_by_hop(h);
+        if accepts_trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-    xff.push_str(&conn.peer.ip().to_string());
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if cookie {
+        join_cookies(h);
+    }
+    // The caller's own credentials never reach the upstream, and a caller can never set what the gateway sets.
+    if gateway_set {
+        h.remove(header::AUTHORIZATION);
+        for n in out.credential_headers {
+            h.remove(n);
+        }
+        for (n, _) in out.caller_headers {
+            h.remove(n);
+        }
+    }
+    h.insert(header::HOST, up.host.clone());
+    // Append the peer to whatever chain the caller sent (every line of it, in order). The caller's part is not
+    // trusted by the gateway; the last entry is the one the gateway vouches for.
+    let forwarded_for = if xff {
+        let mut chain = Vec::new();
+        for prev in h.get_all(&X_FORWARDED_FOR) {
+            if let Ok(prev) = prev.to_str() {
+                chain.extend_from_slice(prev.trim().as_bytes());
+                chain.extend_from_slice(b", ");
+            }
+        }
+        chain.extend_from_slice(conn.peer_ip.as_bytes());
+        HeaderValue::from_bytes(&chain).ok()
+    } else {
+        Some(conn.peer_ip.clone())
+    };
+    if let Some(v) = forwarded_for {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(
@@ -261,49 +382,13 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let result = if http_body::Body::is_end_stream(&body) {
         // Nothing to send (most GETs): the response clock starts now, and nothing needs watching.
-        let send = up.client.request(Request::from_parts(parts, body));
+        let send = up.send(Request::from_parts(parts, body));
         tokio::time::timeout(timeout, send)
             .await
             .map_err(|_| upstream_timeout())?
     } else {
-        let progress = Arc::new(Progress::default());
-        let (sent_tx, mut sent_rx) = oneshot::channel();
-        let body = Watched {
-            inner: body,
-            progress: progress.clone(),
-            sent: Some(sent_tx),
-        };
-        let send = up
-            .client
-            .request(Request::from_parts(parts, body::boxed(body)));
-        let deadline = async {
-            let mut last = progress.frames.load(Ordering::Relaxed);
-            loop {
-                tokio::select! {
-                    // Resolves when the body has ended or hyper dropped it (sent, or never needed).
-                    _ = &mut sent_rx => break,
-                    () = tokio::time::sleep(timeout) => {
-                        let now = progress.frames.load(Ordering::Relaxed);
-                        if now == last {
-                            return progress.caller_pending.load(Ordering::Relaxed);
-                        }
-                        last = now;
-                    }
-                }
-            }
-            tokio::time::sleep(timeout).await;
-            false
-        };
-        tokio::select! {
-            r = send => r,
-            caller_stalled = deadline => {
-                return Err(if caller_stalled {
-                    RequestError::BodyTimeout { timeout }.into()
-                } else {
-                    upstream_timeout()
-                });
-            }
-        }
+        // Boxed: watching a body takes large futures that most requests (no body) should not carry.
+        Box::pin(send_watched(up, parts, body, upstream_timeout)).await?
     };
     let rsp = match result {
         Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
@@ -324,6 +409,51 @@ pub async fn forward(
     let (mut parts, incoming) = rsp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body::boxed(incoming)))
+}
+
+/// Send a request with a body, watching the body for stalls (see [`forward`]). The outer error is the
+/// gateway's verdict (caller stalled, upstream silent); the inner one is the upstream's.
+async fn send_watched(
+    up: &Upstream,
+    parts: http::request::Parts,
+    body: Body,
+    upstream_timeout: impl Fn() -> Error,
+) -> Result<Result<Response<Body>, SendError>, Error> {
+    let timeout = up.response_timeout;
+    let progress = Arc::new(Progress::default());
+    let (sent_tx, mut sent_rx) = oneshot::channel();
+    let body = Watched {
+        inner: body,
+        progress: progress.clone(),
+        sent: Some(sent_tx),
+    };
+    let send = up.send(Request::from_parts(parts, body::boxed(body)));
+    let deadline = async {
+        let mut last = progress.frames.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                // Resolves when the body has ended or hyper dropped it (sent, or never needed).
+                _ = &mut sent_rx => break,
+                () = tokio::time::sleep(timeout) => {
+                    let now = progress.frames.load(Ordering::Relaxed);
+                    if now == last {
+                        return progress.caller_pending.load(Ordering::Relaxed);
+                    }
+                    last = now;
+                }
+            }
+        }
+        tokio::time::sleep(timeout).await;
+        false
+    };
+    tokio::select! {
+        r = send => Ok(r),
+        caller_stalled = deadline => Err(if caller_stalled {
+            RequestError::BodyTimeout { timeout }.into()
+        } else {
+            upstream_timeout()
+        }),
+    }
 }
 
 /// How far the request body has got, shared between [`Watched`] and the deadline in [`forward`].

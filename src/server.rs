@@ -235,10 +235,7 @@ async fn serve_conn<H, F>(
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let conn = ConnInfo {
-        peer,
-        tls: acceptor.is_some(),
-    };
+    let conn = ConnInfo::new(peer, acceptor.is_some());
     // Set when the first request head has been parsed. Until then the connection is bounded by
     // `header_read_timeout`: hyper's own HTTP/1 timer only starts once the protocol is known, so a client that
     // stalls inside the HTTP/2 preface sniff (or inside a first HTTP/2 HEADERS frame) would otherwise hold the
@@ -247,7 +244,8 @@ async fn serve_conn<H, F>(
     let seen = first_request.clone();
     let svc = service_fn(move |req| {
         seen.notify_one();
-        let fut = handler(req, conn);
+        // Boxed once here: the request future is kilobytes, and hyper moves its service future several times.
+        let fut = Box::pin(handler(req, conn.clone()));
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let served = match acceptor {

@@ -7,6 +7,7 @@ pub mod fake_http;
 pub mod fake_idp;
 pub mod fake_incode;
 pub mod fake_vendor;
+pub mod raw_upstream;
 pub mod upstream;
 
 use std::net::SocketAddr;

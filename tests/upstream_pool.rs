@@ -1,0 +1,100 @@
+//! The gateway's keep-alive connections to an upstream, seen from the upstream: reused while they last, and never
+//! used once the upstream has closed them or said it would.
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use support::raw_upstream::{self, AfterAnswer, RawUpstream};
+
+type PlainClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+async fn gateway(up: &RawUpstream) -> support::TestGateway {
+    support::start_gateway(&format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[upstreams.u]
+url = "http://{}"
+[[routes]]
+name = "all"
+path_prefix = "/"
+upstream = "u"
+auth = "none"
+"#,
+        up.addr
+    ))
+    .await
+}
+
+async fn get_ok(client: &PlainClient, gw: &support::TestGateway, i: usize) {
+    let req = Request::get(format!("http://{}/r{i}", gw.addr()))
+        .body(Empty::new())
+        .expect("request");
+    let rsp = client.request(req).await.expect("response");
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
+    assert_eq!(&body[..], b"ok", "request {i}");
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let up = raw_upstream::start(AfterAnswer::KeepOpen).await;
+    let gw = gateway(&up).await;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    for i in 0..20 {
+        get_ok(&client, &gw, i).await;
+    }
+    assert_eq!(up.requests(), 20);
+    assert_eq!(
+        up.connections(),
+        1,
+        "every request after the first reuses the connection"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_reuse_the_connections_they_opened() {
+    let up = raw_upstream::start(AfterAnswer::KeepOpen).await;
+    let gw = gateway(&up).await;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    for round in 0..3 {
+        let batch = (0..8).map(|i| get_ok(&client, &gw, round * 8 + i));
+        futures_util::future::join_all(batch).await;
+    }
+    assert_eq!(up.requests(), 24);
+    assert!(
+        up.connections() <= 8,
+        "later rounds reuse the first round's connections: {} opened",
+        up.connections()
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
+    let up = raw_upstream::start(AfterAnswer::CloseSilently).await;
+    let gw = gateway(&up).await;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    for i in 0..5 {
+        get_ok(&client, &gw, i).await;
+        // The gateway now holds an idle connection whose other end is gone.
+        up.wait_closed(i + 1).await;
+    }
+    assert_eq!(up.connections(), 5);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_said_it_would_close_is_not_pooled() {
+    let up = raw_upstream::start(AfterAnswer::SayCloseAndClose).await;
+    let gw = gateway(&up).await;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    for i in 0..5 {
+        get_ok(&client, &gw, i).await;
+    }
+    assert_eq!(up.connections(), 5);
+}

@@ -15,6 +15,7 @@
 #   the peers' tokens carry (rsa-1), iss https://idp.test/, aud credgate, RS256 only (NAME default credgate-jwt).
 # CRED=oauth2: the injected Authorization is an OAuth2 client-credentials token from a loopback token endpoint
 #   (python3, one grant per hour) instead of the static header (NAME default credgate-oauth2).
+# CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead.
 # The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
 set -euo pipefail
 
@@ -124,17 +125,32 @@ $route_auth
 EOF
 
 "$bin" check --config "$work/config.toml" >/dev/null
-RUST_LOG=warn taskset -c "$cpu" "$bin" run --config "$work/config.toml" 2>"$work/credgate.log" &
+run=(taskset -c "$cpu")
+# CALLGRIND=1: count the gateway's own (user-space) instructions per request instead of timing it. Deterministic
+# where the timed figures are noisy, so it compares two builds; it says nothing about the kernel's share.
+[ "${CALLGRIND:-0}" = 1 ] && run+=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
+RUST_LOG=warn "${run[@]}" "$bin" run --config "$work/config.toml" 2>"$work/credgate.log" &
 pid=$!
 
 probe=(-H "X-Probe: 1")
 [ "$auth" = jwt ] && probe=(-H "Authorization: Bearer $("$peers/mktoken.py")")
-# Wait (at most 10 s) until the gateway answers through to the origin.
-for _ in $(seq 1 100); do
+# Wait (at most 30 s: valgrind starts slowly) until the gateway answers through to the origin.
+for _ in $(seq 1 300); do
   if curl -fsSk "${probe[@]}" -o /dev/null "$url"; then break; fi
   kill -0 "$pid" 2>/dev/null || { echo "credgate exited:" >&2; cat "$work/credgate.log" >&2; exit 1; }
   sleep 0.1
 done
 curl -fsSk "${probe[@]}" -o /dev/null "$url" || { echo "credgate does not answer on $url" >&2; cat "$work/credgate.log" >&2; exit 1; }
 
+if [ "${CALLGRIND:-0}" = 1 ]; then
+  jwt=$("$peers/mktoken.py")
+  load() { JWT=$jwt wrk -t1 -c16 -d"$1" -s "$peers/wrk/auth.lua" "$url" | awk '/requests in/ {print $1}'; }
+  load 2s >/dev/null                                   # warm: connections open, tokens cached
+  callgrind_control -z "$pid" >/dev/null
+  n=$(load 4s)
+  callgrind_control -d "$pid" >/dev/null
+  ir=$(awk '/^summary:/ {print $2}' "$work"/callgrind.*.1)
+  echo "$name instructions/request=$((ir / n)) (user space, callgrind; $n requests over 16 connections)"
+  exit 0
+fi
 NAME=$name "$peers/bench.sh" "$url" "$@"

@@ -8,7 +8,8 @@
 //! 3. [`error`] maps every failure to one `application/problem+json` response, in one place.
 //!
 //! [`config`] turns TOML into a validated [`config::Config`]; [`gateway::Gateway`] is built once from it and owns every
-//! shared part (the outbound [`http_client`], credentials, routes, [`metrics`]). Vendor flows ([`flows`]) are users of
+//! shared part (the control-plane [`http_client`], credentials, routes, [`metrics`]; each upstream keeps its own
+//! connections in [`proxy`]). Vendor flows ([`flows`]) are users of
 //! that core, mounted on routes like any other handler; the core never names a vendor.
 //!
 //! Inside the steps: [`caller_auth`] keeps issuer-bound key sets (JWKS fetch and refresh, static key files) and a

@@ -189,10 +189,18 @@ async fn forward_renewable(
             return Ok(rsp);
         }
     };
-    let first = Request::from_parts(parts.clone(), Full::new(bytes.clone()));
+    let first = proxy::prepare(
+        Request::from_parts(parts, Full::new(bytes.clone())),
+        up,
+        &out,
+        conn,
+    )?;
+    // The replay is this same prepared head with the fresh token's headers: kept now, since sending consumes it.
+    let (head, first_body) = first.into_parts();
+    let mut replay = head.clone();
     let rsp = proxy::forward(
         up,
-        proxy::prepare(first, up, &out, conn)?,
+        Request::from_parts(head, first_body),
         route.max_body_bytes,
     )
     .await?;
@@ -208,14 +216,12 @@ async fn forward_renewable(
         "credgate_credential_retries_total",
         &[("route", &route.name)],
     );
-    let out = Outgoing {
-        attachment: Some(&fresh),
-        ..out
-    };
-    let second = Request::from_parts(parts, Full::new(bytes));
+    for (n, v) in fresh.headers.iter() {
+        replay.headers.insert(n.clone(), v.clone());
+    }
     proxy::forward(
         up,
-        proxy::prepare(second, up, &out, conn)?,
+        Request::from_parts(replay, body::full(bytes)),
         route.max_body_bytes,
     )
     .await

@@ -72,7 +72,6 @@ enum Transport {
     /// `https://`: the pooled client, which lets ALPN choose HTTP/2 or HTTP/1.1.
     Tls {
         client: Box<HttpClient>,
-        scheme: Scheme,
         authority: Authority,
     },
 }
@@ -89,7 +88,6 @@ impl Upstream {
         let transport = if cfg.scheme == Scheme::HTTPS {
             Transport::Tls {
                 client: Box::new(http_client::build(&cfg.extra_ca, cfg.connect_timeout)?),
-                scheme: cfg.scheme.clone(),
                 authority: cfg.authority.clone(),
             }
         } else {
@@ -119,15 +117,11 @@ impl Upstream {
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
         match &self.transport {
             Transport::Plain(pool) => pool.send(req).await,
-            Transport::Tls {
-                client,
-                scheme,
-                authority,
-            } => {
+            Transport::Tls { client, authority } => {
                 // The pooled client picks its connection by the absolute URI.
                 let (mut parts, body) = req.into_parts();
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
-                uri.scheme = Some(scheme.clone());
+                uri.scheme = Some(Scheme::HTTPS);
                 uri.authority = Some(authority.clone());
                 parts.uri = Uri::from_parts(uri).map_err(|_| SendError::Target)?;
                 let rsp = client.request(Request::from_parts(parts, body)).await?;

@@ -15,6 +15,7 @@
 #   the peers' tokens carry (rsa-1), iss https://idp.test/, aud credgate, RS256 only (NAME default credgate-jwt).
 # CRED=oauth2: the injected Authorization is an OAuth2 client-credentials token from a loopback token endpoint
 #   (python3, one grant per hour) instead of the static header (NAME default credgate-oauth2).
+# CREDGATE_BIN=path: bench that binary as is (no build), e.g. to compare two builds in one sitting.
 # CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead.
 # The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
 set -euo pipefail
@@ -35,8 +36,12 @@ if curl -s -o /dev/null "http://127.0.0.1:$port/" || curl -sk -o /dev/null "http
   echo "something already listens on 127.0.0.1:$port" >&2; exit 1
 fi
 
-(cd "$root" && cargo build --release --quiet)
-bin=${CARGO_TARGET_DIR:-$root/target}/release/credgate
+if [ -n "${CREDGATE_BIN:-}" ]; then
+  bin=$CREDGATE_BIN
+else
+  (cd "$root" && cargo build --release --quiet)
+  bin=${CARGO_TARGET_DIR:-$root/target}/release/credgate
+fi
 
 work=$(mktemp -d)
 pid=

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# benches/load.sh [connections=64] [seconds=10] — credgate's half of the peer comparison (../shared/peers/README.md).
+#
+# Builds credgate in release, runs it like the nginx header-rewrite peer (nginx-proxy, :18082): plain HTTP on
+# 127.0.0.1:18090, forwarding to the peers' origin (http://127.0.0.1:18080) with a static credential
+# `Authorization: Bearer upstream-secret-token` that replaces the caller's, route `/` with `auth = "none"`. The
+# gateway is pinned to CPU 1 with taskset (wrk and the origin sit on CPU 0, as for every peer), then the peers'
+# bench.sh drives it and prints its one summary line. Run nginx-proxy through the same bench.sh in the same sitting
+# to compare (`../shared/peers/bench.sh http://127.0.0.1:18082/`).
+#
+# Needs the peers running (`../shared/peers/run-peers.sh start`). Knobs: GATEWAY_CPU (default 1), PORT (18090),
+# ORIGIN (http://127.0.0.1:18080), PEERS (peers folder), TLS=1 (listen with the peers' keys/tls.crt and bench the
+# https:// URL instead), NAME (label for bench.sh, default credgate-static[-https]).
+# AUTH=jwt: the route requires a caller JWT configured like the HAProxy peer: static PEM key keys/rsa.pub with the kid
+#   the peers' tokens carry (rsa-1), iss https://idp.test/, aud credgate, RS256 only (NAME default credgate-jwt).
+# CRED=oauth2: the injected Authorization is an OAuth2 client-credentials token from a loopback token endpoint
+#   (python3, one grant per hour) instead of the static header (NAME default credgate-oauth2).
+# CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead.
+# The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+peers=${PEERS:-$root/../shared/peers}
+port=${PORT:-18090}
+origin=${ORIGIN:-http://127.0.0.1:18080}
+cpu=${GATEWAY_CPU:-1}
+tls=${TLS:-0}
+auth=${AUTH:-none}
+cred=${CRED:-static}
+
+[ -x "$peers/bench.sh" ] || { echo "no peers harness at $peers (set PEERS)" >&2; exit 1; }
+curl -fsS -o /dev/null "$origin/" || {
+  echo "origin $origin does not answer; start the peers: $peers/run-peers.sh start" >&2; exit 1; }
+if curl -s -o /dev/null "http://127.0.0.1:$port/" || curl -sk -o /dev/null "https://127.0.0.1:$port/"; then
+  echo "something already listens on 127.0.0.1:$port" >&2; exit 1
+fi
+
+(cd "$root" && cargo build --release --quiet)
+bin=${CARGO_TARGET_DIR:-$root/target}/release/credgate
+
+work=$(mktemp -d)
+pid=
+token_pid=
+cleanup() {
+  [ -n "$token_pid" ] && kill "$token_pid" 2>/dev/null
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    wait "$pid" || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ "$tls" = 1 ]; then
+  listener="cert = \"$peers/keys/tls.crt\"
+key = \"$peers/keys/tls.key\""
+  url="https://127.0.0.1:$port/"
+  suffix=-https
+else
+  listener="tls = false"
+  url="http://127.0.0.1:$port/"
+  suffix=
+fi
+label=credgate-static
+route_auth='auth = "none"'
+issuers=
+if [ "$auth" = jwt ]; then
+  label=credgate-jwt
+  route_auth='auth = "jwt"'
+  issuers="[[issuers]]
+name = \"peers\"
+issuer = \"https://idp.test/\"
+audiences = [\"credgate\"]
+algorithms = [\"RS256\"]
+keys = [{ file = \"$peers/keys/rsa.pub\", kid = \"rsa-1\" }]"
+fi
+credential="[credentials.origin]
+kind = \"static\"
+allowed_hosts = [\"127.0.0.1\"]
+headers = { \"Authorization\" = \"Bearer upstream-secret-token\" }"
+if [ "$cred" = oauth2 ]; then
+  label=$label-oauth2
+  tport=$((port + 1))
+  python3 - "$tport" > "$work/token.log" 2>&1 <<'PY' &
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps({"access_token": "upstream-oauth2-token", "token_type": "Bearer", "expires_in": 3600}).encode()
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+  token_pid=$!
+  credential="[credentials.origin]
+kind = \"oauth2_client_credentials\"
+allowed_hosts = [\"127.0.0.1\"]
+token_url = \"http://127.0.0.1:$tport/token\"
+client_id = \"bench\"
+client_secret = \"bench-secret\""
+fi
+name=${NAME:-$label$suffix}
+
+cat > "$work/config.toml" <<EOF
+[server]
+shutdown_grace = "2s"
+
+[[listeners]]
+address = "127.0.0.1:$port"
+$listener
+
+[upstreams.origin]
+url = "$origin"
+
+$credential
+
+$issuers
+
+[[routes]]
+name = "origin"
+path_prefix = "/"
+upstream = "origin"
+credential = "origin"
+$route_auth
+EOF
+
+"$bin" check --config "$work/config.toml" >/dev/null
+run=(taskset -c "$cpu")
+# CALLGRIND=1: count the gateway's own (user-space) instructions per request instead of timing it. Deterministic
+# where the timed figures are noisy, so it compares two builds; it says nothing about the kernel's share.
+[ "${CALLGRIND:-0}" = 1 ] && run+=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
+RUST_LOG=warn "${run[@]}" "$bin" run --config "$work/config.toml" 2>"$work/credgate.log" &
+pid=$!
+
+probe=(-H "X-Probe: 1")
+[ "$auth" = jwt ] && probe=(-H "Authorization: Bearer $("$peers/mktoken.py")")
+# Wait (at most 30 s: valgrind starts slowly) until the gateway answers through to the origin.
+for _ in $(seq 1 300); do
+  if curl -fsSk "${probe[@]}" -o /dev/null "$url"; then break; fi
+  kill -0 "$pid" 2>/dev/null || { echo "credgate exited:" >&2; cat "$work/credgate.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -fsSk "${probe[@]}" -o /dev/null "$url" || { echo "credgate does not answer on $url" >&2; cat "$work/credgate.log" >&2; exit 1; }
+
+if [ "${CALLGRIND:-0}" = 1 ]; then
+  jwt=$("$peers/mktoken.py")
+  load() { JWT=$jwt wrk -t1 -c16 -d"$1" -s "$peers/wrk/auth.lua" "$url" | awk '/requests in/ {print $1}'; }
+  load 2s >/dev/null                                   # warm: connections open, tokens cached
+  callgrind_control -z "$pid" >/dev/null
+  n=$(load 4s)
+  callgrind_control -d "$pid" >/dev/null
+  cp "$work"/callgrind.*.1 /tmp/cg.out; ir=$(awk '/^summary:/ {print $2}' "$work"/callgrind.*.1)
+  echo "$name instructions/request=$((ir / n)) (user space, callgrind; $n requests over 16 connections)"
+  exit 0
+fi
+NAME=$name "$peers/bench.sh" "$url" "$@"

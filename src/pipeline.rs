@@ -1,6 +1,7 @@
 //! The request path, read top to bottom: route → caller → credential → prepare → forward. Each step is a plain async
 //! function with a typed result; every error becomes a problem response in [`crate::error`], in one place.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,11 +21,22 @@ use crate::proxy::{self, ConnInfo, Outgoing, Upstream, X_REQUEST_ID};
 use crate::routes::{self, Route, Target};
 
 /// Answer one request. Never fails: errors become problem responses.
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-    let start = Instant::now();
+///
+/// Takes its state by value so that the server can use this future as it is: every async layer around it would add
+/// its own copy of the request to a future that is boxed, and so copied, once per request.
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    // The clock is read only for the access log.
+    let start =
+        tracing::enabled!(target: "credgate::access", tracing::Level::INFO).then(Instant::now);
     let method = req.method().clone();
     let request_id = request_id(req.headers().get(&X_REQUEST_ID));
-    let (route, result) = handle_inner(gw, req, conn, &request_id).await;
+    let (route, result) = match find_route(&gw, &req) {
+        Ok(route) => (
+            Some(route),
+            serve_route(&gw, route, req, &conn, &request_id).await,
+        ),
+        Err(e) => (None, Err(e)),
+    };
     let mut rsp = match result {
         Ok(rsp) => rsp,
         Err(err) => err.into_response_logged(request_id.to_str().unwrap_or("-")),
@@ -35,40 +47,29 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, conn: &ConnInfo) -> Re
     if let Some(r) = route {
         r.stats.record(status);
     }
-    tracing::info!(
-        target: "credgate::access",
-        method = %method,
-        route = route.map_or("-", |r| r.name.as_str()),
-        status,
-        latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-        request_id = request_id.to_str().unwrap_or("-"),
-        "request"
-    );
+    if let Some(start) = start {
+        tracing::info!(
+            target: "credgate::access",
+            method = %method,
+            route = route.map_or("-", |r| r.name.as_str()),
+            status,
+            latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            request_id = request_id.to_str().unwrap_or("-"),
+            "request"
+        );
+    }
     rsp
 }
 
-async fn handle_inner<'g>(
-    gw: &'g Gateway,
-    req: Request<Incoming>,
-    conn: &ConnInfo,
-    request_id: &HeaderValue,
-) -> (Option<&'g Route>, Result<Response<Body>, Error>) {
+fn find_route<'g, B>(gw: &'g Gateway, req: &Request<B>) -> Result<&'g Route, Error> {
     // A dot segment would let a caller climb out of the route's prefix (and the upstream's base path) once the
     // upstream normalises the path, carrying this route's credential to paths no route grants.
     if routes::has_dot_segment(req.uri().path()) {
-        return (
-            None,
-            Err(RequestError::Malformed("path has dot segments").into()),
-        );
+        return Err(RequestError::Malformed("path has dot segments").into());
     }
-    let host = request_host(&req);
-    let Some(route) = gw.routes.find(host, req.uri().path()) else {
-        return (None, Err(RequestError::NoRoute.into()));
-    };
-    (
-        Some(route),
-        serve_route(gw, route, req, conn, request_id).await,
-    )
+    gw.routes
+        .find(request_host(req), req.uri().path())
+        .ok_or_else(|| RequestError::NoRoute.into())
 }
 
 async fn serve_route(
@@ -107,7 +108,10 @@ async fn serve_route(
             match (cred, attachment.as_ref()) {
                 (Some(c), Some(used)) => match c.reject_policy() {
                     Some(policy) => {
-                        forward_renewable(gw, route, up, c, policy, used, req, out, conn).await
+                        Box::pin(forward_renewable(
+                            gw, route, up, c, policy, used, req, out, conn,
+                        ))
+                        .await
                     }
                     None => {
                         let upstream_req = proxy::prepare(req, up, &out, conn)?;

@@ -48,8 +48,6 @@ pub enum SendError {
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// A named upstream and the connections to it.
 #[derive(Debug)]
@@ -167,43 +165,52 @@ impl ConnInfo {
     }
 }
 
-/// The hop-by-hop headers RFC 9110 §7.6.1 names, plus the de-facto ones.
-static HOP_BY_HOP: [&HeaderName; 9] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::PROXY_AUTHENTICATE,
-    &header::PROXY_AUTHORIZATION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
+/// The hop-by-hop headers RFC 9110 §7.6.1 names, plus the de-facto ones; lower case, as `HeaderName`s are. Compared
+/// as strings: a few length checks per name, where comparing `HeaderName`s is a branchy match per pair.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name)
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), including every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few headers present costs less than a lookup per hop-by-hop name, and most messages carry
-    // none or only `Connection`.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    if present.is_empty() {
+    // Most messages carry no hop-by-hop header, or only `Connection: keep-alive`: nothing here allocates for them.
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let mut named = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for n in named.into_iter().chain(present) {
+        .map(str::trim)
+    {
+        // `close` names no header; hop-by-hop names go in the loop below anyway.
+        if token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h))
+        {
+            continue;
+        }
+        if let Ok(n) = HeaderName::try_from(token) {
+            named.push(n);
+        }
+    }
+    for n in named {
+        headers.remove(n);
+    }
+    while let Some(n) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
         headers.remove(n);
     }
 }
@@ -376,8 +383,7 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let result = if http_body::Body::is_end_stream(&body) {
         // Nothing to send (most GETs): the response clock starts now, and nothing needs watching.
-        let send = up.send(Request::from_parts(parts, body));
-        tokio::time::timeout(timeout, send)
+        tokio::time::timeout(timeout, up.send(Request::from_parts(parts, body)))
             .await
             .map_err(|_| upstream_timeout())?
     } else {

@@ -104,8 +104,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
         addrs.push(addr);
         let gw = gw.clone();
         let handler = move |req: Request<Incoming>, conn: ConnInfo| {
-            let gw = gw.clone();
-            async move { crate::pipeline::handle(&gw, req, &conn).await }
+            crate::pipeline::handle(gw.clone(), req, conn)
         };
         tasks.spawn(accept_loop(
             listener,

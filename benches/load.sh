@@ -15,6 +15,8 @@
 #   the peers' tokens carry (rsa-1), iss https://idp.test/, aud credgate, RS256 only (NAME default credgate-jwt).
 # CRED=oauth2: the injected Authorization is an OAuth2 client-credentials token from a loopback token endpoint
 #   (python3, one grant per hour) instead of the static header (NAME default credgate-oauth2).
+# FLOOR=1: bench examples/hyper_floor instead: hyper's server and client codecs with nothing else, the least any
+#   hyper-based proxy can cost (NAME default hyper-floor).
 # CREDGATE_BIN=path: bench that binary as is (no build), e.g. to compare two builds in one sitting.
 # CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead.
 # The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
@@ -129,12 +131,19 @@ credential = "origin"
 $route_auth
 EOF
 
-"$bin" check --config "$work/config.toml" >/dev/null
 run=(taskset -c "$cpu")
+if [ "${FLOOR:-0}" = 1 ]; then
+  (cd "$root" && cargo build --release --quiet --example hyper_floor)
+  name=${NAME:-hyper-floor}
+  serve=("${CARGO_TARGET_DIR:-$root/target}/release/examples/hyper_floor" "127.0.0.1:$port" "${origin#http://}")
+else
+  "$bin" check --config "$work/config.toml" >/dev/null
+  serve=("$bin" run --config "$work/config.toml")
+fi
 # CALLGRIND=1: count the gateway's own (user-space) instructions per request instead of timing it. Deterministic
 # where the timed figures are noisy, so it compares two builds; it says nothing about the kernel's share.
 [ "${CALLGRIND:-0}" = 1 ] && run+=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
-RUST_LOG=warn "${run[@]}" "$bin" run --config "$work/config.toml" 2>"$work/credgate.log" &
+RUST_LOG=warn "${run[@]}" "${serve[@]}" 2>"$work/credgate.log" &
 pid=$!
 
 probe=(-H "X-Probe: 1")

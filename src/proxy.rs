@@ -355,11 +355,14 @@ where
             h.insert(n.clone(), v.clone());
         }
     }
-    let limit = usize::try_from(out.max_body_bytes).unwrap_or(usize::MAX);
-    Ok(Request::from_parts(
-        parts,
-        body::boxed(Limited::new(incoming, limit)),
-    ))
+    // No body (most GETs): nothing to limit, and an empty body is boxed without an allocation.
+    let body = if incoming.is_end_stream() {
+        body::empty()
+    } else {
+        let limit = usize::try_from(out.max_body_bytes).unwrap_or(usize::MAX);
+        body::boxed(Limited::new(incoming, limit))
+    };
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Send the prepared request; the response streams back with hop-by-hop headers removed.
@@ -406,9 +409,9 @@ pub async fn forward(
         }
         Ok(rsp) => rsp,
     };
-    let (mut parts, incoming) = rsp.into_parts();
+    let (mut parts, body) = rsp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body::boxed(incoming)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Send a request with a body, watching the body for stalls (see [`forward`]). The outer error is the

@@ -435,6 +435,31 @@ async fn stalled_request_heads_are_disconnected() {
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_stalling_its_next_head_is_disconnected() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    let mut tcp = TcpStream::connect(gw.addr()).await.expect("connect");
+    // A first request served in full, then the start of a second head that never ends.
+    tcp.write_all(
+        b"GET /api/first HTTP/1.1\r\nHost: x\r\n\r\nGET /api/second HTTP/1.1\r\nX-Slow: ",
+    )
+    .await
+    .expect("write");
+    let got = read_to_eof(&mut tcp, Duration::from_secs(10)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "first request answered: {got}"
+    );
+    assert_eq!(
+        got.matches("HTTP/1.1 ").count(),
+        1,
+        "one response only: {got}"
+    );
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let up = upstream::start(Behaviour::Hold).await;
     let gw = api_gateway(&up).await;

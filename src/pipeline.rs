@@ -108,6 +108,7 @@ async fn serve_route(
             match (cred, attachment.as_ref()) {
                 (Some(c), Some(used)) => match c.reject_policy() {
                     Some(policy) => {
+                        // Boxed: its kept body and replay head would otherwise enlarge every request's future.
                         Box::pin(forward_renewable(
                             gw, route, up, c, policy, used, req, out, conn,
                         ))

@@ -165,8 +165,8 @@ impl ConnInfo {
     }
 }
 
-/// The hop-by-hop headers RFC 9110 §7.6.1 names, plus the de-facto ones; lower case, as `HeaderName`s are. Compared
-/// as strings: a few length checks per name, where comparing `HeaderName`s is a branchy match per pair.
+/// The hop-by-hop headers RFC 9110 §7.6.1 names, plus the de-facto ones; lower case, as `HeaderName`s are, and
+/// compared as strings so that the `Connection` tokens can be checked against the same list.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",

@@ -12,6 +12,13 @@ use support::raw_upstream::{self, AfterAnswer, RawUpstream};
 
 type PlainClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
+/// An upstream that behaves as `after` says, a gateway routing everything to it, and a client.
+async fn start(after: AfterAnswer) -> (RawUpstream, support::TestGateway, PlainClient) {
+    let up = raw_upstream::start(after).await;
+    let gw = gateway(&up).await;
+    (up, gw, Client::builder(TokioExecutor::new()).build_http())
+}
+
 async fn gateway(up: &RawUpstream) -> support::TestGateway {
     support::start_gateway(&format!(
         r#"
@@ -44,9 +51,7 @@ async fn get_ok(client: &PlainClient, gw: &support::TestGateway, i: usize) {
 
 #[tokio::test]
 async fn sequential_requests_share_one_upstream_connection() {
-    let up = raw_upstream::start(AfterAnswer::KeepOpen).await;
-    let gw = gateway(&up).await;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let (up, gw, client) = start(AfterAnswer::KeepOpen).await;
     for i in 0..20 {
         get_ok(&client, &gw, i).await;
     }
@@ -60,9 +65,7 @@ async fn sequential_requests_share_one_upstream_connection() {
 
 #[tokio::test]
 async fn concurrent_requests_reuse_the_connections_they_opened() {
-    let up = raw_upstream::start(AfterAnswer::KeepOpen).await;
-    let gw = gateway(&up).await;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let (up, gw, client) = start(AfterAnswer::KeepOpen).await;
     for round in 0..3 {
         let batch = (0..8).map(|i| get_ok(&client, &gw, round * 8 + i));
         futures_util::future::join_all(batch).await;
@@ -77,9 +80,7 @@ async fn concurrent_requests_reuse_the_connections_they_opened() {
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
-    let up = raw_upstream::start(AfterAnswer::CloseSilently).await;
-    let gw = gateway(&up).await;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let (up, gw, client) = start(AfterAnswer::CloseSilently).await;
     for i in 0..5 {
         get_ok(&client, &gw, i).await;
         // The gateway now holds an idle connection whose other end is gone.
@@ -90,9 +91,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
 
 #[tokio::test]
 async fn a_connection_the_upstream_said_it_would_close_is_not_pooled() {
-    let up = raw_upstream::start(AfterAnswer::SayCloseAndClose).await;
-    let gw = gateway(&up).await;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let (up, gw, client) = start(AfterAnswer::SayCloseAndClose).await;
     for i in 0..5 {
         get_ok(&client, &gw, i).await;
     }

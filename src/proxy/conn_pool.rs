@@ -96,18 +96,19 @@ impl ConnPool {
         req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         let Some(reused) = self.checkout() else {
-            let fresh = Box::pin(self.connect()).await?;
-            return self.send_on(fresh, req).await.map_err(|(e, _)| e);
+            return self.send_fresh(req).await;
         };
         match self.send_on(reused, req).await {
             Ok(rsp) => Ok(rsp),
             // Closed by the upstream between checkout and write: nothing was sent, so a fresh connection may try.
-            Err((_, Some(req))) => {
-                let fresh = Box::pin(self.connect()).await?;
-                self.send_on(fresh, req).await.map_err(|(e, _)| e)
-            }
+            Err((_, Some(req))) => self.send_fresh(req).await,
             Err((e, None)) => Err(e),
         }
+    }
+
+    async fn send_fresh(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        let fresh = Box::pin(self.connect()).await?;
+        self.send_on(fresh, req).await.map_err(|(e, _)| e)
     }
 
     async fn send_on(
@@ -146,13 +147,17 @@ impl ConnPool {
     }
 
     fn checkout(&self) -> Option<Box<Pooled>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(mut i) = idle.pop_back() {
+        // Each candidate is polled, and a dead one closed, outside the lock: other tasks check out meanwhile.
+        loop {
+            let mut i = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_back()?;
             if i.since.elapsed() < self.idle_timeout && i.pooled.reusable() {
                 return Some(i.pooled);
             }
         }
-        None
     }
 
     fn checkin(&self, pooled: Box<Pooled>) {

@@ -105,9 +105,8 @@ fn hot_path(
         .expect("attach");
     let request_id = proxy::X_REQUEST_ID.clone();
     let id = credgate::pipeline::request_id(req.headers().get(&request_id));
-    let path = route.upstream_path(req.uri().path()).to_owned();
     let out = Outgoing {
-        path: &path,
+        route,
         attachment: Some(&attachment),
         credential_headers: cred.header_names(),
         caller_headers: &[],
@@ -163,9 +162,8 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             request,
             |req| {
-                let path = route.upstream_path(req.uri().path()).to_owned();
                 let out = Outgoing {
-                    path: &path,
+                    route,
                     attachment: Some(&attachment),
                     credential_headers: cred.header_names(),
                     caller_headers: &[],

@@ -69,6 +69,12 @@ pub trait Credential: Send + Sync + fmt::Debug {
     /// The headers to attach now.
     fn attach(&self) -> BoxFuture<'_, Result<Attachment, CredentialError>>;
 
+    /// The headers to attach when they are at hand without waiting (fixed headers, a warm token): the request path
+    /// tries this first and skips the boxed future of [`Credential::attach`].
+    fn ready(&self) -> Option<Attachment> {
+        None
+    }
+
     /// The upstream rejected `used` (e.g. 401). Returns true when a retry with a fresh attachment may succeed.
     fn rejected(&self, used: &Attachment) -> bool {
         let _ = used;
@@ -113,6 +119,10 @@ impl Credential for TokenCredential {
 
     fn attach(&self) -> BoxFuture<'_, Result<Attachment, CredentialError>> {
         self.cache.attach().boxed()
+    }
+
+    fn ready(&self) -> Option<Attachment> {
+        self.cache.ready()
     }
 
     fn rejected(&self, used: &Attachment) -> bool {
@@ -204,6 +214,10 @@ impl Credential for StaticCredential {
 
     fn attach(&self) -> BoxFuture<'_, Result<Attachment, CredentialError>> {
         futures_util::future::ready(Ok(self.attachment.clone())).boxed()
+    }
+
+    fn ready(&self) -> Option<Attachment> {
+        Some(self.attachment.clone())
     }
 }
 

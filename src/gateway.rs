@@ -13,6 +13,7 @@ use crate::http_client::{self, ClientBuildError, HttpClient};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::routes::{Route, RouteTable, Target};
+use crate::timer::Timer;
 
 /// The gateway cannot be assembled from this config.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub http: HttpClient,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Per-request deadlines (header read, upstream response).
+    pub timer: Timer,
 }
 
 impl Gateway {
@@ -59,9 +62,10 @@ impl Gateway {
                 source,
             }
         })?;
+        let timer = Timer::new();
         let mut upstreams = BTreeMap::new();
         for (name, u) in &cfg.upstreams {
-            let upstream = Upstream::new(u).map_err(|source| BuildError::Client {
+            let upstream = Upstream::new(u, &timer).map_err(|source| BuildError::Client {
                 upstream: name.clone(),
                 source,
             })?;
@@ -101,6 +105,7 @@ impl Gateway {
             credentials,
             http,
             metrics,
+            timer,
         }))
     }
 

@@ -37,4 +37,5 @@ pub mod pipeline;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+pub mod timer;
 pub mod tls;

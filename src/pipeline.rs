@@ -93,12 +93,14 @@ async fn serve_route(
         Target::Upstream(up) => {
             let cred = route.credential.as_deref();
             let attachment = match cred {
-                Some(c) => Some(c.attach().await?),
+                Some(c) => Some(match c.ready() {
+                    Some(a) => a,
+                    None => c.attach().await?,
+                }),
                 None => None,
             };
-            let path = route.upstream_path(req.uri().path()).to_owned();
             let out = Outgoing {
-                path: &path,
+                route,
                 attachment: attachment.as_ref(),
                 credential_headers: cred.map_or(&[], |c| c.header_names()),
                 caller_headers: &caller.forward_headers,

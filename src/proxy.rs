@@ -22,6 +22,8 @@ use crate::config::UpstreamConfig;
 use crate::credentials::Attachment;
 use crate::error::{Error, RequestError, UpstreamError};
 use crate::http_client::{self, ClientBuildError, HttpClient};
+use crate::routes::Route;
+use crate::timer::Timer;
 
 mod conn_pool;
 
@@ -59,6 +61,7 @@ pub struct Upstream {
     base_path: String,
     /// Response-header timeout.
     pub response_timeout: Duration,
+    timer: Timer,
     transport: Transport,
 }
 
@@ -79,8 +82,8 @@ const MAX_IDLE: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Upstream {
-    /// An upstream from config.
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, ClientBuildError> {
+    /// An upstream from config; its response deadlines are armed on `timer`.
+    pub fn new(cfg: &UpstreamConfig, timer: &Timer) -> Result<Self, ClientBuildError> {
         let host =
             HeaderValue::from_str(cfg.authority.as_str()).map_err(|_| ClientBuildError::Target)?;
         let transport = if cfg.scheme == Scheme::HTTPS {
@@ -107,6 +110,7 @@ impl Upstream {
             host,
             base_path: cfg.base_path.clone(),
             response_timeout: cfg.response_timeout,
+            timer: timer.clone(),
             transport,
         })
     }
@@ -142,6 +146,15 @@ impl Upstream {
         PathAndQuery::try_from(pq)
             .map(Uri::from)
             .map_err(|_| RequestError::Malformed("path cannot be forwarded"))
+    }
+
+    /// Whether the caller's `uri`, forwarding `path`, already is the URI to send: origin-form, nothing stripped and
+    /// no base path to add (the common case, which then needs no new URI).
+    fn forwards_as_is(&self, uri: &Uri, path: &str) -> bool {
+        self.base_path.is_empty()
+            && uri.scheme().is_none()
+            && uri.authority().is_none()
+            && path.len() == uri.path().len()
     }
 }
 
@@ -183,30 +196,41 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
-/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including every header named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry no hop-by-hop header, or only `Connection: keep-alive`: nothing here allocates for them.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let mut named = Vec::new();
-    for token in headers
+/// Whether a `Connection` token is named in [`HOP_BY_HOP`] or is `close`: it names no further header to remove.
+fn names_no_other_header(token: &str) -> bool {
+    token.eq_ignore_ascii_case("close") || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-    {
-        // `close` names no header; hop-by-hop names go in the loop below anyway.
-        if token.eq_ignore_ascii_case("close")
-            || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h))
-        {
-            continue;
-        }
-        if let Ok(n) = HeaderName::try_from(token) {
-            named.push(n);
-        }
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut only_connection = true;
+    let mut any = false;
+    for n in headers.keys().filter(|n| is_hop_by_hop(n)) {
+        any = true;
+        only_connection &= n == header::CONNECTION;
     }
+    // Most messages carry no hop-by-hop header, or only `Connection: keep-alive` (every HTTP/1.1 upstream's
+    // answer): nothing here allocates or scans twice for them.
+    if !any {
+        return;
+    }
+    if only_connection && connection_tokens(headers).all(names_no_other_header) {
+        headers.remove(header::CONNECTION);
+        return;
+    }
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !names_no_other_header(t))
+        .filter_map(|t| HeaderName::try_from(t).ok())
+        .collect();
     for n in named {
         headers.remove(n);
     }
@@ -243,8 +267,8 @@ pub fn header_bytes(headers: &HeaderMap) -> usize {
 /// Everything the prepared request carries besides the caller's request.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
-    /// Path to forward (prefix already stripped if asked).
-    pub path: &'a str,
+    /// The route the request matched; whether it strips its prefix decides the path forwarded.
+    pub route: &'a Route,
     /// The credential's headers; their names were already removed from the caller's request.
     pub attachment: Option<&'a Attachment>,
     /// Header names the credential sets (removed from the caller's request).
@@ -283,7 +307,10 @@ where
 {
     check_declared_length(req.headers(), out.max_body_bytes)?;
     let (mut parts, incoming) = req.into_parts();
-    parts.uri = up.uri(out.path, parts.uri.query())?;
+    let path = out.route.upstream_path(parts.uri.path());
+    if !up.forwards_as_is(&parts.uri, path) {
+        parts.uri = up.uri(path, parts.uri.query())?;
+    }
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     // One pass over the caller's headers (a handful) tells which of the steps below have anything to do.
@@ -323,6 +350,8 @@ where
             h.remove(n);
         }
     }
+    // The parsed head was sized for the caller's headers; make room for the gateway's once, not by doubling.
+    h.reserve(3 + out.caller_headers.len() + out.attachment.map_or(0, |a| a.headers.len()));
     h.insert(header::HOST, up.host.clone());
     // Append the peer to whatever chain the caller sent (every line of it, in order). The caller's part is not
     // trusted by the gateway; the last entry is the one the gateway vouches for.
@@ -386,7 +415,8 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let result = if http_body::Body::is_end_stream(&body) {
         // Nothing to send (most GETs): the response clock starts now, and nothing needs watching.
-        tokio::time::timeout(timeout, up.send(Request::from_parts(parts, body)))
+        up.timer
+            .timeout(timeout, up.send(Request::from_parts(parts, body)))
             .await
             .map_err(|_| upstream_timeout())?
     } else {

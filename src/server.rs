@@ -6,16 +6,16 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -23,7 +23,12 @@ use crate::body::Body;
 use crate::config::{Config, ListenerConfig};
 use crate::gateway::Gateway;
 use crate::proxy::ConnInfo;
+use crate::timer::Timer;
 use crate::tls::{self, TlsError};
+
+mod conn_guard;
+
+use conn_guard::{Guarded, Shutdown};
 
 /// A listener could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
         })?;
         tracing::info!(%addr, tls = acceptor.is_some(), "listening");
         addrs.push(addr);
+        let timer = gw.timer.clone();
         let gw = gw.clone();
         let handler = move |req: Request<Incoming>, conn: ConnInfo| {
             crate::pipeline::handle(gw.clone(), req, conn)
@@ -110,6 +116,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
             listener,
             acceptor,
             settings(l),
+            timer,
             handler,
             stop.subscribe(),
         ));
@@ -124,6 +131,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 .local_addr()
                 .map_err(|source| ServerError::Bind { addr: a, source })?;
             tracing::info!(%addr, "admin listening");
+            let timer = gw.timer.clone();
             let gw = gw.clone();
             let handler = move |req: Request<Incoming>, _conn: ConnInfo| {
                 let rsp = crate::admin::handle(&gw, &req);
@@ -134,7 +142,14 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 header_read_timeout: Duration::from_secs(5),
                 max_header_bytes: 16384,
             };
-            tasks.spawn(accept_loop(listener, None, s, handler, stop.subscribe()));
+            tasks.spawn(accept_loop(
+                listener,
+                None,
+                s,
+                timer,
+                handler,
+                stop.subscribe(),
+            ));
             Some(addr)
         }
     };
@@ -170,14 +185,14 @@ struct Builders {
 }
 
 impl Builders {
-    fn new(settings: ConnSettings) -> Self {
+    fn new(settings: ConnSettings, timer: &Timer) -> Self {
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
-            .timer(TokioTimer::new())
+            .timer(timer.clone())
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(settings.max_header_bytes);
         auto.http2()
-            .timer(TokioTimer::new())
+            .timer(timer.clone())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
         Self {
             h1: auto.clone().http1_only(),
@@ -191,14 +206,15 @@ async fn accept_loop<H, F>(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     settings: ConnSettings,
+    timer: Timer,
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builders = Arc::new(Builders::new(settings));
-    let graceful = GracefulShutdown::new();
+    let builders = Arc::new(Builders::new(settings, &timer));
+    let shutdown = Arc::new(Shutdown::default());
     // Connection tasks live in this set so that aborting the accept loop (grace period over) closes them too.
     let mut conns = JoinSet::new();
     loop {
@@ -206,7 +222,11 @@ async fn accept_loop<H, F>(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    conns.spawn(serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), graceful.watcher()));
+                    let guard = ConnGuard {
+                        shutdown: shutdown.clone(),
+                        timer: timer.clone(),
+                    };
+                    conns.spawn(serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), guard));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly instead of spinning.
@@ -219,7 +239,14 @@ async fn accept_loop<H, F>(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    shutdown.trigger();
+    while conns.join_next().await.is_some() {}
+}
+
+/// What a connection is served under: the listener's shutdown signal, and the timer for its first-request deadline.
+struct ConnGuard {
+    shutdown: Arc<Shutdown>,
+    timer: Timer,
 }
 
 async fn serve_conn<H, F>(
@@ -229,7 +256,7 @@ async fn serve_conn<H, F>(
     settings: ConnSettings,
     builders: Arc<Builders>,
     handler: H,
-    watcher: Watcher,
+    guard: ConnGuard,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -239,10 +266,10 @@ async fn serve_conn<H, F>(
     // `header_read_timeout`: hyper's own HTTP/1 timer only starts once the protocol is known, so a client that
     // stalls inside the HTTP/2 preface sniff (or inside a first HTTP/2 HEADERS frame) would otherwise hold the
     // connection forever.
-    let first_request = Arc::new(Notify::new());
-    let seen = first_request.clone();
+    let seen = Arc::new(AtomicBool::new(false));
+    let first_request = seen.clone();
     let svc = service_fn(move |req| {
-        seen.notify_one();
+        first_request.store(true, Ordering::Relaxed);
         // Boxed once here: the request future is kilobytes, and hyper moves its service future several times.
         let fut = Box::pin(handler(req, conn.clone()));
         async move { Ok::<_, Infallible>(fut.await) }
@@ -253,7 +280,8 @@ async fn serve_conn<H, F>(
                 .auto
                 .serve_connection(TokioIo::new(tcp), svc)
                 .into_owned();
-            guard_first_request(watcher.watch(c), &first_request, settings, peer).await
+            let deadline = guard.timer.sleep(settings.header_read_timeout);
+            Guarded::new(c, guard.shutdown, deadline, seen).await
         }
         Some(acceptor) => {
             let tls =
@@ -279,38 +307,13 @@ async fn serve_conn<H, F>(
             let c = builder
                 .serve_connection(TokioIo::new(tls), svc)
                 .into_owned();
-            guard_first_request(watcher.watch(c), &first_request, settings, peer).await
+            let deadline = guard.timer.sleep(settings.header_read_timeout);
+            Guarded::new(c, guard.shutdown, deadline, seen).await
         }
     };
-    if let Some(Err(e)) = served {
-        tracing::debug!(%peer, error = %e, "connection ended with error");
-    }
-}
-
-/// Run `conn` to completion, but drop it (closing the socket) when no first request arrives within the header
-/// read timeout. `None` when it was dropped.
-async fn guard_first_request<C, T>(
-    conn: C,
-    first_request: &Notify,
-    settings: ConnSettings,
-    peer: SocketAddr,
-) -> Option<T>
-where
-    C: Future<Output = T>,
-{
-    let deadline = async {
-        if tokio::time::timeout(settings.header_read_timeout, first_request.notified())
-            .await
-            .is_ok()
-        {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        done = conn => Some(done),
-        () = deadline => {
-            tracing::debug!(%peer, "no request head within the header read timeout; closing");
-            None
-        }
+    match served {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with error"),
+        None => tracing::debug!(%peer, "no request head within the header read timeout; closing"),
     }
 }

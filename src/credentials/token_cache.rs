@@ -130,7 +130,7 @@ pub struct TokenCache {
     name: Arc<str>,
     source: Box<dyn TokenSource>,
     settings: TokenSettings,
-    cache: moka::future::Cache<(), Arc<Issued>>,
+    cache: moka::sync::Cache<(), Arc<Issued>>,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     weak: Weak<TokenCache>,
@@ -159,7 +159,7 @@ impl TokenCache {
             settings,
             // One key per cache, so no capacity bound: without one moka keeps less eviction bookkeeping per read
             // (measured in benches/credentials.rs: about half the cost of a warm read).
-            cache: moka::future::Cache::builder()
+            cache: moka::sync::Cache::builder()
                 .expire_after(UntilUsable)
                 .build(),
             state: Mutex::new(State::default()),
@@ -189,15 +189,21 @@ impl TokenCache {
         }
     }
 
-    /// The headers to attach now: from the cache when warm (no lock, no await on I/O), otherwise after the one
-    /// in-flight fetch. Fails fast while backing off with no valid token.
+    /// The headers to attach, when the cache holds a usable token: no lock, no await.
+    pub fn ready(&self) -> Option<Attachment> {
+        self.cache
+            .get(&())
+            .filter(|t| Instant::now() < t.usable_until)
+            .map(|t| t.attachment.clone())
+    }
+
+    /// The headers to attach now: from the cache when warm, otherwise after the one in-flight fetch. Fails fast
+    /// while backing off with no valid token.
     pub async fn attach(&self) -> Result<Attachment, CredentialError> {
-        if let Some(t) = self.cache.get(&()).await
-            && Instant::now() < t.usable_until
-        {
-            return Ok(t.attachment.clone());
+        match self.ready() {
+            Some(a) => Ok(a),
+            None => self.attach_slow().await,
         }
-        self.attach_slow().await
     }
 
     async fn attach_slow(&self) -> Result<Attachment, CredentialError> {
@@ -356,7 +362,7 @@ impl TokenCache {
                 st.refresh_token = refresh_token;
             }
         }
-        self.cache.insert((), issued.clone()).await;
+        self.cache.insert((), issued.clone());
         self.metrics.incr(
             "credgate_token_requests_total",
             &[("credential", &self.name), ("result", "ok")],

@@ -4,14 +4,17 @@
 //! hyper-util's pooled client runs every connection in a task of its own, so one forwarded request crosses tasks
 //! several times (request hand-off, response, body chunks, a spawned task that returns the connection). Here the
 //! caller's own task polls the upstream connection, from sending the head to the response body's end, then puts it
-//! back on a LIFO idle list. Idle connections are not polled: a closed one is found at checkout (one poll sees the
-//! EOF), and a request that a reused connection could not send is sent once more on a fresh one.
+//! back on a LIFO idle list. Idle connections are not polled by anyone: each is parked with a waker that only
+//! raises a flag, so checkout polls just the ones that something happened to (most often the upstream closing them)
+//! and takes the others as they were left. A request that a reused connection could not send is sent once more on a
+//! fresh one.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +46,23 @@ pub(super) struct ConnPool {
 struct Pooled {
     sender: http1::SendRequest<Body>,
     conn: Conn,
+    /// Raised by `idle_waker`: the parked connection has something to take in (data, EOF, an error).
+    stirred: Arc<Stirred>,
+    idle_waker: Waker,
+}
+
+/// The flag behind a parked connection's waker.
+#[derive(Default)]
+struct Stirred(AtomicBool);
+
+impl Wake for Stirred {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 struct Idle {
@@ -62,9 +82,23 @@ impl Pooled {
         Pin::new(&mut self.conn).poll(cx).is_pending()
     }
 
-    /// Polled without a task to wake: true when it can take a request now.
+    /// Poll with the idle waker, so that whatever happens to the connection from now on raises `stirred`: true
+    /// when it can take a request now.
+    fn park(&mut self) -> bool {
+        self.stirred.0.store(false, Ordering::Relaxed);
+        let alive = Pin::new(&mut self.conn)
+            .poll(&mut Context::from_waker(&self.idle_waker))
+            .is_pending();
+        alive && self.sender.is_ready()
+    }
+
+    /// Whether a parked connection can take a request: as it was parked unless something stirred it since.
     fn reusable(&mut self) -> bool {
-        self.poll_alive(&mut Context::from_waker(Waker::noop())) && self.sender.is_ready()
+        if self.stirred.0.load(Ordering::Acquire) {
+            self.park()
+        } else {
+            self.sender.is_ready()
+        }
     }
 }
 
@@ -183,7 +217,13 @@ impl ConnPool {
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        Ok(Box::new(Pooled { sender, conn }))
+        let stirred = Arc::new(Stirred::default());
+        Ok(Box::new(Pooled {
+            sender,
+            conn,
+            idle_waker: Waker::from(stirred.clone()),
+            stirred,
+        }))
     }
 }
 
@@ -232,7 +272,7 @@ impl Drop for Driven {
         // A body dropped before its end leaves the connection mid-response: it closes with this drop.
         if self.ended
             && let Some(mut p) = self.conn.take()
-            && p.reusable()
+            && p.park()
         {
             self.pool.checkin(p);
         }

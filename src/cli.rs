@@ -58,7 +58,7 @@ pub enum Command {
         /// Gateway port on 127.0.0.1.
         #[arg(long, default_value_t = 8443)]
         port: u16,
-        /// Print the generated config and exit.
+        /// Print the generated config and exit; the files it names (dev certificate and key) are kept.
         #[arg(long)]
         print_config: bool,
     },
@@ -177,12 +177,18 @@ pub async fn run(command: Command) -> Result<(), CliError> {
 async fn serve(cfg: Config, demo: Option<crate::demo::Demo>) -> Result<(), CliError> {
     let gw = Gateway::build(&cfg)?;
     let running = server::start(gw, &cfg).await?;
-    if let (Some(demo), Some(addr)) = (demo, running.addrs.first()) {
-        println!("{}", crate::demo::instructions(&demo, *addr));
+    if let (Some(demo), Some(addr)) = (&demo, running.addrs.first()) {
+        println!("{}", crate::demo::instructions(demo, *addr));
     }
     shutdown_signal().await;
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down");
     running.shutdown(cfg.shutdown_grace).await;
+    // The demo's dev keys were generated for this run only; none is left behind in the temp directory.
+    if let Some(demo) = demo
+        && let Err(e) = demo.remove_files()
+    {
+        tracing::warn!(error = %e, "could not remove the demo's temporary files");
+    }
     Ok(())
 }
 

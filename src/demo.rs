@@ -36,6 +36,15 @@ pub struct Demo {
     pub vendors: flows::Sandboxes,
     /// A caller token from the demo's dev issuer.
     pub caller_token: String,
+    /// The temporary directory holding the dev certificate, its key and the flows database.
+    dir: PathBuf,
+}
+
+impl Demo {
+    /// Delete the files the demo wrote (the dev CA and server keys among them); for when the demo stops.
+    pub fn remove_files(&self) -> std::io::Result<()> {
+        std::fs::remove_dir_all(&self.dir)
+    }
 }
 
 /// Start the sandbox upstreams and write the demo config; `port` is the gateway's.
@@ -80,6 +89,7 @@ forward_claims = {{ sub = "X-Credgate-Subject" }}
     Ok(Demo {
         config_toml,
         ca_path: dir.join("ca.crt"),
+        dir: dir.clone(),
         echo,
         vendors,
         caller_token: dev_issuer.token,

@@ -471,3 +471,41 @@ async fn json_log_format_yields_json_lines() {
     assert!(f["latency_us"].is_u64());
     assert_eq!(f["request_id"], "log-test-id-1");
 }
+
+#[test]
+fn demo_removes_its_dev_keys_when_stopped() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn credgate demo");
+    let stdout = child.stdout.take().expect("stdout");
+    // The instructions name the dev CA; the directory holding it also holds the server key.
+    let ca = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let (_, rest) = l.split_once("--cacert ")?;
+            rest.split_whitespace().next().map(PathBuf::from)
+        })
+        .expect("instructions naming the CA");
+    let dir = ca.parent().expect("CA directory").to_owned();
+    assert!(dir.join("server.key").exists(), "{}", dir.display());
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let (tx, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let exit = exited
+        .recv_timeout(Duration::from_secs(30))
+        .expect("demo stopped on SIGTERM")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

@@ -630,4 +630,5 @@ async fn demo_injects_sandbox_tropipay_and_incode_tokens_over_tls() {
     );
     assert_eq!(inc["headers"]["api-version"], "1.0");
     assert!(inc["headers"].get("authorization").is_none());
+    demo.remove_files().expect("demo files removed");
 }

@@ -75,4 +75,5 @@ async fn demo_serves_every_flow_against_its_sandboxes() {
     .await;
     assert_eq!(s, 200, "{b}");
     assert!(b.contains("\"phone\":\"15551234567\""), "{b}");
+    demo.remove_files().expect("demo files removed");
 }

@@ -5,16 +5,24 @@
 //! regressions in either step. `pipeline::handle` needs hyper's `Incoming` body, which only a live connection makes,
 //! so the end-to-end figure comes from `benches/load.sh` against the peers instead.
 //!
-//! Last run (2026-11-23 21:41 UTC, 2-vCPU VM, quiet: load average about 1):
+//! It also times a per-request deadline armed and dropped on credgate's timer against tokio's (`deadline/…`).
+//!
+//! Last run (2026-11-24 03:50 UTC, 2-vCPU VM, quiet):
 //! `cargo bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`
-//!   route_match/50_routes/hit_deep     136 ns   [136.3 ns .. 136.6 ns]
-//!   route_match/50_routes/miss          38 ns   [38.1 ns .. 38.4 ns]
-//!   prepare/static_credential          1.23 µs  [1.227 µs .. 1.233 µs]
-//!   hot_path/match_attach_prepare      1.51 µs  [1.508 µs .. 1.517 µs]
+//!   route_match/50_routes/hit_deep          141 ns   [140.5 ns .. 142.0 ns]
+//!   route_match/50_routes/miss               41 ns   [40.3 ns .. 42.4 ns]
+//!   prepare/static_credential               1.03 µs  [1.022 µs .. 1.032 µs]
+//!   hot_path/match_attach_prepare           1.24 µs  [1.233 µs .. 1.243 µs]
+//!   deadline/arm_and_drop/credgate_timer     41 ns   [40.50 ns .. 40.58 ns]
+//!   deadline/arm_and_drop/tokio_sleep        89 ns   [88.74 ns .. 88.83 ns]
 //! Runs taken during parallel builds (load average 8) were 2-3x slower: compare only on a quiet machine.
 
+use std::future::Future;
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -26,6 +34,7 @@ use credgate::config::Config;
 use credgate::gateway::Gateway;
 use credgate::proxy::{self, ConnInfo, Outgoing};
 use credgate::routes::{Route, Target};
+use credgate::timer::Timer;
 
 /// 50 routes: 45 path-only prefixes of varying depth and 5 host-bound ones, each with a static credential.
 fn config() -> String {
@@ -183,6 +192,47 @@ fn benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+
+    deadlines(c);
+}
+
+/// A per-request deadline as the request path uses one: armed (first poll, nothing due) and dropped before it
+/// fires, on credgate's timer and on tokio's, inside a current-thread runtime with other deadlines pending.
+fn deadlines(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _in_rt = rt.enter();
+    let mut cx = Context::from_waker(Waker::noop());
+    let timeout = Duration::from_secs(10);
+    let timer = Timer::new();
+    // A server's worth of idle connections, each with its own deadline armed.
+    let mut ours: Vec<_> = (0..64).map(|_| timer.sleep(timeout)).collect();
+    let mut theirs: Vec<_> = (0..64)
+        .map(|_| Box::pin(tokio::time::sleep(timeout)))
+        .collect();
+    for s in &mut ours {
+        assert!(Pin::new(s).poll(&mut cx).is_pending());
+    }
+    for s in &mut theirs {
+        assert!(s.as_mut().poll(&mut cx).is_pending());
+    }
+
+    let mut g = c.benchmark_group("deadline/arm_and_drop");
+    g.bench_function("credgate_timer", |b| {
+        b.iter(|| {
+            let mut s = timer.sleep(black_box(timeout));
+            Pin::new(&mut s).poll(&mut cx).is_pending()
+        })
+    });
+    g.bench_function("tokio_sleep", |b| {
+        b.iter(|| {
+            let mut s = std::pin::pin!(tokio::time::sleep(black_box(timeout)));
+            s.as_mut().poll(&mut cx).is_pending()
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(pipeline, benches);

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -115,10 +115,10 @@ impl Upstream {
         })
     }
 
-    /// Send a prepared request (origin-form URI, `Host` set); the response head is back, its body streams.
-    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
+    /// Send a prepared request (origin-form URI, `Host` set) at `now`; the response head is back, its body streams.
+    async fn send(&self, req: Request<Body>, now: Instant) -> Result<Response<Body>, SendError> {
         match &self.transport {
-            Transport::Plain(pool) => pool.send(req).await,
+            Transport::Plain(pool) => pool.send(req, now).await,
             Transport::Tls { client, authority } => {
                 // The pooled client picks its connection by the absolute URI.
                 let (mut parts, body) = req.into_parts();
@@ -415,8 +415,13 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let result = if http_body::Body::is_end_stream(&body) {
         // Nothing to send (most GETs): the response clock starts now, and nothing needs watching.
+        // One clock read serves the deadline and the pool's idle bookkeeping.
+        let now = Instant::now();
         up.timer
-            .timeout(timeout, up.send(Request::from_parts(parts, body)))
+            .timeout_at(
+                now + timeout,
+                up.send(Request::from_parts(parts, body), now),
+            )
             .await
             .map_err(|_| upstream_timeout())?
     } else {
@@ -460,7 +465,10 @@ async fn send_watched(
         progress: progress.clone(),
         sent: Some(sent_tx),
     };
-    let send = up.send(Request::from_parts(parts, body::boxed(body)));
+    let send = up.send(
+        Request::from_parts(parts, body::boxed(body)),
+        Instant::now(),
+    );
     let deadline = async {
         let mut last = progress.frames.load(Ordering::Relaxed);
         loop {

@@ -85,9 +85,14 @@ impl Timer {
 
     /// Run `fut` for at most `duration`: `Err(Elapsed)` when the time ran out first.
     pub fn timeout<F: Future>(&self, duration: Duration, fut: F) -> Timeout<F> {
+        self.timeout_at(Instant::now() + duration, fut)
+    }
+
+    /// Run `fut` until `deadline` at most: `Err(Elapsed)` when the time ran out first.
+    pub fn timeout_at<F: Future>(&self, deadline: Instant, fut: F) -> Timeout<F> {
         Timeout {
             fut,
-            sleep: self.sleep(duration),
+            sleep: self.sleep_until(deadline),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! removal in the timer wheel under the driver's lock, about 1,500 instructions, a visible share of a proxied
 //! request. Here arming is a slab insertion under an uncontended lock and disarming a removal. One task, spawned on
 //! first use, sleeps on tokio's timer until the earliest deadline, wakes what is due and goes back to sleep until
-//! the next; deadlines that were dropped meanwhile cost it nothing but a skipped slot in that scan.
+//! the next (at most one pass per 10 ms, so a deadline fires up to that late); deadlines that were dropped meanwhile
+//! cost it nothing but a skipped slot in that scan.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,9 @@ use std::time::{Duration, Instant};
 use pin_project_lite::pin_project;
 use slab::Slab;
 use tokio::sync::Notify;
+
+/// The shortest time between two passes of the firing task over the armed deadlines.
+const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A source of cheap deadlines; clones share one set of deadlines and one firing task.
 #[derive(Clone, Default)]
@@ -197,16 +201,16 @@ async fn fire(shared: Weak<Shared>, wake: Arc<Notify>) {
     let _running = Running(shared.clone());
     let mut due = Vec::new();
     loop {
+        // tokio's clock, which tests may pause; outside tests it is the system's monotonic clock.
+        let scanned_at = tokio::time::Instant::now().into_std();
         let next = {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            // tokio's clock, which tests may pause; outside tests it is the system's monotonic clock.
-            let now = tokio::time::Instant::now().into_std();
             let mut st = shared.lock();
             let mut earliest: Option<Instant> = None;
             for (_, a) in st.armed.iter_mut().filter(|(_, a)| !a.fired) {
-                if a.deadline <= now {
+                if a.deadline <= scanned_at {
                     a.fired = true;
                     due.push(a.waker.clone());
                 } else if earliest.is_none_or(|e| a.deadline < e) {
@@ -217,14 +221,24 @@ async fn fire(shared: Weak<Shared>, wake: Arc<Notify>) {
             earliest
         };
         due.drain(..).for_each(Waker::wake);
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at.into()) => {}
+        // Scans are at least SCAN_INTERVAL apart: many staggered deadlines (thousands of idle connections) cost one
+        // pass over the armed set per interval, not one per deadline. A deadline fires at most that late.
+        let not_before = scanned_at + SCAN_INTERVAL;
+        let mut target = next.map(|t| t.max(not_before));
+        loop {
+            match target {
+                Some(at) => tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => break,
                     () = wake.notified() => {}
-                }
+                },
+                None => wake.notified().await,
             }
-            None => wake.notified().await,
+            // Woken for an earlier deadline, or to find the timer gone.
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let earliest = shared.lock().earliest;
+            target = earliest.map(|t| t.max(not_before));
         }
     }
 }
@@ -291,6 +305,30 @@ mod tests {
         );
         let stalled = timer.timeout(Duration::from_secs(1), std::future::pending::<()>());
         assert_eq!(stalled.await, Err(Elapsed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn staggered_deadlines_all_fire_within_one_scan_interval() {
+        let timer = Timer::new();
+        let start = tokio::time::Instant::now();
+        let waits: Vec<_> = (1..=100u64)
+            .map(|i| {
+                let after = Duration::from_millis(i * 3);
+                let sleep = timer.sleep(after);
+                tokio::spawn(async move {
+                    sleep.await;
+                    (after, start.elapsed())
+                })
+            })
+            .collect();
+        for w in waits {
+            let (after, fired) = w.await.expect("task");
+            assert!(fired >= after, "{after:?} fired early at {fired:?}");
+            assert!(
+                fired <= after + SCAN_INTERVAL,
+                "{after:?} fired late at {fired:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -165,7 +165,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         Command::Demo { port, print_config } => {
             let demo = crate::demo::prepare(port).await?;
             if print_config {
-                print!("{}", demo.config_toml);
+                print_out(&demo.config_toml);
                 return Ok(());
             }
             let cfg = Config::from_toml(&demo.config_toml, "<demo>")?;
@@ -175,12 +175,13 @@ pub async fn run(command: Command) -> Result<(), CliError> {
 }
 
 async fn serve(cfg: Config, demo: Option<crate::demo::Demo>) -> Result<(), CliError> {
+    let stop = stop_signal();
     let gw = Gateway::build(&cfg)?;
     let running = server::start(gw, &cfg).await?;
     if let (Some(demo), Some(addr)) = (&demo, running.addrs.first()) {
-        println!("{}", crate::demo::instructions(demo, *addr));
+        print_out(&format!("{}\n", crate::demo::instructions(demo, *addr)));
     }
-    shutdown_signal().await;
+    stop.await;
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down");
     running.shutdown(cfg.shutdown_grace).await;
     // The demo's dev keys were generated for this run only; none is left behind in the temp directory.
@@ -192,23 +193,38 @@ async fn serve(cfg: Config, demo: Option<crate::demo::Demo>) -> Result<(), CliEr
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Write to stdout, ignoring a reader that went away (`credgate demo | head`): `print!` would panic on it.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when it is first polled: a
+/// signal that arrives while the gateway starts up then stops it gracefully instead of killing it outright (which
+/// would skip the demo's cleanup).
+fn stop_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -1,9 +1,9 @@
 //! Deadlines that are cheap to arm and to disarm.
 //!
 //! Every request arms deadlines that almost never fire: hyper's header-read timeout for the next request head, the
-//! upstream response timeout. With tokio's timer each arm-and-drop pair costs two clock reads and an insertion and
-//! removal in the timer wheel under the driver's lock, about 1,500 instructions, a visible share of a proxied
-//! request. Here arming is a slab insertion under an uncontended lock and disarming a removal. One task, spawned on
+//! upstream response timeout. With tokio's timer each arm-and-drop pair costs an insertion and removal in the timer
+//! wheel under the driver's lock (89 ns in `benches/pipeline.rs`, about 1,500 instructions under load). Here arming
+//! is a slab insertion under an uncontended lock and disarming a removal (41 ns). One task, spawned on
 //! first use, sleeps on tokio's timer until the earliest deadline, wakes what is due and goes back to sleep until
 //! the next (at most one pass per 10 ms, so a deadline fires up to that late); deadlines that were dropped meanwhile
 //! cost it nothing but a skipped slot in that scan.
@@ -118,7 +118,7 @@ pub struct Sleep {
     state: SleepState,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum SleepState {
     Unarmed,
     Armed(usize),

@@ -482,7 +482,8 @@ fn demo_removes_its_dev_keys_when_stopped() {
         .spawn()
         .expect("spawn credgate demo");
     let stdout = child.stdout.take().expect("stdout");
-    // The instructions name the dev CA; the directory holding it also holds the server key.
+    // The instructions name the dev CA; the directory holding it also holds the server key. Reading stops there, as
+    // `head` would: the rest of the instructions must not kill the demo.
     let ca = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)

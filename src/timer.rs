@@ -87,11 +87,6 @@ impl Timer {
         self.sleep_until(Instant::now() + duration)
     }
 
-    /// Run `fut` for at most `duration`: `Err(Elapsed)` when the time ran out first.
-    pub fn timeout<F: Future>(&self, duration: Duration, fut: F) -> Timeout<F> {
-        self.timeout_at(Instant::now() + duration, fut)
-    }
-
     /// Run `fut` until `deadline` at most: `Err(Elapsed)` when the time ran out first.
     pub fn timeout_at<F: Future>(&self, deadline: Instant, fut: F) -> Timeout<F> {
         Timeout {
@@ -244,7 +239,7 @@ async fn fire(shared: Weak<Shared>, wake: Arc<Notify>) {
 }
 
 pin_project! {
-    /// A future bounded by a [`Timer`] deadline; see [`Timer::timeout`].
+    /// A future bounded by a [`Timer`] deadline; see [`Timer::timeout_at`].
     #[derive(Debug)]
     pub struct Timeout<F> {
         #[pin]
@@ -300,10 +295,15 @@ mod tests {
     async fn timeout_passes_a_ready_value_and_cuts_a_stalled_one() {
         let timer = Timer::new();
         assert_eq!(
-            timer.timeout(Duration::from_secs(1), async { 7 }).await,
+            timer
+                .timeout_at(Instant::now() + Duration::from_secs(1), async { 7 })
+                .await,
             Ok(7)
         );
-        let stalled = timer.timeout(Duration::from_secs(1), std::future::pending::<()>());
+        let stalled = timer.timeout_at(
+            Instant::now() + Duration::from_secs(1),
+            std::future::pending::<()>(),
+        );
         assert_eq!(stalled.await, Err(Elapsed));
     }
 

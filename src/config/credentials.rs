@@ -730,6 +730,7 @@ headers = {{ "X-Incode-Hardware-Id" = "{{token}}" }}
         assert_eq!(body["password"], "p\"a\\ss");
         assert_eq!(l.token_pointer, "/token");
         assert_eq!(l.method, Method::POST);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

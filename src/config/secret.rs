@@ -113,5 +113,6 @@ mod tests {
         assert!(constant_time_eq(&SecretString::from("abc"), b"abc"));
         assert!(!constant_time_eq(&SecretString::from("abc"), b"abd"));
         assert!(!constant_time_eq(&SecretString::from("abc"), b"ab"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -318,17 +318,29 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
-    fn temp_db(tag: &str) -> PathBuf {
+    /// A database path in a fresh temp directory, removed with the value.
+    struct TempDb(PathBuf);
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn temp_db(tag: &str) -> TempDb {
         let dir = std::env::temp_dir().join(format!("credgate-store-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let p = dir.join("flows.db");
         let _ = std::fs::remove_file(&p);
-        p
+        TempDb(p)
     }
 
     #[tokio::test]
     async fn claim_is_exclusive_and_released_claims_can_be_retaken() {
-        let store = Store::open(&temp_db("claim")).expect("open");
+        let db = temp_db("claim");
+        let store = Store::open(&db.0).expect("open");
         assert_eq!(store.claim_approval("i1").await.expect("claim"), Claim::Won);
         match store.claim_approval("i1").await.expect("claim") {
             Claim::Taken(d) => assert_eq!(d.state, "pending"),
@@ -351,9 +363,9 @@ mod tests {
 
     #[test]
     fn migrations_are_recorded_and_reopening_keeps_data() {
-        let path = temp_db("reopen");
+        let db = temp_db("reopen");
         {
-            let s = Store::open(&path).expect("open");
+            let s = Store::open(&db.0).expect("open");
             let c = s.conn.lock().expect("lock");
             c.execute(
                 "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256) VALUES ('x', '1', 1, 2, 'h')",
@@ -361,7 +373,7 @@ mod tests {
             )
             .expect("insert");
         }
-        let s = Store::open(&path).expect("reopen");
+        let s = Store::open(&db.0).expect("reopen");
         let c = s.conn.lock().expect("lock");
         let v: usize = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))

@@ -59,10 +59,11 @@ pub async fn start_gateway(toml: &str) -> TestGateway {
     }
 }
 
-/// A fresh directory under the system temp dir, unique per call.
+/// A fresh directory under cargo's scratch directory for tests (`target/tmp`, gone with `cargo clean`), unique per
+/// call.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "credgate-test-{}-{tag}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)

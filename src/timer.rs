@@ -9,7 +9,9 @@
 //! cost it nothing but a skipped slot in that scan.
 
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -22,9 +24,15 @@ use tokio::sync::Notify;
 const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A source of cheap deadlines; clones share one set of deadlines and one firing task.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Timer {
     shared: Arc<Shared>,
+}
+
+impl Default for Timer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for Timer {
@@ -33,19 +41,20 @@ impl std::fmt::Debug for Timer {
     }
 }
 
-#[derive(Default)]
 struct Shared {
-    state: Mutex<State>,
+    /// Deadlines are spread over one shard per CPU (by task), so that workers of a multi-thread runtime arming
+    /// deadlines at once rarely meet on a lock.
+    shards: Box<[Mutex<Shard>]>,
+    firing_task: AtomicBool,
     /// Wakes the firing task: a deadline earlier than all others arrived, or this timer is gone.
     wake: Arc<Notify>,
 }
 
 #[derive(Default)]
-struct State {
+struct Shard {
     armed: Slab<Armed>,
-    /// No armed deadline is earlier than this (it may be stale-early: its deadline was dropped).
+    /// No deadline armed here is earlier than this (it may be stale-early: its deadline was dropped).
     earliest: Option<Instant>,
-    firing_task: bool,
 }
 
 struct Armed {
@@ -62,15 +71,69 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shard for the current task: tasks are numbered in order, so connections spread evenly.
+    fn pick_shard(&self) -> usize {
+        /// Takes the task id's number as it is.
+        #[derive(Default)]
+        struct IdNumber(u64);
+        impl Hasher for IdNumber {
+            fn finish(&self) -> u64 {
+                self.0
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                for b in bytes {
+                    self.0 = (self.0 << 8) | u64::from(*b);
+                }
+            }
+            fn write_u64(&mut self, n: u64) {
+                self.0 = n;
+            }
+        }
+        if self.shards.len() == 1 {
+            return 0;
+        }
+        let Some(id) = tokio::task::try_id() else {
+            return 0;
+        };
+        let mut h = IdNumber::default();
+        id.hash(&mut h);
+        usize::try_from(h.finish() % self.shards.len() as u64).unwrap_or(0)
+    }
+
+    /// A deadline earlier than any armed before it: make sure the firing task is running and looks again.
+    fn kick(self: &Arc<Self>) {
+        if self.firing_task.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        } else {
+            tokio::spawn(fire(Arc::downgrade(self), self.wake.clone()));
+        }
+    }
+
+    /// The earliest deadline armed in any shard.
+    fn earliest(&self) -> Option<Instant> {
+        (0..self.shards.len())
+            .filter_map(|i| self.shard(i).earliest)
+            .min()
     }
 }
 
 impl Timer {
     /// A timer with nothing armed; its firing task starts with the first armed deadline.
     pub fn new() -> Self {
-        Self::default()
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            shared: Arc::new(Shared {
+                shards: (0..cpus.min(64)).map(|_| Mutex::default()).collect(),
+                firing_task: AtomicBool::new(false),
+                wake: Arc::default(),
+            }),
+        }
     }
 
     /// A future that completes at `deadline`.
@@ -116,7 +179,7 @@ pub struct Sleep {
 #[derive(Clone, Copy)]
 enum SleepState {
     Unarmed,
-    Armed(usize),
+    Armed { shard: usize, key: usize },
     Done,
 }
 
@@ -136,26 +199,23 @@ impl Future for Sleep {
         match this.state {
             SleepState::Done => Poll::Ready(()),
             SleepState::Unarmed => {
-                let mut st = this.shared.lock();
+                let shard = this.shared.pick_shard();
+                let mut st = this.shared.shard(shard);
                 let key = st.armed.insert(Armed {
                     deadline: this.deadline,
                     waker: cx.waker().clone(),
                     fired: false,
                 });
-                this.state = SleepState::Armed(key);
+                this.state = SleepState::Armed { shard, key };
                 if st.earliest.is_none_or(|e| this.deadline < e) {
                     st.earliest = Some(this.deadline);
-                    if st.firing_task {
-                        this.shared.wake.notify_one();
-                    } else {
-                        st.firing_task = true;
-                        tokio::spawn(fire(Arc::downgrade(&this.shared), this.shared.wake.clone()));
-                    }
+                    drop(st);
+                    this.shared.kick();
                 }
                 Poll::Pending
             }
-            SleepState::Armed(key) => {
-                let mut st = this.shared.lock();
+            SleepState::Armed { shard, key } => {
+                let mut st = this.shared.shard(shard);
                 match st.armed.get_mut(key) {
                     Some(a) if !a.fired => {
                         a.waker.clone_from(cx.waker());
@@ -176,8 +236,8 @@ impl hyper::rt::Sleep for Sleep {}
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let SleepState::Armed(key) = self.state {
-            self.shared.lock().armed.try_remove(key);
+        if let SleepState::Armed { shard, key } = self.state {
+            self.shared.shard(shard).armed.try_remove(key);
         }
     }
 }
@@ -189,7 +249,7 @@ async fn fire(shared: Weak<Shared>, wake: Arc<Notify>) {
     impl Drop for Running {
         fn drop(&mut self) {
             if let Some(shared) = self.0.upgrade() {
-                shared.lock().firing_task = false;
+                shared.firing_task.store(false, Ordering::Release);
             }
         }
     }
@@ -202,18 +262,25 @@ async fn fire(shared: Weak<Shared>, wake: Arc<Notify>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let mut st = shared.lock();
-            let mut earliest: Option<Instant> = None;
-            for (_, a) in st.armed.iter_mut().filter(|(_, a)| !a.fired) {
-                if a.deadline <= scanned_at {
-                    a.fired = true;
-                    due.push(a.waker.clone());
-                } else if earliest.is_none_or(|e| a.deadline < e) {
-                    earliest = Some(a.deadline);
+            let mut next: Option<Instant> = None;
+            for i in 0..shared.shards.len() {
+                let mut st = shared.shard(i);
+                let mut earliest: Option<Instant> = None;
+                for (_, a) in st.armed.iter_mut().filter(|(_, a)| !a.fired) {
+                    if a.deadline <= scanned_at {
+                        a.fired = true;
+                        due.push(a.waker.clone());
+                    } else if earliest.is_none_or(|e| a.deadline < e) {
+                        earliest = Some(a.deadline);
+                    }
                 }
+                st.earliest = earliest;
+                next = match (next, earliest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
-            st.earliest = earliest;
-            earliest
+            next
         };
         due.drain(..).for_each(Waker::wake);
         // Scans are at least SCAN_INTERVAL apart: many staggered deadlines (thousands of idle connections) cost one
@@ -232,8 +299,7 @@ async fn fire(shared: Weak<Shared>, wake: Arc<Notify>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let earliest = shared.lock().earliest;
-            target = earliest.map(|t| t.max(not_before));
+            target = shared.earliest().map(|t| t.max(not_before));
         }
     }
 }
@@ -331,13 +397,41 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadlines_armed_from_several_workers_all_fire_and_none_early() {
+        let timer = Timer::new();
+        let waits: Vec<_> = (0..200u64)
+            .map(|i| {
+                let timer = timer.clone();
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_millis(20 + i % 30);
+                    timer.sleep_until(deadline).await;
+                    Instant::now() >= deadline
+                })
+            })
+            .collect();
+        let all = async {
+            for w in waits {
+                assert!(w.await.expect("task"), "a deadline fired early");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .expect("every deadline fired");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_dropped_deadline_is_disarmed() {
         let timer = Timer::new();
         let mut s = timer.sleep(Duration::from_secs(5));
         assert!(poll_once(&mut s).is_pending());
-        assert_eq!(timer.shared.lock().armed.len(), 1);
+        let armed = |t: &Timer| {
+            (0..t.shared.shards.len())
+                .map(|i| t.shared.shard(i).armed.len())
+                .sum::<usize>()
+        };
+        assert_eq!(armed(&timer), 1);
         drop(s);
-        assert_eq!(timer.shared.lock().armed.len(), 0);
+        assert_eq!(armed(&timer), 0);
     }
 }

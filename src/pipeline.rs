@@ -25,10 +25,9 @@ use crate::routes::{self, Route, Target};
 /// Takes its state by value so that the server can use this future as it is: every async layer around it would add
 /// its own copy of the request to a future that is boxed, and so copied, once per request.
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-    // The clock is read only for the access log.
-    let start =
-        tracing::enabled!(target: "credgate::access", tracing::Level::INFO).then(Instant::now);
-    let method = req.method().clone();
+    // The clock and the method are taken only for the access log.
+    let logged = tracing::enabled!(target: "credgate::access", tracing::Level::INFO)
+        .then(|| (Instant::now(), req.method().clone()));
     let request_id = request_id(req.headers().get(&X_REQUEST_ID));
     let (route, result) = match find_route(&gw, &req) {
         Ok(route) => (
@@ -41,13 +40,11 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: ConnInfo) ->
         Ok(rsp) => rsp,
         Err(err) => err.into_response_logged(request_id.to_str().unwrap_or("-")),
     };
-    rsp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
     let status = rsp.status().as_u16();
     if let Some(r) = route {
         r.stats.record(status);
     }
-    if let Some(start) = start {
+    if let Some((start, method)) = logged {
         tracing::info!(
             target: "credgate::access",
             method = %method,
@@ -58,6 +55,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: ConnInfo) ->
             "request"
         );
     }
+    rsp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     rsp
 }
 

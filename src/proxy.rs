@@ -178,23 +178,33 @@ impl ConnInfo {
     }
 }
 
-/// The hop-by-hop headers RFC 9110 §7.6.1 names, plus the de-facto ones; lower case, as `HeaderName`s are, and
-/// compared as strings so that the `Connection` tokens can be checked against the same list.
+/// Whether a header is hop-by-hop: named in RFC 9110 §7.6.1, or one of the de-facto ones (`Keep-Alive`,
+/// `Proxy-Connection`). Runs on every header of every message, so the standard names are compared as `HeaderName`s
+/// (an integer compare each) and only the rest as strings.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TRAILER
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
+/// The hop-by-hop header names as `Connection` tokens may spell them: the ones [`is_hop_by_hop`] knows, most
+/// common first (`keep-alive` is in nearly every HTTP/1.1 answer).
 const HOP_BY_HOP: [&str; 9] = [
-    "connection",
     "keep-alive",
+    "connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
 ];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-}
 
 /// Whether a `Connection` token is named in [`HOP_BY_HOP`] or is `close`: it names no further header to remove.
 fn names_no_other_header(token: &str) -> bool {
@@ -223,7 +233,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !any {
         return;
     }
-    if only_connection && connection_tokens(headers).all(names_no_other_header) {
+    let plain = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    };
+    if only_connection
+        && (headers.get_all(header::CONNECTION).iter().all(plain)
+            || connection_tokens(headers).all(names_no_other_header))
+    {
         headers.remove(header::CONNECTION);
         return;
     }
@@ -341,12 +358,17 @@ where
         join_cookies(h);
     }
     // The caller's own credentials never reach the upstream, and a caller can never set what the gateway sets.
+    // Inserting below replaces every value the caller sent, so only the names the gateway does not set again (the
+    // caller's `Authorization` when the credential uses another header) are removed here.
     if gateway_set {
-        h.remove(header::AUTHORIZATION);
-        for n in out.credential_headers {
-            h.remove(n);
+        let attached = |n: &HeaderName| {
+            out.attachment
+                .is_some_and(|a| a.headers.iter().any(|(set, _)| set == n))
+        };
+        if !attached(&header::AUTHORIZATION) {
+            h.remove(header::AUTHORIZATION);
         }
-        for (n, _) in out.caller_headers {
+        for n in out.credential_headers.iter().filter(|n| !attached(n)) {
             h.remove(n);
         }
     }
@@ -565,4 +587,27 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_check_and_the_token_list_agree() {
+        for n in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+            assert!(names_no_other_header(&n.to_ascii_uppercase()), "{n}");
+        }
+        for n in [
+            "host",
+            "authorization",
+            "x-keep-alive",
+            "proxy-connections",
+            "tee",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(n)), "{n}");
+            assert!(!names_no_other_header(n), "{n}");
+        }
+    }
 }

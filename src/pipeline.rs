@@ -1,6 +1,7 @@
 //! The request path, read top to bottom: route → caller → credential → prepare → forward. Each step is a plain async
 //! function with a typed result; every error becomes a problem response in [`crate::error`], in one place.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +12,8 @@ use http::{Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
 
 use crate::body::{self, Body};
 use crate::credentials::{self, Attachment, Credential};
@@ -257,9 +260,13 @@ pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
     {
         return v.clone();
     }
+    thread_local! {
+        // An id must be unique, not secret: a small per-thread generator seeded from the OS is enough, and costs a
+        // fraction of a CSPRNG (`Uuid::new_v4` would even make a getrandom syscall per request).
+        static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_entropy());
+    }
     let mut buf = uuid::Uuid::encode_buffer();
-    // A thread-local CSPRNG, not the OS: `Uuid::new_v4` costs a getrandom syscall on every request.
-    let id = uuid::Builder::from_random_bytes(rand::random())
+    let id = uuid::Builder::from_random_bytes(IDS.with_borrow_mut(|r| r.r#gen()))
         .into_uuid()
         .hyphenated()
         .encode_lower(&mut buf);

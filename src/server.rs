@@ -7,19 +7,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::config::{Config, ListenerConfig};
 use crate::gateway::Gateway;
 use crate::proxy::ConnInfo;
@@ -176,16 +178,22 @@ fn settings(l: &ListenerConfig) -> ConnSettings {
     }
 }
 
-/// The three ways a connection is served: sniffed (plain listeners, where h2c prior knowledge is allowed) or fixed
-/// by the protocol the client chose in ALPN.
+/// How connections are served. HTTP/1.1 (nearly every connection) goes straight to hyper's HTTP/1 server: hyper-util's
+/// `auto` wraps even a protocol it was told in a replay buffer that every read passes through. `auto` serves what
+/// remains: HTTP/2 chosen in ALPN, and plain connections that open like the HTTP/2 preface (prior knowledge).
 struct Builders {
+    http1: http1::Builder,
     auto: auto::Builder<TokioExecutor>,
-    h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
 }
 
 impl Builders {
     fn new(settings: ConnSettings, timer: &Timer) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(timer.clone())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes);
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
             .timer(timer.clone())
@@ -195,11 +203,35 @@ impl Builders {
             .timer(timer.clone())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
         Self {
-            h1: auto.clone().http1_only(),
+            http1,
             h2: auto.clone().http2_only(),
             auto,
         }
     }
+}
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a plain connection speaks, told from its first bytes without consuming them; `None` when it closed
+/// or failed before sending any.
+async fn sniff(tcp: &TcpStream, peer: SocketAddr) -> Option<Sniffed> {
+    let mut head = [0u8; H2_PREFACE.len()];
+    match tcp.peek(&mut head).await {
+        Ok(0) => None,
+        // Too few bytes yet to tell for sure: hyper-util reads on until it can.
+        Ok(n) if head[..n] == H2_PREFACE[..n] => Some(Sniffed::MaybeH2),
+        Ok(_) => Some(Sniffed::Http1),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "reading the first bytes failed");
+            None
+        }
+    }
+}
+
+enum Sniffed {
+    Http1,
+    MaybeH2,
 }
 
 async fn accept_loop<H, F>(
@@ -249,6 +281,25 @@ struct ConnGuard {
     timer: Timer,
 }
 
+impl ConnGuard {
+    /// Serve `conn` until it ends; `None` when no request head arrived by `deadline`.
+    async fn serve<C>(
+        self,
+        conn: C,
+        deadline: Instant,
+        seen: Arc<AtomicBool>,
+    ) -> Option<Result<(), BoxError>>
+    where
+        C: GracefulConnection,
+        C::Error: Into<BoxError>,
+    {
+        let first_request = self.timer.sleep_until(deadline);
+        Guarded::new(conn, self.shutdown, first_request, seen)
+            .await
+            .map(|r| r.map_err(Into::into))
+    }
+}
+
 async fn serve_conn<H, F>(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -270,19 +321,28 @@ async fn serve_conn<H, F>(
     let first_request = seen.clone();
     let svc = service_fn(move |req| {
         first_request.store(true, Ordering::Relaxed);
-        // Boxed once here: the request future is kilobytes, and hyper moves its service future several times.
-        let fut = Box::pin(handler(req, conn.clone()));
+        // Boxed once here: the request future is kilobytes, and hyper moves its service future several times. The
+        // box is allocated first so that the future is built in place rather than built on the stack and copied.
+        let fut = Box::into_pin(Box::write(Box::new_uninit(), handler(req, conn.clone())));
         async move { Ok::<_, Infallible>(fut.await) }
     });
+    let deadline = Instant::now() + settings.header_read_timeout;
     let served = match acceptor {
-        None => {
-            let c = builders
-                .auto
-                .serve_connection(TokioIo::new(tcp), svc)
-                .into_owned();
-            let deadline = guard.timer.sleep(settings.header_read_timeout);
-            Guarded::new(c, guard.shutdown, deadline, seen).await
-        }
+        None => match guard.timer.timeout_at(deadline, sniff(&tcp, peer)).await {
+            Ok(Some(Sniffed::Http1)) => {
+                let c = builders.http1.serve_connection(TokioIo::new(tcp), svc);
+                guard.serve(c, deadline, seen).await
+            }
+            Ok(Some(Sniffed::MaybeH2)) => {
+                let c = builders
+                    .auto
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .into_owned();
+                guard.serve(c, deadline, seen).await
+            }
+            Ok(None) => return,
+            Err(_) => None,
+        },
         Some(acceptor) => {
             let tls =
                 match tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(tcp))
@@ -298,17 +358,19 @@ async fn serve_conn<H, F>(
                         return;
                     }
                 };
-            // ALPN already chose the protocol; serving exactly that one skips the preface sniff.
-            let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                &builders.h2
+            // The first request is due within the header read timeout of the end of the handshake.
+            let deadline = Instant::now() + settings.header_read_timeout;
+            // ALPN already chose the protocol: no sniffing.
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let c = builders
+                    .h2
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .into_owned();
+                guard.serve(c, deadline, seen).await
             } else {
-                &builders.h1
-            };
-            let c = builder
-                .serve_connection(TokioIo::new(tls), svc)
-                .into_owned();
-            let deadline = guard.timer.sleep(settings.header_read_timeout);
-            Guarded::new(c, guard.shutdown, deadline, seen).await
+                let c = builders.http1.serve_connection(TokioIo::new(tls), svc);
+                guard.serve(c, deadline, seen).await
+            }
         }
     };
     match served {

@@ -418,6 +418,29 @@ async fn read_to_eof(tcp: &mut TcpStream, deadline: Duration) -> Vec<u8> {
 }
 
 #[tokio::test]
+async fn plain_listeners_serve_http2_with_prior_knowledge_and_http1_alike() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    let mut h2 = Client::builder(TokioExecutor::new());
+    h2.http2_only(true);
+    let h2: PlainClient = h2.build_http();
+    for (client, version) in [
+        (h2, http::Version::HTTP_2),
+        (client(), http::Version::HTTP_11),
+    ] {
+        let req = get(&gw, "/api/sniffed")
+            .body(Full::default())
+            .expect("request");
+        let rsp = client.request(req).await.expect("response");
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.version(), version);
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.headers["x-api-key"] == SECRET));
+}
+
+#[tokio::test]
 async fn stalled_request_heads_are_disconnected() {
     let up = upstream::start(Behaviour::Ok).await;
     let gw = api_gateway(&up).await;

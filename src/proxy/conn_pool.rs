@@ -132,13 +132,15 @@ impl ConnPool {
         req: Request<Body>,
         now: Instant,
     ) -> Result<Response<Body>, SendError> {
+        // Fresh connections are boxed: they are rare on a warm pool, and their futures would otherwise take room in
+        // every request's future beside the reused connection's.
         let Some(reused) = self.checkout(now) else {
-            return self.send_fresh(req, now).await;
+            return Box::pin(self.send_fresh(req, now)).await;
         };
         match self.send_on(reused, req, now).await {
             Ok(rsp) => Ok(rsp),
             // Closed by the upstream between checkout and write: nothing was sent, so a fresh connection may try.
-            Err((_, Some(req))) => self.send_fresh(req, now).await,
+            Err((_, Some(req))) => Box::pin(self.send_fresh(req, now)).await,
             Err((e, None)) => Err(e),
         }
     }

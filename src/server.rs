@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -30,7 +29,7 @@ use crate::tls::{self, TlsError};
 
 mod conn_guard;
 
-use conn_guard::{Guarded, Shutdown};
+use conn_guard::{Guarded, HeadDeadline, Progress, Shutdown};
 
 /// A listener could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -190,9 +189,9 @@ struct Builders {
 impl Builders {
     fn new(settings: ConnSettings, timer: &Timer) -> Self {
         let mut http1 = http1::Builder::new();
+        // Heads are timed per connection by the guard (see `conn_guard`), far cheaper than hyper's per-request timer.
         http1
-            .timer(timer.clone())
-            .header_read_timeout(settings.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(settings.max_header_bytes);
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
@@ -282,19 +281,20 @@ struct ConnGuard {
 }
 
 impl ConnGuard {
-    /// Serve `conn` until it ends; `None` when no request head arrived by `deadline`.
+    /// Serve `conn` until it ends; `None` when the head deadline closed it (first head due by `first`).
     async fn serve<C>(
         self,
         conn: C,
-        deadline: Instant,
-        seen: Arc<AtomicBool>,
+        first: Instant,
+        progress: Arc<Progress>,
+        rule: HeadDeadline,
     ) -> Option<Result<(), BoxError>>
     where
         C: GracefulConnection,
         C::Error: Into<BoxError>,
     {
-        let first_request = self.timer.sleep_until(deadline);
-        Guarded::new(conn, self.shutdown, first_request, seen)
+        let first = self.timer.sleep_until(first);
+        Guarded::new(conn, self.shutdown, first, progress, rule)
             .await
             .map(|r| r.map_err(Into::into))
     }
@@ -313,32 +313,36 @@ async fn serve_conn<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let conn = ConnInfo::new(peer, acceptor.is_some());
-    // Set when the first request head has been parsed. Until then the connection is bounded by
-    // `header_read_timeout`: hyper's own HTTP/1 timer only starts once the protocol is known, so a client that
-    // stalls inside the HTTP/2 preface sniff (or inside a first HTTP/2 HEADERS frame) would otherwise hold the
-    // connection forever.
-    let seen = Arc::new(AtomicBool::new(false));
-    let first_request = seen.clone();
+    // Counted for the head deadline: every connection's first head is due within `header_read_timeout` (also while
+    // the protocol is being sniffed or an HTTP/2 preface is incomplete), and HTTP/1 connections must keep making
+    // progress at that pace.
+    let progress = Arc::new(Progress::default());
+    let counted = progress.clone();
     let svc = service_fn(move |req| {
-        first_request.store(true, Ordering::Relaxed);
+        counted.head();
         // Boxed once here: the request future is kilobytes, and hyper moves its service future several times. The
         // box is allocated first so that the future is built in place rather than built on the stack and copied.
         let fut = Box::into_pin(Box::write(Box::new_uninit(), handler(req, conn.clone())));
-        async move { Ok::<_, Infallible>(fut.await) }
+        let progress = counted.clone();
+        async move { Ok::<_, Infallible>(fut.await.map(|body| progress.count(body))) }
     });
+    let timer = guard.timer.clone();
+    let every = move || HeadDeadline::Every(timer.clone(), settings.header_read_timeout);
     let deadline = Instant::now() + settings.header_read_timeout;
     let served = match acceptor {
         None => match guard.timer.timeout_at(deadline, sniff(&tcp, peer)).await {
             Ok(Some(Sniffed::Http1)) => {
                 let c = builders.http1.serve_connection(TokioIo::new(tcp), svc);
-                guard.serve(c, deadline, seen).await
+                guard.serve(c, deadline, progress, every()).await
             }
             Ok(Some(Sniffed::MaybeH2)) => {
                 let c = builders
                     .auto
                     .serve_connection(TokioIo::new(tcp), svc)
                     .into_owned();
-                guard.serve(c, deadline, seen).await
+                guard
+                    .serve(c, deadline, progress, HeadDeadline::FirstOnly)
+                    .await
             }
             Ok(None) => return,
             Err(_) => None,
@@ -366,10 +370,12 @@ async fn serve_conn<H, F>(
                     .h2
                     .serve_connection(TokioIo::new(tls), svc)
                     .into_owned();
-                guard.serve(c, deadline, seen).await
+                guard
+                    .serve(c, deadline, progress, HeadDeadline::FirstOnly)
+                    .await
             } else {
                 let c = builders.http1.serve_connection(TokioIo::new(tls), svc);
-                guard.serve(c, deadline, seen).await
+                guard.serve(c, deadline, progress, every()).await
             }
         }
     };

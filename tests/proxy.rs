@@ -483,6 +483,28 @@ async fn a_kept_alive_connection_stalling_its_next_head_is_disconnected() {
 }
 
 #[tokio::test]
+async fn the_head_deadline_spares_a_slow_answer_and_closes_the_idle_connection_after_it() {
+    // The listener's header read timeout is 300 ms; the upstream takes over three times that to answer.
+    let up = upstream::start(Behaviour::Delay(Duration::from_millis(1000))).await;
+    let gw = api_gateway(&up).await;
+    let mut tcp = TcpStream::connect(gw.addr()).await.expect("connect");
+    tcp.write_all(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let got = read_to_eof(&mut tcp, Duration::from_secs(10)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "answered in full: {got}");
+    // Kept alive after the answer, then closed for idling: within two periods of it, not at once.
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(1300),
+        "closed {lived:?} after the request"
+    );
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let up = upstream::start(Behaviour::Hold).await;
     let gw = api_gateway(&up).await;

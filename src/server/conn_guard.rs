@@ -1,19 +1,29 @@
-//! What every served connection is wrapped in: the graceful-shutdown signal and the deadline for its first request.
+//! What every served connection is wrapped in: the graceful-shutdown signal and the deadline for request heads.
 //!
 //! hyper-util's graceful watcher polls a `watch` receiver's `changed()` future on every wake of every connection;
 //! here a wake costs one atomic load, and the connection's waker is registered with the signal once.
+//!
+//! The head deadline is lazy. hyper's HTTP/1 header read timeout arms a fresh boxed sleep, reads the clock and makes
+//! an extra read attempt for every request, about a thousand instructions each time. Here one deadline per connection
+//! is armed once per period: when it passes, a connection that took in no request head and finished no response
+//! since it was armed, and has none in flight, is closed; any other is given another period. A connection idle or
+//! stalled in a head is therefore closed between one and two periods after its last progress.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
 use slab::Slab;
 
-use crate::timer;
+use crate::body::{Body, BoxError};
+use crate::timer::{self, Timer};
 
 /// Tells every guarded connection to finish its in-flight requests and close.
 #[derive(Debug, Default)]
@@ -84,26 +94,168 @@ impl Drop for Registration {
     }
 }
 
+/// How far a connection's requests got: heads taken in and responses finished, counted by the service.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    heads: AtomicU64,
+    ends: AtomicU64,
+}
+
+impl Progress {
+    /// A request head was taken in.
+    pub(super) fn head(&self) {
+        self.heads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A response was finished (or abandoned).
+    pub(super) fn end(&self) {
+        self.ends.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `body`, counted as a finished response once hyper is done with it (sent in full, or dropped).
+    pub(super) fn count(self: Arc<Self>, body: Body) -> Counted {
+        Counted {
+            body,
+            progress: self,
+        }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.heads.load(Ordering::Relaxed),
+            self.ends.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A response body that ends a response in [`Progress`] when dropped.
+pub(super) struct Counted {
+    body: Body,
+    progress: Arc<Progress>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.progress.end();
+    }
+}
+
+/// What the head deadline asks of a connection.
+pub(super) enum HeadDeadline {
+    /// Only the first request head is due by the deadline (HTTP/2, and connections whose protocol hyper-util sniffs:
+    /// their HTTP/1 keeps hyper's own header read timeout).
+    FirstOnly,
+    /// After the first, every period must see progress (HTTP/1 served without hyper's header read timeout).
+    Every(Timer, Duration),
+}
+
+/// The head deadline's waker: notes that the deadline fired before waking the connection's task, so that the
+/// connection's many other wakes cost one load instead of a poll of the deadline.
+#[derive(Default)]
+struct Fired {
+    flag: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Fired {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::Release);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+/// A connection's head deadline, armed under the [`Fired`] waker.
+struct Deadline {
+    sleep: timer::Sleep,
+    fired: Arc<Fired>,
+    waker: Waker,
+    /// [`Progress`] when the deadline was armed.
+    armed_at: (u64, u64),
+}
+
+impl Deadline {
+    fn new(sleep: timer::Sleep) -> Self {
+        let fired = Arc::new(Fired::default());
+        Self {
+            sleep,
+            waker: Waker::from(fired.clone()),
+            fired,
+            armed_at: (0, 0),
+        }
+    }
+
+    /// Poll the sleep with the flag-raising waker, to wake `cx`'s task when it fires.
+    fn arm(&mut self, cx: &Context<'_>) -> Poll<()> {
+        self.fired.flag.store(false, Ordering::Relaxed);
+        *self
+            .fired
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        Pin::new(&mut self.sleep).poll(&mut Context::from_waker(&self.waker))
+    }
+}
+
+/// What the connection is to do about its head deadline.
+enum Verdict {
+    Keep,
+    Close,
+}
+
 pin_project! {
-    /// A served connection under [`Shutdown`] and, until its first request head, a deadline; resolves to `None`
-    /// when that deadline passed (the connection is dropped, which closes it).
+    /// A served connection under [`Shutdown`] and the head deadline; resolves to `None` when the deadline closed it
+    /// (the connection is dropped, which closes it).
     pub(super) struct Guarded<C> {
         #[pin]
         conn: C,
         shutdown: Registration,
         draining: bool,
-        first_request: Option<timer::Sleep>,
-        seen: Arc<AtomicBool>,
+        deadline: Option<Deadline>,
+        unarmed: bool,
+        progress: Arc<Progress>,
+        rule: HeadDeadline,
     }
 }
 
 impl<C: GracefulConnection> Guarded<C> {
-    /// Guard `conn`; `seen` is set by the service when a request head has arrived.
+    /// Guard `conn`, whose first request head is due by `first`; `progress` is counted by its service.
     pub(super) fn new(
         conn: C,
         shutdown: Arc<Shutdown>,
-        first_request: timer::Sleep,
-        seen: Arc<AtomicBool>,
+        first: timer::Sleep,
+        progress: Arc<Progress>,
+        rule: HeadDeadline,
     ) -> Self {
         Self {
             conn,
@@ -112,8 +264,43 @@ impl<C: GracefulConnection> Guarded<C> {
                 slot: None,
             },
             draining: false,
-            first_request: Some(first_request),
-            seen,
+            deadline: Some(Deadline::new(first)),
+            unarmed: true,
+            progress,
+            rule,
+        }
+    }
+}
+
+/// The head deadline passed: close, keep without deadline, or arm the next period.
+fn on_deadline(
+    deadline: &mut Option<Deadline>,
+    progress: &Progress,
+    rule: &HeadDeadline,
+    cx: &Context<'_>,
+) -> Verdict {
+    let Some(d) = deadline.as_mut() else {
+        return Verdict::Keep;
+    };
+    let now = progress.counts();
+    if now.0 == 0 {
+        return Verdict::Close;
+    }
+    match rule {
+        HeadDeadline::FirstOnly => {
+            *deadline = None;
+            Verdict::Keep
+        }
+        HeadDeadline::Every(timer, period) => {
+            let in_flight = now.0 > now.1;
+            if !in_flight && now == d.armed_at {
+                return Verdict::Close;
+            }
+            d.armed_at = now;
+            d.sleep = timer.sleep(*period);
+            // A period cannot pass while it is being armed; were it to, the next wake sees it.
+            let _ = d.arm(cx);
+            Verdict::Keep
         }
     }
 }
@@ -128,10 +315,19 @@ impl<C: GracefulConnection> Future for Guarded<C> {
             this.shutdown.leave();
             this.conn.as_mut().graceful_shutdown();
         }
-        if let Some(deadline) = this.first_request {
-            if this.seen.load(Ordering::Relaxed) {
-                *this.first_request = None;
-            } else if Pin::new(deadline).poll(cx).is_ready() {
+        if let Some(d) = this.deadline.as_mut() {
+            let passed = if *this.unarmed {
+                *this.unarmed = false;
+                d.arm(cx).is_ready()
+            } else {
+                d.fired.flag.load(Ordering::Acquire)
+                    && Pin::new(&mut d.sleep)
+                        .poll(&mut Context::from_waker(&d.waker))
+                        .is_ready()
+            };
+            if passed
+                && let Verdict::Close = on_deadline(this.deadline, this.progress, this.rule, cx)
+            {
                 return Poll::Ready(None);
             }
         }

@@ -68,8 +68,13 @@ fn find_route<'g, B>(gw: &'g Gateway, req: &Request<B>) -> Result<&'g Route, Err
     if routes::has_dot_segment(req.uri().path()) {
         return Err(RequestError::Malformed("path has dot segments").into());
     }
+    let host = if gw.routes.uses_hosts() {
+        request_host(req)
+    } else {
+        None
+    };
     gw.routes
-        .find(request_host(req), req.uri().path())
+        .find(host, req.uri().path())
         .ok_or_else(|| RequestError::NoRoute.into())
 }
 
@@ -266,7 +271,9 @@ pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
         static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_entropy());
     }
     let mut buf = uuid::Uuid::encode_buffer();
-    let id = uuid::Builder::from_random_bytes(IDS.with_borrow_mut(|r| r.r#gen()))
+    // One u128, not a `[u8; 16]`: rand draws an array element by element.
+    let random = IDS.with_borrow_mut(|r| r.r#gen::<u128>()).to_ne_bytes();
+    let id = uuid::Builder::from_random_bytes(random)
         .into_uuid()
         .hyphenated()
         .encode_lower(&mut buf);

@@ -122,6 +122,8 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Whether any route matches on host: if none does, requests need not have theirs looked up.
+    uses_hosts: bool,
 }
 
 impl RouteTable {
@@ -134,7 +136,13 @@ impl RouteTable {
                 .cmp(&a.prefix.len())
                 .then(b.host.is_some().cmp(&a.host.is_some()))
         });
-        Self { routes }
+        let uses_hosts = routes.iter().any(|r| r.host.is_some());
+        Self { routes, uses_hosts }
+    }
+
+    /// Whether any route matches on host.
+    pub fn uses_hosts(&self) -> bool {
+        self.uses_hosts
     }
 
     /// The route for `host` (without port, any case) and `path`.
@@ -158,6 +166,10 @@ impl RouteTable {
 /// Does `path` contain a `.` or `..` segment, also percent-encoded (`%2e`, any case) or delimited by an encoded
 /// slash or a backslash (`..%2f`, `..\\`), which some upstreams decode before normalising?
 pub fn has_dot_segment(path: &str) -> bool {
+    // Nearly every path has none of the three bytes a dot segment needs: one scan, no splitting.
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
     path.split('/').any(|seg| {
         if seg.contains(['%', '\\']) {
             let decoded = seg

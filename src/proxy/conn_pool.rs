@@ -255,12 +255,16 @@ impl http_body::Body for Driven {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some(p) = this.conn.as_mut()
-            && !p.poll_alive(cx)
-        {
-            this.conn = None;
+        let mut frame = Pin::new(&mut this.inner).poll_frame(cx);
+        // Nothing buffered (a small body usually came in with the head): drive the connection to read on.
+        if frame.is_pending() {
+            if let Some(p) = this.conn.as_mut()
+                && !p.poll_alive(cx)
+            {
+                this.conn = None;
+            }
+            frame = Pin::new(&mut this.inner).poll_frame(cx);
         }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = frame {
             this.ended = true;
         } else if let Poll::Ready(Some(Ok(_))) = frame {

@@ -238,9 +238,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
     };
     if only_connection
-        && (headers.get_all(header::CONNECTION).iter().all(plain)
-            || connection_tokens(headers).all(names_no_other_header))
+        && let http::header::Entry::Occupied(e) = headers.entry(header::CONNECTION)
+        && e.iter().all(plain)
     {
+        // One lookup both reads and removes it.
+        e.remove_entry_mult();
+        return;
+    }
+    if only_connection && connection_tokens(headers).all(names_no_other_header) {
         headers.remove(header::CONNECTION);
         return;
     }

@@ -256,6 +256,7 @@ async fn accept_loop<H, F>(
                     let guard = ConnGuard {
                         shutdown: shutdown.clone(),
                         timer: timer.clone(),
+                        head_period: settings.header_read_timeout,
                     };
                     conns.spawn(serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), guard));
                 }
@@ -274,15 +275,46 @@ async fn accept_loop<H, F>(
     while conns.join_next().await.is_some() {}
 }
 
-/// What a connection is served under: the listener's shutdown signal, and the timer for its first-request deadline.
+/// What a connection is served under: the listener's shutdown signal, and the timer and period of its head deadline.
 struct ConnGuard {
     shutdown: Arc<Shutdown>,
     timer: Timer,
+    head_period: Duration,
 }
 
 impl ConnGuard {
-    /// Serve `conn` until it ends; `None` when the head deadline closed it (first head due by `first`).
+    /// Serve `conn` until it ends; `None` when its first request head was not in by `first`.
     async fn serve<C>(
+        self,
+        conn: C,
+        first: Instant,
+        progress: Arc<Progress>,
+    ) -> Option<Result<(), BoxError>>
+    where
+        C: GracefulConnection,
+        C::Error: Into<BoxError>,
+    {
+        self.guard(conn, first, progress, HeadDeadline::FirstOnly)
+            .await
+    }
+
+    /// Serve an HTTP/1 `conn` (without hyper's header read timeout) until it ends; `None` when the head deadline
+    /// closed it.
+    async fn serve_http1<C>(
+        self,
+        conn: C,
+        first: Instant,
+        progress: Arc<Progress>,
+    ) -> Option<Result<(), BoxError>>
+    where
+        C: GracefulConnection,
+        C::Error: Into<BoxError>,
+    {
+        let rule = HeadDeadline::Every(self.timer.clone(), self.head_period);
+        self.guard(conn, first, progress, rule).await
+    }
+
+    async fn guard<C>(
         self,
         conn: C,
         first: Instant,
@@ -326,23 +358,19 @@ async fn serve_conn<H, F>(
         let progress = counted.clone();
         async move { Ok::<_, Infallible>(fut.await.map(|body| progress.count(body))) }
     });
-    let timer = guard.timer.clone();
-    let every = move || HeadDeadline::Every(timer.clone(), settings.header_read_timeout);
     let deadline = Instant::now() + settings.header_read_timeout;
     let served = match acceptor {
         None => match guard.timer.timeout_at(deadline, sniff(&tcp, peer)).await {
             Ok(Some(Sniffed::Http1)) => {
                 let c = builders.http1.serve_connection(TokioIo::new(tcp), svc);
-                guard.serve(c, deadline, progress, every()).await
+                guard.serve_http1(c, deadline, progress).await
             }
             Ok(Some(Sniffed::MaybeH2)) => {
                 let c = builders
                     .auto
                     .serve_connection(TokioIo::new(tcp), svc)
                     .into_owned();
-                guard
-                    .serve(c, deadline, progress, HeadDeadline::FirstOnly)
-                    .await
+                guard.serve(c, deadline, progress).await
             }
             Ok(None) => return,
             Err(_) => None,
@@ -370,12 +398,10 @@ async fn serve_conn<H, F>(
                     .h2
                     .serve_connection(TokioIo::new(tls), svc)
                     .into_owned();
-                guard
-                    .serve(c, deadline, progress, HeadDeadline::FirstOnly)
-                    .await
+                guard.serve(c, deadline, progress).await
             } else {
                 let c = builders.http1.serve_connection(TokioIo::new(tls), svc);
-                guard.serve(c, deadline, progress, every()).await
+                guard.serve_http1(c, deadline, progress).await
             }
         }
     };

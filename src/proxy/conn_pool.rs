@@ -286,10 +286,10 @@ impl http_body::Body for Driven {
 impl Drop for Driven {
     fn drop(&mut self) {
         // A body dropped before its end leaves the connection mid-response: it closes with this drop.
-        // Most often the connection already took in the whole exchange while the response was read, and can take
-        // the next request as it is: it goes back without a poll (about 800 instructions). It then keeps this
-        // task's waker while idle instead of the flag-raising one, so an upstream close in that time is found by
-        // the next request to poll it, which then goes out on a fresh connection.
+        // Often the connection already took in the whole exchange while the response was read, and can take the
+        // next request as it is: it goes back without another poll of hyper's dispatcher. It then keeps this task's
+        // waker while idle instead of the flag-raising one, so an upstream close in that time is found by the next
+        // request to poll it, which then goes out on a fresh connection.
         if self.ended
             && let Some(mut p) = self.conn.take()
             && (p.sender.is_ready() || p.park())

@@ -283,38 +283,13 @@ struct ConnGuard {
 }
 
 impl ConnGuard {
-    /// Serve `conn` until it ends; `None` when its first request head was not in by `first`.
+    /// The head deadline for HTTP/1 served without hyper's header read timeout: progress every period.
+    fn every_period(&self) -> HeadDeadline {
+        HeadDeadline::Every(self.timer.clone(), self.head_period)
+    }
+
+    /// Serve `conn` under `rule` until it ends; `None` when the head deadline closed it (first head due by `first`).
     async fn serve<C>(
-        self,
-        conn: C,
-        first: Instant,
-        progress: Arc<Progress>,
-    ) -> Option<Result<(), BoxError>>
-    where
-        C: GracefulConnection,
-        C::Error: Into<BoxError>,
-    {
-        self.guard(conn, first, progress, HeadDeadline::FirstOnly)
-            .await
-    }
-
-    /// Serve an HTTP/1 `conn` (without hyper's header read timeout) until it ends; `None` when the head deadline
-    /// closed it.
-    async fn serve_http1<C>(
-        self,
-        conn: C,
-        first: Instant,
-        progress: Arc<Progress>,
-    ) -> Option<Result<(), BoxError>>
-    where
-        C: GracefulConnection,
-        C::Error: Into<BoxError>,
-    {
-        let rule = HeadDeadline::Every(self.timer.clone(), self.head_period);
-        self.guard(conn, first, progress, rule).await
-    }
-
-    async fn guard<C>(
         self,
         conn: C,
         first: Instant,
@@ -363,14 +338,17 @@ async fn serve_conn<H, F>(
         None => match guard.timer.timeout_at(deadline, sniff(&tcp, peer)).await {
             Ok(Some(Sniffed::Http1)) => {
                 let c = builders.http1.serve_connection(TokioIo::new(tcp), svc);
-                guard.serve_http1(c, deadline, progress).await
+                let rule = guard.every_period();
+                guard.serve(c, deadline, progress, rule).await
             }
             Ok(Some(Sniffed::MaybeH2)) => {
                 let c = builders
                     .auto
                     .serve_connection(TokioIo::new(tcp), svc)
                     .into_owned();
-                guard.serve(c, deadline, progress).await
+                guard
+                    .serve(c, deadline, progress, HeadDeadline::FirstOnly)
+                    .await
             }
             Ok(None) => return,
             Err(_) => None,
@@ -398,10 +376,13 @@ async fn serve_conn<H, F>(
                     .h2
                     .serve_connection(TokioIo::new(tls), svc)
                     .into_owned();
-                guard.serve(c, deadline, progress).await
+                guard
+                    .serve(c, deadline, progress, HeadDeadline::FirstOnly)
+                    .await
             } else {
                 let c = builders.http1.serve_connection(TokioIo::new(tls), svc);
-                guard.serve_http1(c, deadline, progress).await
+                let rule = guard.every_period();
+                guard.serve(c, deadline, progress, rule).await
             }
         }
     };

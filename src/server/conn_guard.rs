@@ -227,10 +227,14 @@ impl Deadline {
     }
 }
 
-/// What the connection is to do about its head deadline.
+/// What the connection is to do about its head deadline once it passed.
 enum Verdict {
-    Keep,
+    /// Close the connection: no progress for a whole period (or no first head at all).
     Close,
+    /// Keep the connection; the deadline is re-armed for the next period.
+    Rearmed,
+    /// Keep the connection with no head deadline from now on.
+    Done,
 }
 
 pin_project! {
@@ -272,25 +276,19 @@ impl<C: GracefulConnection> Guarded<C> {
     }
 }
 
-/// The head deadline passed: close, keep without deadline, or arm the next period.
+/// `d` passed: close, keep without deadline, or arm the next period.
 fn on_deadline(
-    deadline: &mut Option<Deadline>,
+    d: &mut Deadline,
     progress: &Progress,
     rule: &HeadDeadline,
     cx: &Context<'_>,
 ) -> Verdict {
-    let Some(d) = deadline.as_mut() else {
-        return Verdict::Keep;
-    };
     let now = progress.counts();
     if now.0 == 0 {
         return Verdict::Close;
     }
     match rule {
-        HeadDeadline::FirstOnly => {
-            *deadline = None;
-            Verdict::Keep
-        }
+        HeadDeadline::FirstOnly => Verdict::Done,
         HeadDeadline::Every(timer, period) => {
             let in_flight = now.0 > now.1;
             if !in_flight && now == d.armed_at {
@@ -300,7 +298,7 @@ fn on_deadline(
             d.sleep = timer.sleep(*period);
             // A period cannot pass while it is being armed; were it to, the next wake sees it.
             let _ = d.arm(cx);
-            Verdict::Keep
+            Verdict::Rearmed
         }
     }
 }
@@ -325,10 +323,12 @@ impl<C: GracefulConnection> Future for Guarded<C> {
                         .poll(&mut Context::from_waker(&d.waker))
                         .is_ready()
             };
-            if passed
-                && let Verdict::Close = on_deadline(this.deadline, this.progress, this.rule, cx)
-            {
-                return Poll::Ready(None);
+            if passed {
+                match on_deadline(d, this.progress, this.rule, cx) {
+                    Verdict::Close => return Poll::Ready(None),
+                    Verdict::Rearmed => {}
+                    Verdict::Done => *this.deadline = None,
+                }
             }
         }
         this.conn.poll(cx).map(Some)

@@ -122,11 +122,7 @@ async fn serve_route(
             match (cred, attachment.as_ref()) {
                 (Some(c), Some(used)) => match c.reject_policy() {
                     Some(policy) => {
-                        // Boxed: its kept body and replay head would otherwise enlarge every request's future.
-                        Box::pin(forward_renewable(
-                            gw, route, up, c, policy, used, req, out, conn,
-                        ))
-                        .await
+                        forward_renewable(gw, route, up, c, policy, used, req, out, conn).await
                     }
                     None => {
                         let upstream_req = proxy::prepare(req, up, &out, conn)?;
@@ -181,9 +177,9 @@ async fn forward_renewable(
     let keep_limit = u64::try_from(policy.retry_body_limit)
         .unwrap_or(u64::MAX)
         .min(route.max_body_bytes);
-    let kept = match req.body().size_hint().exact() {
-        // Nothing to read and keep (most GETs).
-        Some(0) => Ok((req.into_parts().0, Bytes::new())),
+    let (upstream_req, kept) = match req.body().size_hint().exact() {
+        // Nothing to read and keep (most GETs): prepared exactly as on the fixed-credential path.
+        Some(0) => (proxy::prepare(req, up, &out, conn)?, Some(Bytes::new())),
         Some(n) if n <= keep_limit => {
             let (parts, incoming) = req.into_parts();
             let bytes = incoming
@@ -191,42 +187,46 @@ async fn forward_renewable(
                 .await
                 .map_err(|_| RequestError::Malformed("request body could not be read"))?
                 .to_bytes();
-            Ok((parts, bytes))
+            let first = Request::from_parts(parts, Full::new(bytes.clone()));
+            (proxy::prepare(first, up, &out, conn)?, Some(bytes))
         }
-        _ => Err(req),
+        _ => (proxy::prepare(req, up, &out, conn)?, None),
     };
-    let (parts, bytes) = match kept {
-        Ok(kept) => kept,
-        Err(req) => {
-            let upstream_req = proxy::prepare(req, up, &out, conn)?;
-            let rsp = proxy::forward(up, upstream_req, route.max_body_bytes).await?;
-            let (rejected, rsp) = credentials::is_rejection(policy, rsp).await;
-            if rejected {
-                // Not replayable, but later requests get a fresh token.
-                cred.rejected(used);
-            }
-            return Ok(rsp);
-        }
-    };
-    let first = proxy::prepare(
-        Request::from_parts(parts, Full::new(bytes.clone())),
-        up,
-        &out,
-        conn,
-    )?;
     // The replay is this same prepared head with the fresh token's headers: kept now, since sending consumes it.
-    let (head, first_body) = first.into_parts();
-    let mut replay = head.clone();
-    let rsp = proxy::forward(
-        up,
-        Request::from_parts(head, first_body),
-        route.max_body_bytes,
-    )
-    .await?;
+    let replay = kept.map(|bytes| (head_of(&upstream_req), bytes));
+    let rsp = proxy::forward(up, upstream_req, route.max_body_bytes).await?;
+    if !policy.statuses.contains(&rsp.status()) {
+        return Ok(rsp);
+    }
+    // Boxed: the rejection path (reading a marker, a second exchange) is rare and would otherwise enlarge every
+    // request's future.
+    Box::pin(after_rejection(
+        gw, route, up, cred, policy, used, rsp, replay,
+    ))
+    .await
+}
+
+/// The upstream answered with a rejection status: confirm it (body marker), drop the token used and, when the
+/// request was kept, replay it once with a fresh one.
+#[allow(clippy::too_many_arguments)]
+async fn after_rejection(
+    gw: &Gateway,
+    route: &Route,
+    up: &Upstream,
+    cred: &dyn Credential,
+    policy: &crate::config::credentials::RejectPolicy,
+    used: &Attachment,
+    rsp: Response<Body>,
+    replay: Option<(Request<()>, Bytes)>,
+) -> Result<Response<Body>, Error> {
     let (rejected, rsp) = credentials::is_rejection(policy, rsp).await;
+    // `rejected()` runs even when the request cannot be replayed: later requests then get a fresh token.
     if !rejected || !cred.rejected(used) {
         return Ok(rsp);
     }
+    let Some((mut head, bytes)) = replay else {
+        return Ok(rsp);
+    };
     let Ok(fresh) = cred.attach().await else {
         return Ok(rsp);
     };
@@ -236,14 +236,19 @@ async fn forward_renewable(
         &[("route", &route.name)],
     );
     for (n, v) in fresh.headers.iter() {
-        replay.headers.insert(n.clone(), v.clone());
+        head.headers_mut().insert(n.clone(), v.clone());
     }
-    proxy::forward(
-        up,
-        Request::from_parts(replay, body::full(bytes)),
-        route.max_body_bytes,
-    )
-    .await
+    proxy::forward(up, head.map(|()| body::full(bytes)), route.max_body_bytes).await
+}
+
+/// A copy of a prepared request's head (method, target, version, headers) for a replay.
+fn head_of<B>(req: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
 }
 
 /// The host the caller addressed, without port: the URI authority (HTTP/2) or the `Host` header.

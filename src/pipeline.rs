@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use http::header::HeaderValue;
-use http::{Request, Response, Uri};
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -177,9 +177,16 @@ async fn forward_renewable(
     let keep_limit = u64::try_from(policy.retry_body_limit)
         .unwrap_or(u64::MAX)
         .min(route.max_body_bytes);
-    let (upstream_req, kept) = match req.body().size_hint().exact() {
-        // Nothing to read and keep (most GETs): prepared exactly as on the fixed-credential path.
-        Some(0) => (proxy::prepare(req, up, &out, conn)?, Some(Bytes::new())),
+    let mut head = None;
+    let keep = |parts: &_, forwarded_for: Option<&_>| {
+        head = Some(Replay::of(parts, forwarded_for, &out));
+    };
+    let (upstream_req, body) = match req.body().size_hint().exact() {
+        // Nothing to read and keep (most GETs): prepared as on the fixed-credential path.
+        Some(0) => (
+            proxy::prepare_with(req, up, &out, conn, keep)?,
+            Bytes::new(),
+        ),
         Some(n) if n <= keep_limit => {
             let (parts, incoming) = req.into_parts();
             let bytes = incoming
@@ -188,12 +195,11 @@ async fn forward_renewable(
                 .map_err(|_| RequestError::Malformed("request body could not be read"))?
                 .to_bytes();
             let first = Request::from_parts(parts, Full::new(bytes.clone()));
-            (proxy::prepare(first, up, &out, conn)?, Some(bytes))
+            (proxy::prepare_with(first, up, &out, conn, keep)?, bytes)
         }
-        _ => (proxy::prepare(req, up, &out, conn)?, None),
+        _ => (proxy::prepare(req, up, &out, conn)?, Bytes::new()),
     };
-    // The replay is this same prepared head with the fresh token's headers: kept now, since sending consumes it.
-    let replay = kept.map(|bytes| (head_of(&upstream_req), bytes));
+    let replay = head.map(|head| (head, body));
     let rsp = proxy::forward(up, upstream_req, route.max_body_bytes).await?;
     if !policy.statuses.contains(&rsp.status()) {
         return Ok(rsp);
@@ -201,7 +207,7 @@ async fn forward_renewable(
     // Boxed: the rejection path (reading a marker, a second exchange) is rare and would otherwise enlarge every
     // request's future.
     Box::pin(after_rejection(
-        gw, route, up, cred, policy, used, rsp, replay,
+        gw, route, up, cred, policy, used, rsp, replay, out, conn,
     ))
     .await
 }
@@ -217,14 +223,16 @@ async fn after_rejection(
     policy: &crate::config::credentials::RejectPolicy,
     used: &Attachment,
     rsp: Response<Body>,
-    replay: Option<(Request<()>, Bytes)>,
+    replay: Option<(Replay, Bytes)>,
+    out: Outgoing<'_>,
+    conn: &ConnInfo,
 ) -> Result<Response<Body>, Error> {
     let (rejected, rsp) = credentials::is_rejection(policy, rsp).await;
     // `rejected()` runs even when the request cannot be replayed: later requests then get a fresh token.
     if !rejected || !cred.rejected(used) {
         return Ok(rsp);
     }
-    let Some((mut head, bytes)) = replay else {
+    let Some((head, body)) = replay else {
         return Ok(rsp);
     };
     let Ok(fresh) = cred.attach().await else {
@@ -235,20 +243,64 @@ async fn after_rejection(
         "credgate_credential_retries_total",
         &[("route", &route.name)],
     );
-    for (n, v) in fresh.headers.iter() {
-        head.headers_mut().insert(n.clone(), v.clone());
-    }
-    proxy::forward(up, head.map(|()| body::full(bytes)), route.max_body_bytes).await
+    let out = Outgoing {
+        attachment: Some(&fresh),
+        ..out
+    };
+    proxy::forward(
+        up,
+        head.into_request(body, up, &out, conn),
+        route.max_body_bytes,
+    )
+    .await
 }
 
-/// A copy of a prepared request's head (method, target, version, headers) for a replay.
-fn head_of<B>(req: &Request<B>) -> Request<()> {
-    let mut head = Request::new(());
-    *head.method_mut() = req.method().clone();
-    *head.uri_mut() = req.uri().clone();
-    *head.version_mut() = req.version();
-    *head.headers_mut() = req.headers().clone();
-    head
+/// The head a replay starts from: the caller's request once stripped, without the headers the gateway sets anyway
+/// (so the fresh token's headers, and the rest, are set exactly as for a first attempt).
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Replay {
+    fn of(
+        head: &http::request::Parts,
+        forwarded_for: Option<&HeaderValue>,
+        out: &Outgoing<'_>,
+    ) -> Self {
+        Self {
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            headers: head
+                .headers
+                .iter()
+                .filter(|(n, _)| !out.sets(n))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            forwarded_for: forwarded_for.cloned(),
+        }
+    }
+
+    fn into_request(
+        self,
+        body: Bytes,
+        up: &Upstream,
+        out: &Outgoing<'_>,
+        conn: &ConnInfo,
+    ) -> Request<Body> {
+        let mut req = Request::new(proxy::upstream_body(Full::new(body), out));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        let h = req.headers_mut();
+        h.reserve(self.headers.len());
+        for (n, v) in self.headers {
+            h.append(n, v);
+        }
+        proxy::set_gateway_headers(h, self.forwarded_for, up, out, conn);
+        req
+    }
 }
 
 /// The host the caller addressed, without port: the URI authority (HTTP/2) or the `Host` header.

@@ -287,7 +287,7 @@ pub fn header_bytes(headers: &HeaderMap) -> usize {
 }
 
 /// Everything the prepared request carries besides the caller's request.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Outgoing<'a> {
     /// The route the request matched; whether it strips its prefix decides the path forwarded.
     pub route: &'a Route,
@@ -301,6 +301,20 @@ pub struct Outgoing<'a> {
     pub max_body_bytes: u64,
     /// Request id.
     pub request_id: &'a HeaderValue,
+}
+
+impl Outgoing<'_> {
+    /// Whether [`set_gateway_headers`] sets this header, replacing whatever the caller sent.
+    pub fn sets(&self, name: &HeaderName) -> bool {
+        name == header::HOST
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_REQUEST_ID
+            || self.caller_headers.iter().any(|(c, _)| c == name)
+            || self
+                .attachment
+                .is_some_and(|a| a.headers.iter().any(|(set, _)| set == name))
+    }
 }
 
 /// Refuse at once a request whose declared `Content-Length` is over `limit` (streamed bodies are cut by [`Limited`]).
@@ -327,8 +341,41 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    prepare_with(req, up, out, conn, |_, _| {})
+}
+
+/// [`prepare`], letting `keep` see the head between its two halves: once what the caller may not send on is gone
+/// and before the gateway sets its own headers (with the `X-Forwarded-For` it is going to set).
+pub fn prepare_with<B>(
+    req: Request<B>,
+    up: &Upstream,
+    out: &Outgoing<'_>,
+    conn: &ConnInfo,
+    keep: impl FnOnce(&http::request::Parts, Option<&HeaderValue>),
+) -> Result<Request<Body>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     check_declared_length(req.headers(), out.max_body_bytes)?;
     let (mut parts, incoming) = req.into_parts();
+    let forwarded_for = strip(&mut parts, up, out, conn)?;
+    keep(&parts, forwarded_for.as_ref());
+    set_gateway_headers(&mut parts.headers, forwarded_for, up, out, conn);
+    Ok(Request::from_parts(parts, upstream_body(incoming, out)))
+}
+
+/// The first half of [`prepare`]: the target mapped to the upstream and what the caller may not send on removed
+/// (hop-by-hop headers, its credentials, anything the credential sets). Returns the `X-Forwarded-For` to send.
+// Both halves are inlined so that the split costs the fixed-credential path nothing (callgrind: about 170
+// instructions per request as calls).
+#[inline(always)]
+fn strip(
+    parts: &mut http::request::Parts,
+    up: &Upstream,
+    out: &Outgoing<'_>,
+    conn: &ConnInfo,
+) -> Result<Option<HeaderValue>, Error> {
     let path = out.route.upstream_path(parts.uri.path());
     if !up.forwards_as_is(&parts.uri, path) {
         parts.uri = up.uri(path, parts.uri.query())?;
@@ -377,9 +424,6 @@ where
             h.remove(n);
         }
     }
-    // The parsed head was sized for the caller's headers; make room for the gateway's once, not by doubling.
-    h.reserve(3 + out.caller_headers.len() + out.attachment.map_or(0, |a| a.headers.len()));
-    h.insert(header::HOST, up.host.clone());
     // Append the peer to whatever chain the caller sent (every line of it, in order). The caller's part is not
     // trusted by the gateway; the last entry is the one the gateway vouches for.
     let forwarded_for = if xff {
@@ -395,6 +439,22 @@ where
     } else {
         Some(conn.peer_ip.clone())
     };
+    Ok(forwarded_for)
+}
+
+/// The second half of [`prepare`]: the gateway's own headers (`Host`, `X-Forwarded-*`, the request id, forwarded
+/// claims, the credential's), each replacing whatever the caller sent under that name.
+#[inline(always)]
+pub fn set_gateway_headers(
+    h: &mut HeaderMap,
+    forwarded_for: Option<HeaderValue>,
+    up: &Upstream,
+    out: &Outgoing<'_>,
+    conn: &ConnInfo,
+) {
+    // The parsed head was sized for the caller's headers; make room for the gateway's once, not by doubling.
+    h.reserve(3 + out.caller_headers.len() + out.attachment.map_or(0, |a| a.headers.len()));
+    h.insert(header::HOST, up.host.clone());
     if let Some(v) = forwarded_for {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -411,14 +471,22 @@ where
             h.insert(n.clone(), v.clone());
         }
     }
+}
+
+/// The upstream request's body: the caller's, limited to the route's size.
+#[inline(always)]
+pub fn upstream_body<B>(body: B, out: &Outgoing<'_>) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     // No body (most GETs): nothing to limit, and an empty body is boxed without an allocation.
-    let body = if incoming.is_end_stream() {
+    if body.is_end_stream() {
         body::empty()
     } else {
         let limit = usize::try_from(out.max_body_bytes).unwrap_or(usize::MAX);
-        body::boxed(Limited::new(incoming, limit))
-    };
-    Ok(Request::from_parts(parts, body))
+        body::boxed(Limited::new(body, limit))
+    }
 }
 
 /// Send the prepared request; the response streams back with hop-by-hop headers removed.

@@ -458,8 +458,19 @@ async fn upstream_401_renews_the_token_once_and_replays_the_request() {
     let client = http();
     assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
     v.revoke_all();
-    let a = send(&client, &gw, "POST", "/api/pay", "hello world").await;
-    assert_eq!(a.status, 200, "{:?}", a.body);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/api/pay?q=1", gw.addr()))
+        .header("authorization", "Bearer caller-token")
+        .header("x-caller-note", "kept")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("x-request-id", "caller-id-1")
+        .header("connection", "x-hop")
+        .header("x-hop", "dropped")
+        .body(Full::new(Bytes::from_static(b"hello world")))
+        .expect("request");
+    let rsp = client.request(req).await.expect("response");
+    assert_eq!(rsp.status(), 200);
     assert_eq!(v.grants(), 2, "exactly one renewal");
     let api = v.api_log();
     assert_eq!(api.len(), 3);
@@ -470,6 +481,22 @@ async fn upstream_401_renews_the_token_once_and_replays_the_request() {
         api[2].headers["authorization"],
         format!("Bearer {}", v.issued()[1]).as_str()
     );
+    // The replay is the first attempt with the fresh token: same target, the caller's headers, the gateway's own.
+    assert_eq!(api[2].uri, api[1].uri);
+    let without_token = |h: &http::HeaderMap| {
+        let mut h = h.clone();
+        h.remove("authorization");
+        h
+    };
+    assert_eq!(
+        without_token(&api[2].headers),
+        without_token(&api[1].headers)
+    );
+    let replayed = &api[2].headers;
+    assert_eq!(replayed["x-caller-note"], "kept");
+    assert_eq!(replayed["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(replayed["x-request-id"], "caller-id-1");
+    assert!(replayed.get("x-hop").is_none());
     assert_eq!(
         gw.gw
             .metrics

@@ -136,7 +136,7 @@ async fn serve_route(
             }
         }
         Target::Flow(handler) => {
-            proxy::check_declared_length(req.headers(), route.max_body_bytes)?;
+            proxy::check_declared_length(req.body(), route.max_body_bytes)?;
             let (mut parts, incoming) = req.into_parts();
             let rest = route.rest(parts.uri.path());
             let pq = match parts.uri.query() {

@@ -318,14 +318,12 @@ impl Outgoing<'_> {
 }
 
 /// Refuse at once a request whose declared `Content-Length` is over `limit` (streamed bodies are cut by [`Limited`]).
-pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> Result<(), RequestError> {
-    match headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        Some(len) if len > limit => Err(RequestError::BodyTooLarge { limit }),
-        _ => Ok(()),
+/// hyper's body reports the declared length as its size hint, so no header lookup is needed.
+pub fn check_declared_length(body: &impl http_body::Body, limit: u64) -> Result<(), RequestError> {
+    if body.size_hint().lower() > limit {
+        Err(RequestError::BodyTooLarge { limit })
+    } else {
+        Ok(())
     }
 }
 
@@ -357,7 +355,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    check_declared_length(req.headers(), out.max_body_bytes)?;
+    check_declared_length(req.body(), out.max_body_bytes)?;
     let (mut parts, incoming) = req.into_parts();
     let forwarded_for = strip(&mut parts, up, out, conn)?;
     keep(&parts, forwarded_for.as_ref());

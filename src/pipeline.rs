@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
@@ -329,18 +329,43 @@ pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
         return v.clone();
     }
     thread_local! {
-        // An id must be unique, not secret: a small per-thread generator seeded from the OS is enough, and costs a
-        // fraction of a CSPRNG (`Uuid::new_v4` would even make a getrandom syscall per request).
-        static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_entropy());
+        static IDS: RefCell<IdSource> = RefCell::new(IdSource {
+            rng: SmallRng::from_entropy(),
+            arena: BytesMut::new(),
+        });
     }
-    let mut buf = uuid::Uuid::encode_buffer();
-    // One u128, not a `[u8; 16]`: rand draws an array element by element.
-    let random = IDS.with_borrow_mut(|r| r.r#gen::<u128>()).to_ne_bytes();
-    let id = uuid::Builder::from_random_bytes(random)
-        .into_uuid()
-        .hyphenated()
-        .encode_lower(&mut buf);
-    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let id = IDS.with_borrow_mut(IdSource::next);
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Where one thread's request ids come from.
+struct IdSource {
+    /// An id must be unique, not secret: a small per-thread generator seeded from the OS is enough, and costs a
+    /// fraction of a CSPRNG (`Uuid::new_v4` would even make a getrandom syscall per request).
+    rng: SmallRng,
+    /// Ids are cut from shared chunks: one allocation per chunk, not two per request (the value and the shared
+    /// handle its first clone would need); a chunk is freed once its last id is.
+    arena: BytesMut,
+}
+
+/// Bytes per id chunk: about a hundred ids.
+const ID_CHUNK: usize = 4096;
+
+impl IdSource {
+    fn next(&mut self) -> Bytes {
+        let mut buf = uuid::Uuid::encode_buffer();
+        // One u128, not a `[u8; 16]`: rand draws an array element by element.
+        let random = self.rng.r#gen::<u128>().to_ne_bytes();
+        let id = uuid::Builder::from_random_bytes(random)
+            .into_uuid()
+            .hyphenated()
+            .encode_lower(&mut buf);
+        if self.arena.capacity() < id.len() {
+            self.arena = BytesMut::with_capacity(ID_CHUNK);
+        }
+        self.arena.extend_from_slice(id.as_bytes());
+        self.arena.split().freeze()
+    }
 }
 
 impl Error {

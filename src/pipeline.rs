@@ -400,3 +400,23 @@ impl std::fmt::Display for DisplayChain<'_> {
         f.write_str(&shown)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_distinct_uuids_across_chunks() {
+        // Three chunks' worth, so ids cut from a fresh chunk are checked too.
+        let n = 3 * ID_CHUNK / 36;
+        let ids: Vec<HeaderValue> = (0..n).map(|_| request_id(None)).collect();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(distinct.len(), n);
+        for id in &ids {
+            let s = id.to_str().expect("ascii");
+            let parsed = uuid::Uuid::parse_str(s).expect("a uuid");
+            assert_eq!(parsed.get_version_num(), 4, "{s}");
+            assert_eq!(s, parsed.hyphenated().to_string());
+        }
+    }
+}

@@ -177,16 +177,13 @@ async fn forward_renewable(
     let keep_limit = u64::try_from(policy.retry_body_limit)
         .unwrap_or(u64::MAX)
         .min(route.max_body_bytes);
-    let mut head = None;
+    let mut replay = None;
     let keep = |parts: &_, forwarded_for: Option<&_>| {
-        head = Some(Replay::of(parts, forwarded_for, &out));
+        replay = Some(Replay::of(parts, forwarded_for, &out));
     };
-    let (upstream_req, body) = match req.body().size_hint().exact() {
+    let upstream_req = match req.body().size_hint().exact() {
         // Nothing to read and keep (most GETs): prepared as on the fixed-credential path.
-        Some(0) => (
-            proxy::prepare_with(req, up, &out, conn, keep)?,
-            Bytes::new(),
-        ),
+        Some(0) => proxy::prepare_with(req, up, &out, conn, keep)?,
         Some(n) if n <= keep_limit => {
             let (parts, incoming) = req.into_parts();
             let bytes = incoming
@@ -195,11 +192,14 @@ async fn forward_renewable(
                 .map_err(|_| RequestError::Malformed("request body could not be read"))?
                 .to_bytes();
             let first = Request::from_parts(parts, Full::new(bytes.clone()));
-            (proxy::prepare_with(first, up, &out, conn, keep)?, bytes)
+            let prepared = proxy::prepare_with(first, up, &out, conn, keep)?;
+            if let Some(r) = &mut replay {
+                r.body = bytes;
+            }
+            prepared
         }
-        _ => (proxy::prepare(req, up, &out, conn)?, Bytes::new()),
+        _ => proxy::prepare(req, up, &out, conn)?,
     };
-    let replay = head.map(|head| (head, body));
     let rsp = proxy::forward(up, upstream_req, route.max_body_bytes).await?;
     if !policy.statuses.contains(&rsp.status()) {
         return Ok(rsp);
@@ -223,7 +223,7 @@ async fn after_rejection(
     policy: &crate::config::credentials::RejectPolicy,
     used: &Attachment,
     rsp: Response<Body>,
-    replay: Option<(Replay, Bytes)>,
+    replay: Option<Replay>,
     out: Outgoing<'_>,
     conn: &ConnInfo,
 ) -> Result<Response<Body>, Error> {
@@ -232,7 +232,7 @@ async fn after_rejection(
     if !rejected || !cred.rejected(used) {
         return Ok(rsp);
     }
-    let Some((head, body)) = replay else {
+    let Some(replay) = replay else {
         return Ok(rsp);
     };
     let Ok(fresh) = cred.attach().await else {
@@ -249,19 +249,20 @@ async fn after_rejection(
     };
     proxy::forward(
         up,
-        head.into_request(body, up, &out, conn),
+        replay.into_request(up, &out, conn),
         route.max_body_bytes,
     )
     .await
 }
 
-/// The head a replay starts from: the caller's request once stripped, without the headers the gateway sets anyway
-/// (so the fresh token's headers, and the rest, are set exactly as for a first attempt).
+/// What a replay starts from: the caller's request once stripped, without the headers the gateway sets anyway (so
+/// the fresh token's headers, and the rest, are set exactly as for a first attempt), and the kept body.
 struct Replay {
     method: Method,
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     forwarded_for: Option<HeaderValue>,
+    body: Bytes,
 }
 
 impl Replay {
@@ -280,17 +281,12 @@ impl Replay {
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect(),
             forwarded_for: forwarded_for.cloned(),
+            body: Bytes::new(),
         }
     }
 
-    fn into_request(
-        self,
-        body: Bytes,
-        up: &Upstream,
-        out: &Outgoing<'_>,
-        conn: &ConnInfo,
-    ) -> Request<Body> {
-        let mut req = Request::new(proxy::upstream_body(Full::new(body), out));
+    fn into_request(self, up: &Upstream, out: &Outgoing<'_>, conn: &ConnInfo) -> Request<Body> {
+        let mut req = Request::new(proxy::upstream_body(Full::new(self.body), out));
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         let h = req.headers_mut();

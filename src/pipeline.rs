@@ -16,6 +16,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use crate::body::{self, Body};
+use crate::config::credentials::RejectPolicy;
 use crate::credentials::{self, Attachment, Credential};
 use crate::error::{Error, RequestError};
 use crate::flows::FlowRequest;
@@ -122,7 +123,16 @@ async fn serve_route(
             match (cred, attachment.as_ref()) {
                 (Some(c), Some(used)) => match c.reject_policy() {
                     Some(policy) => {
-                        forward_renewable(gw, route, up, c, policy, used, req, out, conn).await
+                        let renewal = Renewal {
+                            gw,
+                            up,
+                            cred: c,
+                            policy,
+                            used,
+                            out,
+                            conn,
+                        };
+                        forward_renewable(renewal, req).await
                     }
                     None => {
                         let upstream_req = proxy::prepare(req, up, &out, conn)?;
@@ -162,18 +172,18 @@ async fn serve_route(
 /// Forward with a credential that can be renewed: when the upstream rejects the token (401 or the configured marker),
 /// the token used is dropped and, if the request body was small enough to keep, the request is replayed once with a
 /// fresh token. Larger or streaming bodies are forwarded as they come and the rejection is passed through.
-#[allow(clippy::too_many_arguments)]
 async fn forward_renewable(
-    gw: &Gateway,
-    route: &Route,
-    up: &Upstream,
-    cred: &dyn Credential,
-    policy: &crate::config::credentials::RejectPolicy,
-    used: &Attachment,
+    r: Renewal<'_>,
     req: Request<Incoming>,
-    out: Outgoing<'_>,
-    conn: &ConnInfo,
 ) -> Result<Response<Body>, Error> {
+    let Renewal {
+        up,
+        policy,
+        out,
+        conn,
+        ..
+    } = r;
+    let route = out.route;
     let keep_limit = u64::try_from(policy.retry_body_limit)
         .unwrap_or(u64::MAX)
         .min(route.max_body_bytes);
@@ -206,27 +216,39 @@ async fn forward_renewable(
     }
     // Boxed: the rejection path (reading a marker, a second exchange) is rare and would otherwise enlarge every
     // request's future.
-    Box::pin(after_rejection(
-        gw, route, up, cred, policy, used, rsp, replay, out, conn,
-    ))
-    .await
+    Box::pin(after_rejection(r, rsp, replay)).await
+}
+
+/// A request's renewable credential and where the request goes: what the forward and a replay share.
+#[derive(Clone, Copy)]
+struct Renewal<'a> {
+    gw: &'a Gateway,
+    up: &'a Upstream,
+    cred: &'a dyn Credential,
+    policy: &'a RejectPolicy,
+    /// The attachment the first attempt carries.
+    used: &'a Attachment,
+    out: Outgoing<'a>,
+    conn: &'a ConnInfo,
 }
 
 /// The upstream answered with a rejection status: confirm it (body marker), drop the token used and, when the
 /// request was kept, replay it once with a fresh one.
-#[allow(clippy::too_many_arguments)]
 async fn after_rejection(
-    gw: &Gateway,
-    route: &Route,
-    up: &Upstream,
-    cred: &dyn Credential,
-    policy: &crate::config::credentials::RejectPolicy,
-    used: &Attachment,
+    r: Renewal<'_>,
     rsp: Response<Body>,
     replay: Option<Replay>,
-    out: Outgoing<'_>,
-    conn: &ConnInfo,
 ) -> Result<Response<Body>, Error> {
+    let Renewal {
+        gw,
+        up,
+        cred,
+        policy,
+        used,
+        out,
+        conn,
+    } = r;
+    let route = out.route;
     let (rejected, rsp) = credentials::is_rejection(policy, rsp).await;
     // `rejected()` runs even when the request cannot be replayed: later requests then get a fresh token.
     if !rejected || !cred.rejected(used) {

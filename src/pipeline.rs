@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn generated_request_ids_are_distinct_uuids_across_chunks() {
         // Three chunks' worth, so ids cut from a fresh chunk are checked too.
-        let n = 3 * ID_CHUNK / 36;
+        let n = 3 * ID_CHUNK / uuid::fmt::Hyphenated::LENGTH;
         let ids: Vec<HeaderValue> = (0..n).map(|_| request_id(None)).collect();
         let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
         assert_eq!(distinct.len(), n);

@@ -304,10 +304,17 @@ impl TokenCache {
             .current
             .as_ref()
             .is_some_and(|c| c.token.expose_secret() == t.token.expose_secret());
-        // The same token handed back keeps its earlier expiry: it is not fresh just because it was returned again.
-        let expires_at = match (&st.current, same) {
-            (Some(c), true) => c.expires_at.min(t.expires_at),
-            _ => t.expires_at,
+        // The same token handed back keeps its earlier expiry and safety margin: it is not fresh just because it was
+        // returned again, and a margin recomputed from the shrinking remainder would let it be sent ever closer to
+        // its real expiry.
+        let lifetime = t.expires_at.saturating_duration_since(now);
+        let margin = self.settings.expiry_margin.min(lifetime / 10);
+        let (expires_at, usable_until) = match (&st.current, same) {
+            (Some(c), true) => (
+                c.expires_at.min(t.expires_at),
+                c.usable_until.min(t.expires_at - margin),
+            ),
+            _ => (t.expires_at, t.expires_at - margin),
         };
         let generation = if same {
             st.generation
@@ -315,9 +322,6 @@ impl TokenCache {
             st.generation + 1
         };
         drop(st);
-        let lifetime = expires_at.saturating_duration_since(now);
-        let margin = self.settings.expiry_margin.min(lifetime / 10);
-        let usable_until = expires_at - margin;
         if usable_until <= now {
             return Err(TokenError::AlreadyExpired);
         }
@@ -481,6 +485,81 @@ pub fn earliest(now: Instant, lifetimes: &[Option<Duration>]) -> Option<Instant>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::config::credentials::CredentialConfig;
+
+    /// A source never asked: these tests hand tokens to `issue` directly.
+    #[derive(Debug)]
+    struct Unused;
+
+    impl TokenSource for Unused {
+        fn fetch<'a>(
+            &'a self,
+            _: Option<&'a SecretString>,
+        ) -> BoxFuture<'a, Result<FetchedToken, TokenError>> {
+            Box::pin(async { Err(TokenError::NoLifetime) })
+        }
+    }
+
+    fn cache() -> Arc<TokenCache> {
+        let cfg = Config::from_toml(
+            r#"
+[credentials.v]
+kind = "oauth2_client_credentials"
+allowed_hosts = ["api.example"]
+token_url = "http://127.0.0.1:9/token"
+client_id = "id"
+client_secret = "secret"
+"#,
+            "<test>",
+        )
+        .expect("config");
+        let Some(CredentialConfig::OAuth2(o)) = cfg.credentials.get("v") else {
+            panic!("oauth2 credential");
+        };
+        TokenCache::new(
+            "v",
+            Box::new(Unused),
+            o.token.clone(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn the_same_token_handed_back_keeps_its_first_margin() {
+        let cache = cache();
+        let now = Instant::now();
+        // Issued a while ago with a 1 s lifetime: 200 ms left, usable for 100 ms more (a 100 ms margin).
+        let first = Arc::new(Issued {
+            attachment: Attachment {
+                headers: Vec::new().into(),
+                generation: 1,
+            },
+            token: SecretString::from("same"),
+            expires_at: now + Duration::from_millis(200),
+            usable_until: now + Duration::from_millis(100),
+        });
+        {
+            let mut st = cache.state();
+            st.generation = 1;
+            st.current = Some(first.clone());
+        }
+        // Handed back again, claiming a fresh 2 s.
+        let (again, _, due) = cache
+            .issue(FetchedToken {
+                token: SecretString::from("same"),
+                expires_at: now + Duration::from_secs(2),
+                refresh_token: None,
+            })
+            .expect("still usable");
+        assert!(due, "renewed again after a backoff");
+        assert_eq!(again.attachment.generation, 1);
+        assert_eq!(again.expires_at, first.expires_at);
+        assert_eq!(
+            again.usable_until, first.usable_until,
+            "a margin taken from the remainder would creep towards expiry"
+        );
+    }
 
     fn jwt(exp: u64) -> String {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -36,6 +36,8 @@ pub struct Demo {
     pub vendors: flows::Sandboxes,
     /// A caller token from the demo's dev issuer.
     pub caller_token: String,
+    /// The demo's dev issuer, which can mint more caller tokens.
+    pub issuer: caller_auth::DevIssuer,
     /// The temporary directory holding the dev certificate, its key and the flows database.
     dir: PathBuf,
 }
@@ -92,7 +94,8 @@ forward_claims = {{ sub = "X-Credgate-Subject" }}
         dir: dir.clone(),
         echo,
         vendors,
-        caller_token: dev_issuer.token,
+        caller_token: dev_issuer.token.clone(),
+        issuer: dev_issuer,
     })
 }
 

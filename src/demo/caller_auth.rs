@@ -24,7 +24,6 @@ pub const SCOPE: &str = "echo:read";
 const KID: &str = "demo-1";
 
 /// A running dev issuer.
-#[derive(Debug)]
 pub struct DevIssuer {
     /// Where its JWKS is served.
     pub addr: SocketAddr,
@@ -32,6 +31,33 @@ pub struct DevIssuer {
     pub issuer_toml: String,
     /// A caller token it signed, valid for an hour.
     pub token: String,
+    key: EncodingKey,
+}
+
+impl std::fmt::Debug for DevIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevIssuer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevIssuer {
+    /// Another caller token for subject `sub`, valid for an hour: for callers that need many distinct tokens.
+    pub fn mint(&self, sub: &str) -> Result<String, DevIssuerError> {
+        mint(&self.key, sub)
+    }
+}
+
+fn mint(key: &EncodingKey, sub: &str) -> Result<String, DevIssuerError> {
+    let now = crate::caller_auth::now_secs();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(KID.into());
+    let claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "scope": SCOPE,
+        "iat": now, "exp": now + 3600,
+    });
+    jsonwebtoken::encode(&header, &claims, key).map_err(|e| DevIssuerError::Key(e.to_string()))
 }
 
 /// Why the dev issuer could not start.
@@ -61,15 +87,7 @@ pub async fn start() -> Result<DevIssuer, DevIssuerError> {
     let jwks = serde_json::to_string(&JwkSet { keys: vec![jwk] })
         .map_err(|e| DevIssuerError::Key(e.to_string()))?;
 
-    let now = crate::caller_auth::now_secs();
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(KID.into());
-    let claims = json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "demo-service", "scope": SCOPE,
-        "iat": now, "exp": now + 3600,
-    });
-    let token = jsonwebtoken::encode(&header, &claims, &key)
-        .map_err(|e| DevIssuerError::Key(e.to_string()))?;
+    let token = mint(&key, "demo-service")?;
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -102,5 +120,6 @@ jwks_url = "http://{addr}/jwks.json"
         addr,
         issuer_toml,
         token,
+        key,
     })
 }

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # benches/load.sh [connections=64] [seconds=10] — credgate's half of the peer comparison (../shared/peers/README.md).
 #
-# Builds credgate in release, runs it like the nginx header-rewrite peer (nginx-proxy, :18082): plain HTTP on
-# 127.0.0.1:18090, forwarding to the peers' origin (http://127.0.0.1:18080) with a static credential
-# `Authorization: Bearer upstream-secret-token` that replaces the caller's, route `/` with `auth = "none"`. The
-# gateway is pinned to CPU 1 with taskset (wrk and the origin sit on CPU 0, as for every peer), then the peers'
-# bench.sh drives it and prints its one summary line. Run nginx-proxy through the same bench.sh in the same sitting
-# to compare (`../shared/peers/bench.sh http://127.0.0.1:18082/`).
+# Builds credgate (the profile-guided release build, see PGO below), runs it like the nginx header-rewrite peer
+# (nginx-proxy, :18082): plain HTTP on 127.0.0.1:18090, forwarding to the peers' origin (http://127.0.0.1:18080) with
+# a static credential `Authorization: Bearer upstream-secret-token` that replaces the caller's, route `/` with
+# `auth = "none"`. The gateway is pinned to CPU 1 with taskset (wrk and the origin sit on CPU 0, as for every peer),
+# then the peers' bench.sh drives it and prints its one summary line. Run nginx-proxy through the same bench.sh in
+# the same sitting to compare (`../shared/peers/bench.sh http://127.0.0.1:18082/`).
 #
 # Needs the peers running (`../shared/peers/run-peers.sh start`). Knobs: GATEWAY_CPU (default 1), PORT (18090),
 # ORIGIN (http://127.0.0.1:18080), PEERS (peers folder), TLS=1 (listen with the peers' keys/tls.crt and bench the
@@ -17,6 +17,8 @@
 #   (python3, one grant per hour) instead of the static header (NAME default credgate-oauth2).
 # FLOOR=1: bench examples/hyper_floor instead: hyper's server and client codecs with nothing else, the least any
 #   hyper-based proxy can cost (NAME default hyper-floor).
+# PGO=1 (default): bench the profile-guided build from scripts/build-pgo.sh, the production build; it is rebuilt
+#   when a source is newer than it. PGO=0: a plain `cargo build --release`.
 # CREDGATE_BIN=path: bench that binary as is (no build), e.g. to compare two builds in one sitting.
 # CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead.
 # The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
@@ -38,11 +40,18 @@ if curl -s -o /dev/null "http://127.0.0.1:$port/" || curl -sk -o /dev/null "http
   echo "something already listens on 127.0.0.1:$port" >&2; exit 1
 fi
 
-if [ -n "${CREDGATE_BIN:-}" ]; then
-  bin=$CREDGATE_BIN
+target=${CARGO_TARGET_DIR:-$root/target}
+if [ -n "${CREDGATE_BIN:-}" ] || [ "${FLOOR:-0}" = 1 ]; then
+  bin=${CREDGATE_BIN:-}
+elif [ "${PGO:-1}" = 1 ]; then
+  # The profile-guided build, rebuilt when a source is newer than it (scripts/build-pgo.sh takes minutes).
+  bin=$target/pgo/release/credgate
+  if [ ! -x "$bin" ] || [ -n "$(cd "$root" && find src examples Cargo.toml Cargo.lock -newer "$bin" -print -quit)" ]; then
+    "$root/scripts/build-pgo.sh" >&2
+  fi
 else
   (cd "$root" && cargo build --release --quiet)
-  bin=${CARGO_TARGET_DIR:-$root/target}/release/credgate
+  bin=$target/release/credgate
 fi
 
 work=$(mktemp -d)

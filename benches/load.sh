@@ -20,7 +20,8 @@
 # PGO=1 (default): bench the profile-guided build from scripts/build-pgo.sh, the production build; it is rebuilt
 #   when a source is newer than it. PGO=0: a plain `cargo build --release`.
 # CREDGATE_BIN=path: bench that binary as is (no build), e.g. to compare two builds in one sitting.
-# CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead.
+# CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead
+#   (CACHESIM=1 as well: and its L1 instruction and data cache misses per request).
 # The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
 set -euo pipefail
 
@@ -151,7 +152,11 @@ else
 fi
 # CALLGRIND=1: count the gateway's own (user-space) instructions per request instead of timing it. Deterministic
 # where the timed figures are noisy, so it compares two builds; it says nothing about the kernel's share.
-[ "${CALLGRIND:-0}" = 1 ] && run+=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
+# CACHESIM=1 as well: simulate the caches too (32 KiB L1s), and print L1 instruction and data misses per request.
+if [ "${CALLGRIND:-0}" = 1 ]; then
+  run+=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
+  if [ "${CACHESIM:-0}" = 1 ]; then run+=(--cache-sim=yes); fi
+fi
 RUST_LOG=warn "${run[@]}" "${serve[@]}" 2>"$work/credgate.log" &
 pid=$!
 
@@ -174,6 +179,11 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
   callgrind_control -d "$pid" >/dev/null
   ir=$(awk '/^summary:/ {print $2}' "$work"/callgrind.*.1)
   echo "$name instructions/request=$((ir / n)) (user space, callgrind; $n requests over 16 connections)"
+  if [ "${CACHESIM:-0}" = 1 ]; then
+    awk -v n="$n" '/^events:/ {for (i = 2; i <= NF; i++) e[i] = $i}
+      /^summary:/ {for (i = 2; i <= NF; i++) if (e[i] ~ /^[ID]1m/) printf "%s/request=%d ", e[i], $i / n; print ""}' \
+      "$work"/callgrind.*.1
+  fi
   exit 0
 fi
 NAME=$name "$peers/bench.sh" "$url" "$@"

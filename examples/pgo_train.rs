@@ -168,15 +168,21 @@ async fn run_gateway(
     phases: &[Phase<'_>],
     per_phase: Duration,
 ) -> Result<(), Error> {
+    // Warnings and startup errors show; the access log (RUST_LOG=info) would bury them.
+    let stderr = if log == "warn" {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
     let mut child = Command::new(bin)
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", log)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()?;
     let driven = async {
-        wait_ready(port).await?;
+        wait_ready(&mut child, port).await?;
         for phase in phases {
             let n = phase.run(per_phase.mul_f64(phase.share)).await?;
             println!(
@@ -192,6 +198,9 @@ async fn run_gateway(
 }
 
 fn stop(child: &mut Child) -> Result<(), Error> {
+    if let Some(status) = child.try_wait()? {
+        return Err(format!("the gateway stopped early with {status}").into());
+    }
     // The shell's own `kill`: std has no way to send a signal, and a minimal system may lack /bin/kill.
     let sent = Command::new("sh")
         .args(["-c", "kill -TERM \"$0\"", &child.id().to_string()])
@@ -206,12 +215,15 @@ fn stop(child: &mut Child) -> Result<(), Error> {
     Ok(())
 }
 
-async fn wait_ready(port: u16) -> Result<(), Error> {
+async fn wait_ready(child: &mut Child, port: u16) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("the gateway exited at startup with {status}").into());
+        }
         if Instant::now() > deadline {
             return Err("the gateway did not start listening within 30 s".into());
         }

@@ -4,11 +4,16 @@
 //! hyper-util's pooled client runs every connection in a task of its own, so one forwarded request crosses tasks
 //! several times (request hand-off, response, body chunks, a spawned task that returns the connection). Here the
 //! caller's own task polls the upstream connection, from sending the head to the response body's end, then puts it
-//! back on a LIFO idle list. Idle connections are not polled by anyone. One that the exchange left ready for the next
-//! request goes back as it is; any other is polled once more with a waker that only raises a flag, so checkout polls
-//! just the ones that something happened to (most often the upstream closing them) and takes the others as they were
-//! left. A request that a reused connection could not send (it was closed while idle) is sent once more on a fresh
-//! one.
+//! back on a LIFO idle list. Idle connections are not polled by anyone. A request that a reused connection could not
+//! send (it was closed while idle) is sent once more on a fresh one.
+//!
+//! Every poll of a connection registers one waker of its own ([`ConnWaker`]), which raises a flag and wakes the task
+//! using the connection only while that task waits on it. hyper's connection signals its side of each hand-over
+//! (request queued, response delivered, body chunk taken) to whoever polled it last; here that is always the task that
+//! is about to poll it anyway, or nobody at all, and a woken task would only be polled once more for nothing, or,
+//! with a connection fresh from the pool, some other caller's task would be. Idle connections keep the same waker, so
+//! checkout polls just the ones whose flag something raised (most often the upstream closing them) and takes the
+//! others as they were left.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -47,22 +52,59 @@ pub(super) struct ConnPool {
 struct Pooled {
     sender: http1::SendRequest<Body>,
     conn: Conn,
-    /// Raised by `idle_waker`: the parked connection has something to take in (data, EOF, an error).
-    stirred: Arc<Stirred>,
-    idle_waker: Waker,
+    wakes: Arc<ConnWaker>,
+    /// `wakes` as a waker, made once: every poll of `conn` registers this same one.
+    waker: Waker,
 }
 
-/// The flag behind a parked connection's waker.
+/// The waker of a pooled connection: records that something happened to it, and passes that on to the task using it
+/// while the task waits on it.
 #[derive(Default)]
-struct Stirred(AtomicBool);
+struct ConnWaker {
+    /// Raised by every wake: the connection has something to take in (data, EOF, an error, a queued request).
+    stirred: AtomicBool,
+    /// Whether `task` waits on the connection now.
+    attached: AtomicBool,
+    /// The task that last polled the connection.
+    task: Mutex<Option<Waker>>,
+}
 
-impl Wake for Stirred {
+impl Wake for ConnWaker {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.store(true, Ordering::Release);
+        self.stirred.store(true, Ordering::Release);
+        if self.attached.load(Ordering::Acquire)
+            && let Some(task) = self
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+        {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl ConnWaker {
+    /// From now on wakes reach `task` as well.
+    fn attach(&self, task: &Waker) {
+        {
+            let mut slot = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.as_mut() {
+                Some(w) => w.clone_from(task),
+                None => *slot = Some(task.clone()),
+            }
+        }
+        self.attached.store(true, Ordering::Release);
+    }
+
+    /// From now on wakes only raise the flag: whatever the task does next either polls the connection itself or
+    /// does not need it.
+    fn detach(&self) {
+        self.attached.store(false, Ordering::Release);
     }
 }
 
@@ -80,28 +122,30 @@ impl std::fmt::Debug for Idle {
 }
 
 impl Pooled {
-    /// Let the connection take in whatever happened while nobody polled it; `false` once it is closed.
-    fn poll_alive(&mut self, cx: &mut Context<'_>) -> bool {
-        Pin::new(&mut self.conn).poll(cx).is_pending()
+    /// Poll the connection on behalf of `task`, which is woken by whatever it then waits for; `false` once it is
+    /// closed.
+    fn poll_for(&mut self, task: &Waker) -> bool {
+        self.wakes.attach(task);
+        self.poll_detached()
     }
 
-    /// Poll with the idle waker, so that whatever happens to the connection from now on raises `stirred`: true
-    /// when it can take a request now.
-    fn park(&mut self) -> bool {
-        self.stirred.0.store(false, Ordering::Relaxed);
-        let alive = Pin::new(&mut self.conn)
-            .poll(&mut Context::from_waker(&self.idle_waker))
-            .is_pending();
-        alive && self.sender.is_ready()
+    /// Let the connection take in whatever happened since it was last polled, waking no task; `false` once it is
+    /// closed.
+    fn poll_detached(&mut self) -> bool {
+        self.wakes.stirred.store(false, Ordering::Relaxed);
+        Pin::new(&mut self.conn)
+            .poll(&mut Context::from_waker(&self.waker))
+            .is_pending()
     }
 
-    /// Whether a parked connection can take a request: as it was parked unless something stirred it since.
+    /// Whether the connection, which no task waits on, can take a request: as it was left unless something stirred
+    /// it since.
     fn reusable(&mut self) -> bool {
-        if self.stirred.0.load(Ordering::Acquire) {
-            self.park()
-        } else {
-            self.sender.is_ready()
+        self.wakes.detach();
+        if self.wakes.stirred.load(Ordering::Acquire) && !self.poll_detached() {
+            return false;
         }
+        self.sender.is_ready()
     }
 }
 
@@ -161,13 +205,17 @@ impl ConnPool {
         req: Request<Body>,
         now: Instant,
     ) -> Result<Response<Body>, (SendError, Option<Request<Body>>)> {
+        // Queueing the request wakes the connection's waker, which no task is attached to yet: it only stirs it.
         let mut sent = std::pin::pin!(pooled.sender.try_send_request(req));
         let mut pooled = Some(pooled);
         let result = poll_fn(|cx| {
-            // A connection that ended is dropped, which fails the pending request instead of leaving it waiting.
-            if let Some(p) = pooled.as_mut()
-                && !p.poll_alive(cx)
-            {
+            if let Some(p) = pooled.as_mut() {
+                if p.poll_for(cx.waker()) {
+                    // The response can only come from the connection just polled, and is looked for after every
+                    // such poll: its hand-over need not wake this task.
+                    return sent.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+                }
+                // A connection that ended is dropped, which fails the pending request instead of leaving it waiting.
                 pooled = None;
             }
             sent.as_mut().poll(cx)
@@ -228,12 +276,12 @@ impl ConnPool {
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        let stirred = Arc::new(Stirred::default());
+        let wakes = Arc::new(ConnWaker::default());
         Ok(Box::new(Pooled {
             sender,
             conn,
-            idle_waker: Waker::from(stirred.clone()),
-            stirred,
+            waker: Waker::from(wakes.clone()),
+            wakes,
         }))
     }
 }
@@ -256,16 +304,26 @@ impl http_body::Body for Driven {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let mut frame = Pin::new(&mut this.inner).poll_frame(cx);
-        // Nothing buffered (a small body usually came in with the head): drive the connection to read on.
-        if frame.is_pending() {
-            if let Some(p) = this.conn.as_mut()
-                && !p.poll_alive(cx)
-            {
-                this.conn = None;
+        let frame = match this.conn.as_mut() {
+            Some(p) => {
+                // Only the connection feeds the body, and it is polled below whenever the body has nothing: neither
+                // taking a chunk (which tells the connection to read on) nor a chunk arriving needs to wake this task.
+                p.wakes.detach();
+                let mut detached = Context::from_waker(Waker::noop());
+                let mut frame = Pin::new(&mut this.inner).poll_frame(&mut detached);
+                // Nothing buffered (a small body usually came in with the head): drive the connection to read on.
+                if frame.is_pending() {
+                    if p.poll_for(cx.waker()) {
+                        frame = Pin::new(&mut this.inner).poll_frame(&mut detached);
+                    } else {
+                        this.conn = None;
+                        frame = Pin::new(&mut this.inner).poll_frame(cx);
+                    }
+                }
+                frame
             }
-            frame = Pin::new(&mut this.inner).poll_frame(cx);
-        }
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        };
         if let Poll::Ready(None) = frame {
             this.ended = true;
         } else if let Poll::Ready(Some(Ok(_))) = frame {
@@ -287,14 +345,138 @@ impl Drop for Driven {
     fn drop(&mut self) {
         // A body dropped before its end leaves the connection mid-response: it closes with this drop.
         // Often the connection already took in the whole exchange while the response was read, and can take the
-        // next request as it is: it goes back without another poll of hyper's dispatcher. It then keeps this task's
-        // waker while idle instead of the flag-raising one, so an upstream close in that time is found by the next
-        // request to poll it, which then goes out on a fresh connection.
+        // next request as it is: it goes back without another poll of hyper's dispatcher.
         if self.ended
             && let Some(mut p) = self.conn.take()
-            && (p.sender.is_ready() || p.park())
+            && p.reusable()
         {
             self.pool.checkin(p, self.sent_at);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http::header::HOST;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A task's waker that counts its wakes and lets the test wait for the next one.
+    #[derive(Default)]
+    struct Task {
+        wakes: AtomicUsize,
+        woken: Notify,
+    }
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            self.woken.notify_one();
+        }
+    }
+
+    impl Task {
+        fn wakes(&self) -> usize {
+            self.wakes.load(Ordering::SeqCst)
+        }
+
+        /// Poll `fut` to its end as this task, each time after a wake; returns its output and how many polls found
+        /// it waiting.
+        async fn run<F: Future>(self: &Arc<Self>, fut: F) -> (F::Output, usize) {
+            let waker = Waker::from(self.clone());
+            let mut fut = std::pin::pin!(fut);
+            let mut waits = 0;
+            loop {
+                if let Poll::Ready(out) = fut.as_mut().poll(&mut Context::from_waker(&waker)) {
+                    return (out, waits);
+                }
+                waits += 1;
+                self.woken.notified().await;
+            }
+        }
+    }
+
+    /// A keep-alive upstream on loopback answering every request `200 ok`; counts the connections it accepted.
+    async fn upstream() -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n @ 1..) = tcp.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if tcp.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let uri = format!("http://{addr}").parse().expect("uri");
+        (uri, accepted)
+    }
+
+    /// One request through `pool`, its response body read to the end.
+    async fn exchange(pool: &Arc<ConnPool>, host: &str) -> Bytes {
+        let req = Request::get("/")
+            .header(HOST, host)
+            .body(body::empty())
+            .expect("request");
+        let rsp = pool.send(req, Instant::now()).await.expect("response");
+        rsp.into_body().collect().await.expect("body").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn an_exchange_wakes_its_task_once_per_wait_and_no_other_task() {
+        let (uri, accepted) = upstream().await;
+        let host = uri.authority().expect("authority").to_string();
+        let pool = Arc::new(ConnPool::new(
+            uri,
+            Duration::from_secs(5),
+            8,
+            Duration::from_secs(60),
+        ));
+
+        let first = Arc::new(Task::default());
+        let (body, waits) = first.run(exchange(&pool, &host)).await;
+        assert_eq!(&body[..], b"ok");
+        assert!(waits >= 1, "the upstream's answer was waited for");
+        // A wake beyond the waits came while the task was being polled: it would only poll the task again.
+        assert_eq!(first.wakes(), waits, "wakes of the first task");
+
+        let before = first.wakes();
+        let second = Arc::new(Task::default());
+        let (body, waits) = second.run(exchange(&pool, &host)).await;
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the connection was reused"
+        );
+        assert_eq!(second.wakes(), waits, "wakes of the second task");
+        assert_eq!(
+            first.wakes(),
+            before,
+            "the first task was woken by the connection it had handed back"
+        );
     }
 }

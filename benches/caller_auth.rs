@@ -33,7 +33,7 @@ use aws_lc_rs::signature::{
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use credgate::caller_auth::{CallerAuth, RoutePolicy};
-use credgate::config::Config;
+use credgate::gateway::Config;
 use credgate::metrics::Metrics;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
@@ -153,7 +153,12 @@ forward_claims = {{ sub = "X-Credgate-Subject" }}
     )
     .expect("config");
     let http = credgate::http_client::build(&[], Duration::from_secs(5)).expect("client");
-    let auth = CallerAuth::new(&cfg, &http, Arc::new(Metrics::default()));
+    let auth = CallerAuth::new(
+        &cfg.issuers,
+        cfg.routes.iter().flat_map(|r| r.auth.forwarded_claims()),
+        &http,
+        Arc::new(Metrics::default()),
+    );
 
     for c in &cases {
         let t = token(c);

@@ -13,8 +13,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use credgate::config::Config;
 use credgate::credentials::Credentials;
+use credgate::gateway::Config;
 use credgate::metrics::Metrics;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::service::service_fn;

@@ -30,9 +30,10 @@ use futures_util::FutureExt;
 use http::{HeaderValue, Request};
 use http_body_util::Full;
 
-use credgate::config::Config;
+use credgate::conn::ConnInfo;
+use credgate::gateway::Config;
 use credgate::gateway::Gateway;
-use credgate::proxy::{self, ConnInfo, Outgoing};
+use credgate::proxy::{self, Outgoing};
 use credgate::routes::{Route, Target};
 use credgate::timer::Timer;
 
@@ -115,7 +116,7 @@ fn hot_path(
     let request_id = proxy::X_REQUEST_ID.clone();
     let id = credgate::pipeline::request_id(req.headers().get(&request_id));
     let out = Outgoing {
-        route,
+        strip_len: route.strip_len(),
         attachment: Some(&attachment),
         credential_headers: cred.header_names(),
         caller_headers: &[],
@@ -172,7 +173,7 @@ fn benches(c: &mut Criterion) {
             request,
             |req| {
                 let out = Outgoing {
-                    route,
+                    strip_len: route.strip_len(),
                     attachment: Some(&attachment),
                     credential_headers: cred.header_names(),
                     caller_headers: &[],

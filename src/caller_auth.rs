@@ -7,6 +7,7 @@
 //! cheap claim checks, key lookup ([`keys`], with an unknown-kid refetch from [`jwks`]), one signature verification
 //! with a pre-parsed aws-lc-rs key → cache → time and route checks. No lock is taken on this path.
 
+pub mod config;
 pub mod jwks;
 pub mod keys;
 pub mod token;
@@ -18,10 +19,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
-use crate::config::{Config, RouteAuthConfig};
-use crate::error::Problem;
 use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
+use crate::problem::Problem;
+use config::IssuerConfig;
+pub use config::RouteAuthConfig;
 use jwks::{Issuer, Refetch};
 use keys::{Alg, Lookup};
 use verified::{Verified, VerifiedCache};
@@ -295,21 +297,22 @@ pub struct CallerAuth {
 }
 
 impl CallerAuth {
-    /// Build from the config's issuers and routes; fetches nothing until [`CallerAuth::start`].
-    pub fn new(cfg: &Config, http: &HttpClient, metrics: Arc<Metrics>) -> Self {
+    /// Build from the configured issuers and the claims some route forwards (the only ones prepared as header values
+    /// when a token is verified); fetches nothing until [`CallerAuth::start`].
+    pub fn new<'c>(
+        issuers: &[IssuerConfig],
+        forwarded_claims: impl IntoIterator<Item = &'c str>,
+        http: &HttpClient,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let mut forwarded: Vec<Box<str>> = Vec::new();
-        for r in &cfg.routes {
-            if let RouteAuthConfig::Jwt { forward_claims, .. } = &r.auth {
-                for (claim, _) in forward_claims {
-                    if !forwarded.iter().any(|f| **f == **claim) {
-                        forwarded.push(claim.as_str().into());
-                    }
-                }
+        for claim in forwarded_claims {
+            if !forwarded.iter().any(|f| **f == *claim) {
+                forwarded.push(claim.into());
             }
         }
         Self {
-            issuers: cfg
-                .issuers
+            issuers: issuers
                 .iter()
                 .map(|c| Arc::new(Issuer::new(c.clone(), http, &metrics)))
                 .collect(),

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
+use crate::gateway::Config;
 use crate::gateway::{BuildError, Gateway};
 use crate::pipeline::DisplayChain;
 use crate::server::{self, ServerError};

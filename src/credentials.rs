@@ -3,6 +3,7 @@
 //! `oauth2_client_credentials` ([`oauth2`]) and `login` ([`login`]), the last two behind a [`token_cache`]. Values
 //! are secret: they are marked sensitive in headers and never logged; logs name the credential only.
 
+pub mod config;
 pub mod login;
 pub mod oauth2;
 pub mod token_cache;
@@ -20,11 +21,11 @@ use http_body_util::{BodyExt, BodyStream, StreamBody};
 use secrecy::ExposeSecret;
 
 use crate::body::{self, Body, BoxError};
-use crate::config::CredentialConfig;
-use crate::config::credentials::{RejectPolicy, StaticConfig, TokenSettings};
-use crate::error::Problem;
 use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
+use crate::problem::Problem;
+pub use config::RejectPolicy;
+use config::{CredentialConfig, StaticConfig, TokenSettings};
 use token_cache::{TokenCache, TokenSource};
 
 /// Headers to add to one upstream request, shared cheaply between requests.

@@ -26,9 +26,9 @@ use serde::Deserialize;
 use crate::body::{self, Body};
 use crate::caller_auth::Caller;
 use crate::config::{ConfigError, Ctx};
+use crate::conn::ConnInfo;
 use crate::credentials::CredentialError;
-use crate::error::Problem;
-use crate::proxy::ConnInfo;
+use crate::problem::Problem;
 
 pub use store::{Store, StoreError};
 pub use vendor::VendorFailure;

@@ -6,12 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::caller_auth::{CallerAuth, RoutePolicy};
-use crate::config::{Config, RouteTarget};
+pub mod config;
+
+pub use config::Config;
+
 use crate::credentials::{self, Credentials};
 use crate::flows::{self, FlowDeps, FlowError};
 use crate::http_client::{self, ClientBuildError, HttpClient};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
+use crate::routes::config::RouteTarget;
 use crate::routes::{Route, RouteTable, Target};
 use crate::timer::Timer;
 
@@ -101,7 +105,12 @@ impl Gateway {
         }
         Ok(Arc::new(Self {
             routes: RouteTable::new(routes),
-            caller_auth: CallerAuth::new(cfg, &http, metrics.clone()),
+            caller_auth: CallerAuth::new(
+                &cfg.issuers,
+                cfg.routes.iter().flat_map(|r| r.auth.forwarded_claims()),
+                &http,
+                metrics.clone(),
+            ),
             credentials,
             http,
             metrics,

@@ -2,15 +2,20 @@
 //!
 //! The request path runs one way, and each step has one owner:
 //!
-//! 1. [`server`] accepts TCP, terminates TLS ([`tls`]) and serves HTTP/1.1 and HTTP/2 with hyper-util.
+//! 1. [`server`] accepts TCP, terminates TLS ([`tls`]) and serves HTTP/1.1 and HTTP/2 with hyper-util; each
+//!    connection is described to the layers below by a [`conn::ConnInfo`].
 //! 2. [`pipeline`] is the request path, read top to bottom: match a route ([`routes`]), authenticate the caller
-//!    ([`caller_auth`]), attach the upstream credential ([`credentials`]), forward ([`proxy`]) and stream back.
-//! 3. [`error`] maps every failure to one `application/problem+json` response, in one place.
+//!    ([`caller_auth`]), attach the upstream credential ([`credentials`]), forward ([`proxy`]) and stream back. Its
+//!    [`pipeline::Error`] gathers every module's error and answers it, in one place.
+//! 3. Each module maps its own errors into the leaf [`problem::Problem`] (`application/problem+json`).
 //!
-//! [`config`] turns TOML into a validated [`config::Config`]; [`gateway::Gateway`] is built once from it and owns every
-//! shared part (the control-plane [`http_client`], credentials, routes, [`metrics`]; each upstream keeps its own
-//! connections in [`proxy`]). Vendor flows ([`flows`]) are users of
-//! that core, mounted on routes like any other handler; the core never names a vendor.
+//! Layers only point down. The leaves: [`config`] (the shared kit: errors naming the key, durations, secret
+//! references, PEM reading, listener and upstream sections), [`problem`], [`conn`], [`body`], [`metrics`],
+//! [`timer`]. Each domain module owns its config section and validation (`caller_auth::config`,
+//! `credentials::config`, `routes::config`, the flows' sections); [`gateway::config`] is the root TOML schema that
+//! assembles them, and [`gateway::Gateway`] is built once from it and owns every shared part (the control-plane
+//! [`http_client`], credentials, routes, metrics; each upstream keeps its own connections in [`proxy`]). Vendor flows
+//! ([`flows`]) are users of that core, mounted on routes like any other handler; the core never names a vendor.
 //!
 //! Inside the steps: [`caller_auth`] keeps issuer-bound key sets (JWKS fetch and refresh, static key files) and a
 //! verified-token cache; [`credentials`] holds static headers and token kinds (OAuth2 client credentials, vendor
@@ -25,15 +30,16 @@ pub mod body;
 pub mod caller_auth;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod credentials;
 pub mod demo;
 pub mod dev_certs;
-pub mod error;
 pub mod flows;
 pub mod gateway;
 pub mod http_client;
 pub mod metrics;
 pub mod pipeline;
+pub mod problem;
 pub mod proxy;
 pub mod routes;
 pub mod server;

@@ -1,5 +1,5 @@
 //! The request path, read top to bottom: route → caller → credential → prepare → forward. Each step is a plain async
-//! function with a typed result; every error becomes a problem response in [`crate::error`], in one place.
+//! function with a typed result; every error becomes a problem response in [`Error`], in one place.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -16,13 +16,18 @@ use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use crate::body::{self, Body};
-use crate::config::credentials::RejectPolicy;
+use crate::conn::ConnInfo;
+use crate::credentials::RejectPolicy;
 use crate::credentials::{self, Attachment, Credential};
-use crate::error::{Error, RequestError};
 use crate::flows::FlowRequest;
 use crate::gateway::Gateway;
-use crate::proxy::{self, ConnInfo, Outgoing, Upstream, X_REQUEST_ID};
+use crate::proxy::RequestError;
+use crate::proxy::{self, Outgoing, Upstream, X_REQUEST_ID};
 use crate::routes::{self, Route, Target};
+
+mod error;
+
+pub use error::{DisplayChain, Error};
 
 /// Answer one request. Never fails: errors become problem responses.
 ///
@@ -80,9 +85,7 @@ fn find_route<'g, B>(gw: &'g Gateway, req: &Request<B>) -> Result<&'g Route, Err
     } else {
         None
     };
-    gw.routes
-        .find(host, req.uri().path())
-        .ok_or_else(|| RequestError::NoRoute.into())
+    gw.routes.find(host, req.uri().path()).ok_or(Error::NoRoute)
 }
 
 async fn serve_route(
@@ -113,7 +116,7 @@ async fn serve_route(
                 None => None,
             };
             let out = Outgoing {
-                route,
+                strip_len: route.strip_len(),
                 attachment: attachment.as_ref(),
                 credential_headers: cred.map_or(&[], |c| c.header_names()),
                 caller_headers: &caller.forward_headers,
@@ -125,6 +128,7 @@ async fn serve_route(
                     Some(policy) => {
                         let renewal = Renewal {
                             gw,
+                            route,
                             up,
                             cred: c,
                             policy,
@@ -136,12 +140,12 @@ async fn serve_route(
                     }
                     None => {
                         let upstream_req = proxy::prepare(req, up, &out, conn)?;
-                        proxy::forward(up, upstream_req, route.max_body_bytes).await
+                        Ok(proxy::forward(up, upstream_req, route.max_body_bytes).await?)
                     }
                 },
                 _ => {
                     let upstream_req = proxy::prepare(req, up, &out, conn)?;
-                    proxy::forward(up, upstream_req, route.max_body_bytes).await
+                    Ok(proxy::forward(up, upstream_req, route.max_body_bytes).await?)
                 }
             }
         }
@@ -177,13 +181,13 @@ async fn forward_renewable(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Error> {
     let Renewal {
+        route,
         up,
         policy,
         out,
         conn,
         ..
     } = r;
-    let route = out.route;
     let keep_limit = u64::try_from(policy.retry_body_limit)
         .unwrap_or(u64::MAX)
         .min(route.max_body_bytes);
@@ -223,6 +227,7 @@ async fn forward_renewable(
 #[derive(Clone, Copy)]
 struct Renewal<'a> {
     gw: &'a Gateway,
+    route: &'a Route,
     up: &'a Upstream,
     cred: &'a dyn Credential,
     policy: &'a RejectPolicy,
@@ -241,6 +246,7 @@ async fn after_rejection(
 ) -> Result<Response<Body>, Error> {
     let Renewal {
         gw,
+        route,
         up,
         cred,
         policy,
@@ -248,7 +254,6 @@ async fn after_rejection(
         out,
         conn,
     } = r;
-    let route = out.route;
     let (rejected, rsp) = credentials::is_rejection(policy, rsp).await;
     // `rejected()` runs even when the request cannot be replayed: later requests then get a fresh token.
     if !rejected || !cred.rejected(used) {
@@ -269,12 +274,12 @@ async fn after_rejection(
         attachment: Some(&fresh),
         ..out
     };
-    proxy::forward(
+    Ok(proxy::forward(
         up,
         replay.into_request(up, &out, conn),
         route.max_body_bytes,
     )
-    .await
+    .await?)
 }
 
 /// What a replay starts from: the caller's request once stripped, without the headers the gateway sets anyway (so
@@ -383,39 +388,6 @@ impl IdSource {
         }
         self.arena.extend_from_slice(id.as_bytes());
         self.arena.split().freeze()
-    }
-}
-
-impl Error {
-    /// Log this error once (server-side errors at warn, caller errors at debug) and render it.
-    pub fn into_response_logged(self, request_id: &str) -> Response<Body> {
-        let problem = self.problem();
-        if problem.status.is_server_error() {
-            tracing::warn!(request_id, code = problem.code, error = %DisplayChain(&self), "request failed");
-        } else {
-            tracing::debug!(request_id, code = problem.code, error = %DisplayChain(&self), "request refused");
-        }
-        problem.into_response(request_id)
-    }
-}
-
-/// Displays an error with its sources, `a: b: c`.
-pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut shown = self.0.to_string();
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            // Many messages already embed their source; print each cause once.
-            let s = e.to_string();
-            if !shown.contains(&s) {
-                shown.push_str(": ");
-                shown.push_str(&s);
-            }
-            cur = e.source();
-        }
-        f.write_str(&shown)
     }
 }
 

@@ -1,7 +1,6 @@
 //! Prepare the upstream request (caller credentials out, attached credential in, hop-by-hop headers gone, forwarding
 //! headers added) and forward it, streaming both bodies. Never logs header values.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,13 +18,15 @@ use tokio::sync::oneshot;
 
 use crate::body::{self, Body, BoxError};
 use crate::config::UpstreamConfig;
+use crate::conn::ConnInfo;
 use crate::credentials::Attachment;
-use crate::error::{Error, RequestError, UpstreamError};
 use crate::http_client::{self, ClientBuildError, HttpClient};
-use crate::routes::Route;
 use crate::timer::Timer;
 
 mod conn_pool;
+mod error;
+
+pub use error::{ProxyError, RequestError, UpstreamError, request_problem, upstream_problem};
 
 use conn_pool::ConnPool;
 
@@ -158,26 +159,6 @@ impl Upstream {
     }
 }
 
-/// What the proxy needs to know about the caller's connection.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The caller's address.
-    pub peer: SocketAddr,
-    /// Whether the caller came over TLS.
-    pub tls: bool,
-    /// The caller's IP as a header value, formatted once per connection for `X-Forwarded-For`.
-    pub peer_ip: HeaderValue,
-}
-
-impl ConnInfo {
-    /// The connection from `peer`, over TLS or not.
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { peer, tls, peer_ip }
-    }
-}
-
 /// Whether a header is hop-by-hop: named in RFC 9110 §7.6.1, or one of the de-facto ones (`Keep-Alive`,
 /// `Proxy-Connection`). Runs on every header of every message, so the standard names are compared as `HeaderName`s
 /// (an integer compare each) and only the rest as strings.
@@ -289,8 +270,9 @@ pub fn header_bytes(headers: &HeaderMap) -> usize {
 /// Everything the prepared request carries besides the caller's request.
 #[derive(Debug, Clone, Copy)]
 pub struct Outgoing<'a> {
-    /// The route the request matched; whether it strips its prefix decides the path forwarded.
-    pub route: &'a Route,
+    /// Bytes of the caller's path the upstream does not see: the matched route prefix when the route strips it, else
+    /// 0. The forwarded path is what follows (`/` when nothing does); an offset, so forwarding allocates nothing.
+    pub strip_len: usize,
     /// The credential's headers; their names were already removed from the caller's request.
     pub attachment: Option<&'a Attachment>,
     /// Header names the credential sets (removed from the caller's request).
@@ -317,6 +299,18 @@ impl Outgoing<'_> {
     }
 }
 
+/// The path forwarded for the caller's `path` when its first `strip_len` bytes are not sent on: `/` when nothing
+/// follows them.
+pub fn forwarded_path(path: &str, strip_len: usize) -> &str {
+    if strip_len == 0 {
+        return path;
+    }
+    match path.get(strip_len..) {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => "/",
+    }
+}
+
 /// Refuse at once a request whose declared `Content-Length` is over `limit` (streamed bodies are cut by [`Limited`]).
 /// hyper's body reports the declared length as its size hint, so no header lookup is needed.
 pub fn check_declared_length(body: &impl http_body::Body, limit: u64) -> Result<(), RequestError> {
@@ -334,7 +328,7 @@ pub fn prepare<B>(
     up: &Upstream,
     out: &Outgoing<'_>,
     conn: &ConnInfo,
-) -> Result<Request<Body>, Error>
+) -> Result<Request<Body>, RequestError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -350,7 +344,7 @@ pub fn prepare_with<B>(
     out: &Outgoing<'_>,
     conn: &ConnInfo,
     keep: impl FnOnce(&http::request::Parts, Option<&HeaderValue>),
-) -> Result<Request<Body>, Error>
+) -> Result<Request<Body>, RequestError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -373,8 +367,8 @@ fn strip(
     up: &Upstream,
     out: &Outgoing<'_>,
     conn: &ConnInfo,
-) -> Result<Option<HeaderValue>, Error> {
-    let path = out.route.upstream_path(parts.uri.path());
+) -> Result<Option<HeaderValue>, RequestError> {
+    let path = forwarded_path(parts.uri.path(), out.strip_len);
     if !up.forwards_as_is(&parts.uri, path) {
         parts.uri = up.uri(path, parts.uri.query())?;
     }
@@ -496,9 +490,9 @@ pub async fn forward(
     up: &Upstream,
     req: Request<Body>,
     max_body_bytes: u64,
-) -> Result<Response<Body>, Error> {
+) -> Result<Response<Body>, ProxyError> {
     let timeout = up.response_timeout;
-    let upstream_timeout = || -> Error {
+    let upstream_timeout = || -> ProxyError {
         UpstreamError::Timeout {
             upstream: up.name.clone(),
             timeout,
@@ -548,8 +542,8 @@ async fn send_watched(
     up: &Upstream,
     parts: http::request::Parts,
     body: Body,
-    upstream_timeout: impl Fn() -> Error,
-) -> Result<Result<Response<Body>, SendError>, Error> {
+    upstream_timeout: impl Fn() -> ProxyError,
+) -> Result<Result<Response<Body>, SendError>, ProxyError> {
     let timeout = up.response_timeout;
     let progress = Arc::new(Progress::default());
     let (sent_tx, mut sent_rx) = oneshot::channel();

@@ -1,6 +1,8 @@
 //! The route table, compiled once at startup: longest path-prefix match on segment boundaries, host-specific
 //! routes before host-agnostic ones.
 
+pub mod config;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -102,18 +104,15 @@ impl Route {
 
     /// `path` (which this route matched) without the prefix, always starting with `/`.
     pub fn rest<'a>(&self, path: &'a str) -> &'a str {
-        match path.get(self.prefix.len()..) {
-            Some(rest) if !rest.is_empty() => rest,
-            _ => "/",
-        }
+        crate::proxy::forwarded_path(path, self.prefix.len())
     }
 
-    /// The path to forward: [`Route::rest`] when `strip_prefix` is set, else `path` unchanged.
-    pub fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
+    /// Bytes of a matched path the upstream does not see (see [`crate::proxy::Outgoing::strip_len`]).
+    pub fn strip_len(&self) -> usize {
         if self.strip_prefix {
-            self.rest(path)
+            self.prefix.len()
         } else {
-            path
+            0
         }
     }
 }

@@ -21,9 +21,10 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{Body, BoxError};
-use crate::config::{Config, ListenerConfig};
+use crate::config::ListenerConfig;
+use crate::conn::ConnInfo;
+use crate::gateway::Config;
 use crate::gateway::Gateway;
-use crate::proxy::ConnInfo;
 use crate::timer::Timer;
 use crate::tls::{self, TlsError};
 

@@ -764,7 +764,7 @@ async fn fail_fast_issuer_refuses_to_start_while_the_idp_is_down() {
         &jwks_issuer(&idp, "startup = \"fail_fast\"\nfetch_timeout = \"2s\""),
         ROUTE,
     );
-    let cfg = credgate::config::Config::from_toml(&toml, "<test>").expect("config");
+    let cfg = credgate::gateway::Config::from_toml(&toml, "<test>").expect("config");
     let gw = credgate::gateway::Gateway::build(&cfg).expect("build");
     assert_eq!(
         idp.jwks_hits(),
@@ -804,7 +804,7 @@ async fn a_cached_token_is_still_time_checked() {
 async fn config_errors_name_the_issuer_key() {
     let bad = |issuer: &str| {
         let toml = format!("{issuer}\n[upstreams.u]\nurl = \"http://127.0.0.1:1\"\n");
-        credgate::config::Config::from_toml(&toml, "<t>")
+        credgate::gateway::Config::from_toml(&toml, "<t>")
             .expect_err("must fail")
             .to_string()
     };

@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use credgate::config::{Config, ConfigError};
+use credgate::config::ConfigError;
+use credgate::gateway::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::upstream::{self, Behaviour};

@@ -613,7 +613,7 @@ async fn a_credential_is_refused_for_an_upstream_it_may_not_reach() {
         r#"allowed_hosts = ["127.0.0.1"]"#,
         r#"allowed_hosts = ["sandbox.tropipay.me"]"#,
     );
-    let err = credgate::config::Config::from_toml(&toml, "<t>").expect_err("refused");
+    let err = credgate::gateway::Config::from_toml(&toml, "<t>").expect_err("refused");
     let msg = err.to_string();
     assert!(msg.contains("routes[0].credential"), "{msg}");
     assert!(msg.contains("allowed_hosts"), "{msg}");

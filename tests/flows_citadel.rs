@@ -241,12 +241,12 @@ client_name = "Acme"
         ("exchange = \"magic\"", "flows.citadel.exchange"),
         ("api_url = \"ftp://x/\"", "flows.citadel.api_url"),
     ] {
-        let err = credgate::config::Config::from_toml(&format!("{base}{extra}\n"), "<t>")
+        let err = credgate::gateway::Config::from_toml(&format!("{base}{extra}\n"), "<t>")
             .expect_err(extra);
         assert!(err.to_string().contains(key), "{err}");
     }
     let err =
-        credgate::config::Config::from_toml(&base.replace("access_secret = \"s\"\n", ""), "<t>")
+        credgate::gateway::Config::from_toml(&base.replace("access_secret = \"s\"\n", ""), "<t>")
             .expect_err("secret");
     assert!(
         err.to_string().contains("flows.citadel.access_secret"),

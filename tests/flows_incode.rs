@@ -589,7 +589,7 @@ fn config_errors_name_the_key() {
         "admin_credential = \"incode_admin\"",
         "admin_credential = \"nope\"",
     );
-    let cfg = credgate::config::Config::from_toml(&no_cred, "<t>").expect("config is valid");
+    let cfg = credgate::gateway::Config::from_toml(&no_cred, "<t>").expect("config is valid");
     let err = credgate::gateway::Gateway::build(&cfg).expect_err("unknown credential");
     assert!(
         err.to_string().contains("flows.incode.admin_credential"),
@@ -599,25 +599,25 @@ fn config_errors_name_the_key() {
     let no_hooks = base.replace("[flows.incode.webhook]", "[unused]");
     let no_hooks = no_hooks.split("[unused]").next().expect("head").to_owned()
         + "[[routes]]\npath_prefix = \"/h\"\nflow = \"incode_webhooks\"\nauth = \"none\"\n";
-    let err = credgate::config::Config::from_toml(&no_hooks, "<t>").expect_err("no webhooks");
+    let err = credgate::gateway::Config::from_toml(&no_hooks, "<t>").expect_err("no webhooks");
     assert!(err.to_string().contains("routes[0].flow"), "{err}");
 
     let bad_origin = base.replace(
         "\"https://app.example.com\"",
         "\"https://app.example.com/path\"",
     );
-    let err = credgate::config::Config::from_toml(&bad_origin, "<t>").expect_err("origin");
+    let err = credgate::gateway::Config::from_toml(&bad_origin, "<t>").expect_err("origin");
     assert!(
         err.to_string().contains("flows.incode.redirect_origins[0]"),
         "{err}"
     );
 
     let no_auth = base.replace("header = \"X-Webhook-Secret\"\nsecret = \"hook-secret-1\"\nbasic_user = \"incode\"\nbasic_password = \"basic-pass\"\n", "");
-    let err = credgate::config::Config::from_toml(&no_auth, "<t>").expect_err("webhook auth");
+    let err = credgate::gateway::Config::from_toml(&no_auth, "<t>").expect_err("webhook auth");
     assert!(err.to_string().contains("flows.incode.webhook"), "{err}");
 
     let no_db = base.replace(&format!("database = \"{}\"", db.display()), "");
-    let err = credgate::config::Config::from_toml(&no_db, "<t>").expect_err("db");
+    let err = credgate::gateway::Config::from_toml(&no_db, "<t>").expect_err("db");
     assert!(err.to_string().contains("flows.database"), "{err}");
 }
 

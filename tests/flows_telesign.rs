@@ -292,7 +292,7 @@ fn config_errors_name_the_key() {
         ),
     ] {
         let text = base.replacen(&from, &to, 1);
-        let err = credgate::config::Config::from_toml(&text, "<t>").expect_err(key);
+        let err = credgate::gateway::Config::from_toml(&text, "<t>").expect_err(key);
         assert!(err.to_string().contains(key), "{err}");
     }
 }

@@ -13,10 +13,9 @@ use http::{HeaderValue, Request, StatusCode};
 use jsonwebtoken::jwk::JwkSet;
 use tokio::sync::watch;
 
+use super::config::{IssuerConfig, JwksConfig};
 use super::keys::{self, KeySet};
 use crate::body;
-use crate::config::IssuerConfig;
-use crate::config::issuers::JwksConfig;
 use crate::http_client::{self, FetchError, HttpClient};
 use crate::metrics::Metrics;
 

@@ -9,10 +9,10 @@ use http::Request;
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::config::LoginConfig;
 use super::sensitive_value;
 use super::token_cache::{FetchedToken, TokenError, TokenSource, earliest, jwt_remaining};
 use crate::body;
-use crate::config::credentials::LoginConfig;
 use crate::http_client::{self, HttpClient};
 
 /// Largest login response read.

@@ -15,9 +15,9 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::config::{ClientAuthMethod, ExpiresInMode, OAuth2Config, RequestFormat};
 use super::token_cache::{FetchedToken, TokenError, TokenSource, earliest, jwt_remaining, later};
 use crate::body;
-use crate::config::credentials::{ClientAuthMethod, ExpiresInMode, OAuth2Config, RequestFormat};
 use crate::http_client::{self, FetchError, HttpClient};
 
 /// Largest token response read.

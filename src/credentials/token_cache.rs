@@ -14,8 +14,8 @@ use http::HeaderValue;
 use rand::Rng as _;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::config::TokenSettings;
 use super::{Attachment, CredentialError, sensitive_value};
-use crate::config::credentials::TokenSettings;
 use crate::http_client::FetchError;
 use crate::metrics::Metrics;
 
@@ -485,8 +485,8 @@ pub fn earliest(now: Instant, lifetimes: &[Option<Duration>]) -> Option<Instant>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::config::credentials::CredentialConfig;
+    use crate::config::Ctx;
+    use crate::credentials::config::{self, CredentialConfig, RawCredential};
 
     /// A source never asked: these tests hand tokens to `issue` directly.
     #[derive(Debug)]
@@ -502,19 +502,18 @@ mod tests {
     }
 
     fn cache() -> Arc<TokenCache> {
-        let cfg = Config::from_toml(
+        let raw: RawCredential = toml::from_str(
             r#"
-[credentials.v]
 kind = "oauth2_client_credentials"
 allowed_hosts = ["api.example"]
 token_url = "http://127.0.0.1:9/token"
 client_id = "id"
 client_secret = "secret"
 "#,
-            "<test>",
         )
-        .expect("config");
-        let Some(CredentialConfig::OAuth2(o)) = cfg.credentials.get("v") else {
+        .expect("toml");
+        let cfg = config::validate(&Ctx::new("<test>"), "v", raw).expect("config");
+        let CredentialConfig::OAuth2(o) = &cfg else {
             panic!("oauth2 credential");
         };
         TokenCache::new(

@@ -24,7 +24,7 @@ use super::{FlowError, FlowRequest, Handler, bytes_response, json_response, quer
 use crate::body::Body;
 use crate::caller_auth::Caller;
 use crate::config::{ConfigError, Ctx, secret};
-use crate::proxy::ConnInfo;
+use crate::conn::ConnInfo;
 
 /// Name of the flow.
 pub const FLOW: &str = "telesign";

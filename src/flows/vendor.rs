@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::FlowError;
 use crate::body::Body;
-use crate::error::Problem;
 use crate::http_client::{self, FetchError, Fetched, HttpClient};
+use crate::problem::Problem;
 
 /// Largest vendor response read into memory (Incode OCR and Citadel reports are the big ones).
 pub const MAX_VENDOR_BODY: usize = 16 * 1024 * 1024;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use credgate::config::Config;
+use credgate::gateway::Config;
 use credgate::gateway::Gateway;
 use credgate::server::{self, Running};
 

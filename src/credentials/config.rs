@@ -9,7 +9,7 @@ use http::{HeaderName, Method, StatusCode, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{ConfigError, Ctx, duration, secret};
+use crate::config::{ConfigError, Ctx, duration, secret};
 
 /// A credential as written; `kind` selects the variant.
 #[derive(Debug, Deserialize)]

@@ -2,14 +2,15 @@
 //! (a JWKS URL and/or static PEM, JWK or JWKS files). Static key files are read and parsed here, so `credgate check`
 //! catches a bad key; nothing here fetches.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, Ctx, duration};
 use crate::caller_auth::keys::{self, Alg, Key};
+use crate::config::{ConfigError, Ctx, duration};
 
 /// An issuer as written.
 #[derive(Debug, Deserialize)]
@@ -295,4 +296,104 @@ fn read_keys(
         out.append(&mut found);
     }
     Ok(out)
+}
+
+/// A route's caller policy as written (fields of `[[routes]]`).
+#[derive(Debug, Default)]
+pub struct RawRouteAuth {
+    /// `"jwt"` (default) or `"none"`.
+    pub auth: Option<String>,
+    /// Issuer names accepted (default: all).
+    pub issuers: Option<Vec<String>>,
+    /// Scopes required.
+    pub scopes: Vec<String>,
+    /// Claim → accepted values.
+    pub require_claims: BTreeMap<String, Vec<String>>,
+    /// Claim → header name to forward it in.
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+/// How a route authenticates callers.
+#[derive(Debug, Clone, Default)]
+pub enum RouteAuthConfig {
+    /// Public route: no caller token is read (the caller's Authorization is still stripped).
+    #[default]
+    None,
+    /// Caller JWT required.
+    Jwt {
+        /// Accepted issuer names (empty: all).
+        issuers: Vec<String>,
+        /// Scopes required.
+        scopes: Vec<String>,
+        /// Claim → accepted values.
+        require_claims: BTreeMap<String, Vec<String>>,
+        /// Claim → header name to forward it in.
+        forward_claims: Vec<(String, http::HeaderName)>,
+    },
+}
+
+impl RouteAuthConfig {
+    /// The claims this policy forwards upstream.
+    pub fn forwarded_claims(&self) -> impl Iterator<Item = &str> {
+        let claims = match self {
+            RouteAuthConfig::None => &[][..],
+            RouteAuthConfig::Jwt { forward_claims, .. } => forward_claims.as_slice(),
+        };
+        claims.iter().map(|(c, _)| c.as_str())
+    }
+
+    /// Check a route's caller policy; `k` names a field of the route in errors.
+    pub fn validate(
+        ctx: &Ctx,
+        k: &impl Fn(&str) -> String,
+        raw: RawRouteAuth,
+        issuers: &[IssuerConfig],
+    ) -> Result<Self, ConfigError> {
+        let r = raw;
+        Ok(match r.auth.as_deref() {
+            Some("none") => {
+                if r.issuers.is_some()
+                    || !r.scopes.is_empty()
+                    || !r.require_claims.is_empty()
+                    || !r.forward_claims.is_empty()
+                {
+                    return Err(ctx.invalid(k("auth"), "\"none\" cannot be combined with issuers, scopes, require_claims or forward_claims"));
+                }
+                RouteAuthConfig::None
+            }
+            None | Some("jwt") => {
+                if issuers.is_empty() {
+                    return Err(ctx.invalid(k("auth"), "caller JWTs are required by default but no [[issuers]] is configured; add one or set auth = \"none\""));
+                }
+                let names = r.issuers.unwrap_or_default();
+                for n in &names {
+                    if !issuers.iter().any(|iss| &iss.name == n) {
+                        return Err(ctx.invalid(
+                            k("issuers"),
+                            format!("{n:?} is not defined in [[issuers]]"),
+                        ));
+                    }
+                }
+                let mut forward_claims = Vec::new();
+                for (claim, header) in r.forward_claims {
+                    let h = http::HeaderName::try_from(header.as_str()).map_err(|_| {
+                        ctx.invalid(
+                            k(&format!("forward_claims.{claim}")),
+                            format!("{header:?} is not a header name"),
+                        )
+                    })?;
+                    forward_claims.push((claim, h));
+                }
+                RouteAuthConfig::Jwt {
+                    issuers: names,
+                    scopes: r.scopes,
+                    require_claims: r.require_claims,
+                    forward_claims,
+                }
+            }
+            Some(other) => {
+                return Err(ctx.invalid(k("auth"), format!("{other:?} is not \"jwt\" or \"none\"")));
+            }
+        })
+    }
 }

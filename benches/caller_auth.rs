@@ -4,22 +4,8 @@
 //! `authenticate` call a request makes on a hit (bearer extraction, cache, key/time re-checks, route rules).
 //!
 //! Run: `cargo bench --bench caller_auth -- --warm-up-time 1 --measurement-time 3`
-//! Figures: see the FIGURES comment below and README.md (Caller authentication).
-
-// FIGURES — 2026-11-23 20:56 UTC, 2-vCPU AMD EPYC VM (shared with other builds; load average 0.9-1.5 during the run),
-// `cargo bench --bench caller_auth -- --warm-up-time 1 --measurement-time 3`, criterion medians:
-//
-//   case   floor: aws-lc-rs verify   jsonwebtoken decode   credgate verify (uncached)   credgate miss (+ cache insert)
-//   RS256  17.94 µs                  24.99 µs (1.39x)      21.06 µs (1.17x)             22.78 µs (1.27x)
-//   ES256  56.80 µs                  62.61 µs (1.10x)      59.99 µs (1.06x)             61.41 µs (1.08x)
-//   EdDSA  41.67 µs                  45.24 µs (1.09x)      44.56 µs (1.07x)             46.04 µs (1.10x)
-//
-//   cached: validate (hit: cache lookup, key still published, exp/nbf/iat)             212 ns
-//   cached: authenticate (hit + bearer extraction + scope check + one forwarded claim)  286 ns
-//   (cached rows: 21:00 UTC run with `-- ^cached`, after bearer extraction moved to bytes; it was 337 ns before)
-//
-// Earlier runs the same evening under load average 3-9 were 1.5-3x slower and their ratios wandered with the noise;
-// compare only within one quiet run.
+//! Figures: `BENCHMARKS.md` (Criterion: the hot path in process). Compare only runs on a quiet machine: runs during
+//! parallel builds are slower and their ratios wander with the noise.
 
 use std::hint::black_box;
 use std::sync::Arc;

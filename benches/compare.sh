@@ -11,7 +11,12 @@
 #                cycle: it compares latency spread between rows whose throughput the neighbours moved apart.
 # Example (two builds, the static row):
 #   benches/compare.sh 8 10 'old=CREDGATE_BIN=/tmp/a benches/load.sh 64 $S' 'new=CREDGATE_BIN=/tmp/b benches/load.sh 64 $S'
-# Knobs: PEERS (peers folder), OUT (the raw lines, default a temporary file that is kept and named at the end).
+# Knobs: PEERS (peers folder), OUT (the raw lines, default a temporary file that is kept and named at the end),
+#   BASE=LABEL (ratios and differences against that row instead of nginx, e.g. BASE=static for OAuth2 against static
+#   or BASE=haproxy for the distinct-token rows; nginx still runs first in every round),
+#   CSV=file (append every run as SCENARIO,label,round,rps,p50_ms,p99_ms, the format of benches/results/runs.csv
+#   that benches/plot.py draws; SCENARIO defaults to "compare").
+# A row's label is the bench.sh name up to any "/" (bench.sh appends /distinct2000 and the like).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,33 +38,44 @@ for i in $(seq 1 "$rounds"); do
 done
 
 python3 - "$out" <<'PY'
-import collections, re, statistics, sys
+import os, re, statistics, sys
 
 rounds, cur = [], {}
 for line in open(sys.argv[1]):
     m = re.match(r"(\S+)\s+rps=(\d+)\s+p50=([\d.]+)\s*ms p99=([\d.]+)", line)
     if not m:
         continue
-    if m.group(1) == "nginx" and cur:
+    name = m.group(1).split("/")[0]
+    if name == "nginx" and cur:
         rounds.append(cur)
         cur = {}
-    cur[m.group(1)] = (int(m.group(2)), float(m.group(4)))
+    cur[name] = (int(m.group(2)), float(m.group(4)), float(m.group(3)))
 rounds.append(cur)
 
-def tail(rps, p99):
+def tail(rps, p99, *_):
     return p99 * rps / 64000
 
 med = statistics.median
-labels = [k for k in rounds[0] if k != "nginx"]
-print(f"\n{len(rounds)} rounds; medians over rounds")
-print(f"{'row':<12} {'rps':>7} {'p99 ms':>7} {'rps ratio':>10} {'p99 diff':>9} {'lower p99':>10} {'tail ratio':>11} {'nginx tail':>11}")
-print(f"{'nginx':<12} {med(r['nginx'][0] for r in rounds):>7.0f} {med(r['nginx'][1] for r in rounds):>7.2f}")
+base = os.environ.get("BASE") or "nginx"
+if base not in rounds[0]:
+    sys.exit(f"BASE={base}: no such row (rows: {', '.join(rounds[0])})")
+labels = [k for k in rounds[0] if k != base]
+print(f"\n{len(rounds)} rounds; medians over rounds; ratios and differences against {base}")
+print(f"{'row':<12} {'rps':>7} {'p99 ms':>7} {'rps ratio':>10} {'p99 diff':>9} {'lower p99':>10} {'tail ratio':>11} {base + ' tail':>11}")
+print(f"{base:<12} {med(r[base][0] for r in rounds):>7.0f} {med(r[base][1] for r in rounds):>7.2f}")
 for k in labels:
-    rs = [r for r in rounds if k in r]
-    diff = [r[k][1] - r["nginx"][1] for r in rs]
+    rs = [r for r in rounds if k in r and base in r]
+    diff = [r[k][1] - r[base][1] for r in rs]
     print(f"{k:<12} {med(r[k][0] for r in rs):>7.0f} {med(r[k][1] for r in rs):>7.2f}"
-          f" {med(r[k][0] / r['nginx'][0] for r in rs):>9.3f}x {med(diff):>+9.2f}"
+          f" {med(r[k][0] / r[base][0] for r in rs):>9.3f}x {med(diff):>+9.2f}"
           f" {sum(d < 0 for d in diff):>5}/{len(rs):<4} {med(tail(*r[k]) for r in rs):>11.3f}"
-          f" {med(tail(*r['nginx']) for r in rs):>11.3f}")
+          f" {med(tail(*r[base]) for r in rs):>11.3f}")
+if os.environ.get("CSV"):
+    scenario = os.environ.get("SCENARIO") or "compare"
+    with open(os.environ["CSV"], "a") as f:
+        for i, r in enumerate(rounds, 1):
+            for k, (rps, p99, p50) in r.items():
+                f.write(f"{scenario},{k},{i},{rps},{p50:.3f},{p99:.3f}\n")
+    print(f"runs appended to {os.environ['CSV']}")
 PY
 echo "raw lines: $out"

@@ -2,12 +2,9 @@
 //! (moka lookup, expiry check, `Arc` clone of the rendered headers), beside the static credential's fixed headers.
 //! Target: under 1 µs, so that an injected token costs about what a static header does.
 //!
-//! Last run, 2026-11-23, 2-core VM shared with other helpers' builds (so noisy), with
-//! `cargo bench --bench credentials -- --warm-up-time 1 --measurement-time 3`:
-//!   attach/static       30 ns   [29.6 ns 30.2 ns 30.9 ns]
-//!   attach/oauth2_warm  241 ns  [237.5 ns 241.4 ns 248.2 ns]   (target < 1 µs: met; moka's `get` is most of it)
-//! (With `max_capacity(1)` on the moka cache the warm read was ~580 ns against 74 ns static in a noisier run; the
-//! capacity bound was dropped because each cache holds one key.)
+//! Run: `cargo bench --bench credentials -- --warm-up-time 1 --measurement-time 3`
+//! Figures: `BENCHMARKS.md` (Criterion: the hot path in process). Most of the warm read is moka's `get`; a
+//! `max_capacity(1)` bound on the moka cache made it slower and was dropped, because each cache holds one key.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -7,15 +7,9 @@
 //!
 //! It also times a per-request deadline armed and dropped on credgate's timer against tokio's (`deadline/…`).
 //!
-//! Last run (2026-11-24 03:50 UTC, 2-vCPU VM, quiet):
-//! `cargo bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`
-//!   route_match/50_routes/hit_deep          141 ns   [140.5 ns .. 142.0 ns]
-//!   route_match/50_routes/miss               41 ns   [40.3 ns .. 42.4 ns]
-//!   prepare/static_credential               1.03 µs  [1.022 µs .. 1.032 µs]
-//!   hot_path/match_attach_prepare           1.24 µs  [1.233 µs .. 1.243 µs]
-//!   deadline/arm_and_drop/credgate_timer     41 ns   [40.50 ns .. 40.58 ns]
-//!   deadline/arm_and_drop/tokio_sleep        89 ns   [88.74 ns .. 88.83 ns]
-//! Runs taken during parallel builds (load average 8) were 2-3x slower: compare only on a quiet machine.
+//! Run: `cargo bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`
+//! Figures: `BENCHMARKS.md` (Criterion: the hot path in process). Runs taken during parallel builds are much slower:
+//! compare only on a quiet machine.
 
 use std::future::Future;
 use std::hint::black_box;

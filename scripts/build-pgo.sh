@@ -8,8 +8,8 @@
 #
 # The profile comes from this checkout's own code every time, so it never goes stale. The optimised binary behaves
 # exactly like `cargo build --release`'s; it lays out and inlines the hot path by measured frequency, which keeps
-# the per-request code small enough for the instruction cache (see BENCHMARKS.md, sitting 11). Needs rustup's
-# llvm-tools component (installed here when missing) and about twice a release build's time.
+# the per-request code small enough for the instruction cache (BENCHMARKS.md; benches/history.md, sitting 11).
+# Needs rustup's llvm-tools component (installed here when missing) and about twice a release build's time.
 # Knob: PGO_SECONDS (seconds per training phase, default 2).
 set -euo pipefail
 

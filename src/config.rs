@@ -89,6 +89,16 @@ pub struct RawListener {
     pub header_read_timeout: Option<String>,
     /// Largest request head accepted on this listener, in bytes (default 65536; hyper answers 431 beyond).
     pub max_header_bytes: Option<usize>,
+    /// Longest a connection may stay open with no request in flight (default `60s`; HTTP/1 connections are held to
+    /// `header_read_timeout` between requests as well).
+    pub idle_timeout: Option<String>,
+    /// Interval of the HTTP/2 keep-alive PINGs (default `30s`).
+    pub http2_keepalive_interval: Option<String>,
+    /// How long an HTTP/2 PING may go unanswered before the connection is closed (default `10s`).
+    pub http2_keepalive_timeout: Option<String>,
+    /// Most connections open at once on this listener (default 10000; capped by the open-files limit). Beyond it a
+    /// new connection is closed at once and counted.
+    pub max_connections: Option<usize>,
 }
 
 /// `[upstreams.NAME]`: a service requests are forwarded to.
@@ -119,6 +129,14 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// Largest request head in bytes.
     pub max_header_bytes: usize,
+    /// Longest stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// HTTP/2 keep-alive PING interval.
+    pub http2_keepalive_interval: Duration,
+    /// HTTP/2 PING answer timeout.
+    pub http2_keepalive_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
 }
 
 /// Whether a client certificate must be presented.
@@ -269,6 +287,10 @@ pub fn validate_listener(
     if max_header_bytes < 8192 {
         return Err(ctx.invalid(k("max_header_bytes"), "must be at least 8192"));
     }
+    let max_connections = l.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        return Err(ctx.invalid(k("max_connections"), "must be at least 1"));
+    }
     Ok(ListenerConfig {
         address,
         tls,
@@ -285,6 +307,25 @@ pub fn validate_listener(
             Duration::from_secs(10),
         )?,
         max_header_bytes,
+        idle_timeout: duration(
+            ctx,
+            &k("idle_timeout"),
+            l.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        http2_keepalive_interval: duration(
+            ctx,
+            &k("http2_keepalive_interval"),
+            l.http2_keepalive_interval.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        http2_keepalive_timeout: duration(
+            ctx,
+            &k("http2_keepalive_timeout"),
+            l.http2_keepalive_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        max_connections,
     })
 }
 

@@ -1,11 +1,16 @@
 //! Listeners: bind, accept, TLS handshake inside the per-connection task (bounded by a timeout), then hyper-util with
 //! the protocol ALPN chose (or sniffed, on plain listeners). Until its first request head, every connection is bounded
-//! by the header read timeout. Shutdown stops accepting and lets in-flight requests finish within a grace period.
+//! by the header read timeout; after it, HTTP/1 must keep making progress at that pace and any connection with no
+//! request in flight is closed after the idle timeout (HTTP/2 with a GOAWAY; its peers are also PINGed). Each
+//! listener holds at most `max_connections`, capped so that all of them fit the open-files limit with room for the
+//! admin listener and upstream connections. Shutdown stops accepting and lets in-flight requests finish within a
+//! grace period.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -25,6 +30,7 @@ use crate::config::ListenerConfig;
 use crate::conn::ConnInfo;
 use crate::gateway::Config;
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::timer::Timer;
 use crate::tls::{self, TlsError};
 
@@ -84,6 +90,7 @@ impl Running {
 /// Bind every listener in `cfg` (and the admin listener) and start serving `gw`.
 pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerError> {
     gw.start_background().await?;
+    let per_listener = connection_budget(raise_open_files_limit(), cfg.listeners.len());
     let (stop, _) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();
@@ -110,16 +117,24 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
         tracing::info!(%addr, tls = acceptor.is_some(), "listening");
         addrs.push(addr);
         let timer = gw.timer.clone();
+        let refusals = Refusals::new(&gw.metrics, addr);
         let gw = gw.clone();
         let handler = move |req: Request<Incoming>, conn: ConnInfo| {
             crate::pipeline::handle(gw.clone(), req, conn)
         };
+        let mut s = settings(l);
+        if s.max_connections > per_listener {
+            tracing::warn!(%addr, configured = s.max_connections, allowed = per_listener,
+                "max_connections does not fit the open-files limit; lowered");
+            s.max_connections = per_listener;
+        }
         tasks.spawn(accept_loop(
             listener,
             acceptor,
-            settings(l),
+            s,
             timer,
             handler,
+            refusals,
             stop.subscribe(),
         ));
     }
@@ -134,6 +149,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 .map_err(|source| ServerError::Bind { addr: a, source })?;
             tracing::info!(%addr, "admin listening");
             let timer = gw.timer.clone();
+            let refusals = Refusals::new(&gw.metrics, addr);
             let gw = gw.clone();
             let handler = move |req: Request<Incoming>, _conn: ConnInfo| {
                 let rsp = crate::admin::handle(&gw, &req);
@@ -143,6 +159,10 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 tls_handshake_timeout: Duration::from_secs(5),
                 header_read_timeout: Duration::from_secs(5),
                 max_header_bytes: 16384,
+                idle_timeout: Duration::from_secs(60),
+                http2_keepalive_interval: Duration::from_secs(30),
+                http2_keepalive_timeout: Duration::from_secs(10),
+                max_connections: ADMIN_CONNECTIONS,
             };
             tasks.spawn(accept_loop(
                 listener,
@@ -150,6 +170,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 s,
                 timer,
                 handler,
+                refusals,
                 stop.subscribe(),
             ));
             Some(addr)
@@ -163,11 +184,55 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
     })
 }
 
+/// Connections the admin listener holds at most: kept out of the gateway listeners' budget, so that health checks
+/// and metrics still answer while callers hold every connection they may.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// Descriptors kept for everything but caller connections: the admin listener's, the listeners themselves, files
+/// and control-plane connections (JWKS, token endpoints).
+const RESERVED_FDS: u64 = ADMIN_CONNECTIONS as u64 + 192;
+
+/// Raise the soft open-files limit to the hard one (as nginx's `worker_rlimit_nofile` and HAProxy do), logging both;
+/// returns the soft limit in force, `None` when it cannot be read.
+fn raise_open_files_limit() -> Option<u64> {
+    let (soft, hard) = match rlimit::Resource::NOFILE.get() {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            return None;
+        }
+    };
+    match rlimit::increase_nofile_limit(hard) {
+        Ok(raised) => {
+            tracing::info!(soft_before = soft, soft = raised, hard, "open-files limit");
+            Some(raised)
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+            Some(soft)
+        }
+    }
+}
+
+/// Connections each of `listeners` may hold so that all fit `fd_limit`: every caller connection may hold an upstream
+/// connection too, and [`RESERVED_FDS`] stay free. No limit is imposed when the limit is unknown.
+fn connection_budget(fd_limit: Option<u64>, listeners: usize) -> usize {
+    let Some(limit) = fd_limit else {
+        return usize::MAX;
+    };
+    let per = limit.saturating_sub(RESERVED_FDS) / 2 / u64::try_from(listeners.max(1)).unwrap_or(1);
+    usize::try_from(per).unwrap_or(usize::MAX).max(1)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct ConnSettings {
     tls_handshake_timeout: Duration,
     header_read_timeout: Duration,
     max_header_bytes: usize,
+    idle_timeout: Duration,
+    http2_keepalive_interval: Duration,
+    http2_keepalive_timeout: Duration,
+    max_connections: usize,
 }
 
 fn settings(l: &ListenerConfig) -> ConnSettings {
@@ -175,6 +240,52 @@ fn settings(l: &ListenerConfig) -> ConnSettings {
         tls_handshake_timeout: l.tls_handshake_timeout,
         header_read_timeout: l.header_read_timeout,
         max_header_bytes: l.max_header_bytes,
+        idle_timeout: l.idle_timeout,
+        http2_keepalive_interval: l.http2_keepalive_interval,
+        http2_keepalive_timeout: l.http2_keepalive_timeout,
+        max_connections: l.max_connections,
+    }
+}
+
+/// Counts connections a listener closed at once for being over its limit.
+struct Refusals {
+    metrics: Arc<Metrics>,
+    listener: String,
+}
+
+impl Refusals {
+    fn new(metrics: &Arc<Metrics>, addr: SocketAddr) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            listener: addr.to_string(),
+        }
+    }
+
+    fn count(&self) {
+        self.metrics.incr(
+            "credgate_connections_refused_total",
+            &[("listener", &self.listener)],
+        );
+    }
+}
+
+/// One open connection of a listener; gives its place back when the connection's task ends.
+struct OpenSlot(Arc<AtomicUsize>);
+
+impl OpenSlot {
+    /// A place among `open`'s at most `limit`, or `None` when all are taken.
+    fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(open.clone()))
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -201,6 +312,8 @@ impl Builders {
             .max_buf_size(settings.max_header_bytes);
         auto.http2()
             .timer(timer.clone())
+            .keep_alive_interval(Some(settings.http2_keepalive_interval))
+            .keep_alive_timeout(settings.http2_keepalive_timeout)
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
         Self {
             http1,
@@ -240,6 +353,7 @@ async fn accept_loop<H, F>(
     settings: ConnSettings,
     timer: Timer,
     handler: H,
+    refusals: Refusals,
     mut stop: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
@@ -247,19 +361,32 @@ async fn accept_loop<H, F>(
 {
     let builders = Arc::new(Builders::new(settings, &timer));
     let shutdown = Arc::new(Shutdown::default());
+    let open = Arc::new(AtomicUsize::new(0));
     // Connection tasks live in this set so that aborting the accept loop (grace period over) closes them too.
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Over the limit: closed at once, so that the caller learns it now rather than after a timeout.
+                    let Some(slot) = OpenSlot::take(&open, settings.max_connections) else {
+                        refusals.count();
+                        tracing::debug!(%peer, limit = settings.max_connections, "connection limit reached; closing");
+                        drop(tcp);
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
                     let guard = ConnGuard {
                         shutdown: shutdown.clone(),
                         timer: timer.clone(),
                         head_period: settings.header_read_timeout,
+                        idle_period: settings.idle_timeout,
                     };
-                    conns.spawn(serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), guard));
+                    let serve = serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), guard);
+                    conns.spawn(async move {
+                        serve.await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly instead of spinning.
@@ -281,12 +408,19 @@ struct ConnGuard {
     shutdown: Arc<Shutdown>,
     timer: Timer,
     head_period: Duration,
+    idle_period: Duration,
 }
 
 impl ConnGuard {
     /// The head deadline for HTTP/1 served without hyper's header read timeout: progress every period.
     fn every_period(&self) -> HeadDeadline {
-        HeadDeadline::Every(self.timer.clone(), self.head_period)
+        HeadDeadline::every(self.timer.clone(), self.head_period)
+    }
+
+    /// The deadline for connections served by hyper-util's `auto` (HTTP/2, sniffed plain connections): closed once
+    /// a whole idle period passes with no request in flight and none started.
+    fn idle_period(&self) -> HeadDeadline {
+        HeadDeadline::every(self.timer.clone(), self.idle_period)
     }
 
     /// Serve `conn` under `rule` until it ends; `None` when the head deadline closed it (first head due by `first`).
@@ -347,9 +481,8 @@ async fn serve_conn<H, F>(
                     .auto
                     .serve_connection(TokioIo::new(tcp), svc)
                     .into_owned();
-                guard
-                    .serve(c, deadline, progress, HeadDeadline::FirstOnly)
-                    .await
+                let rule = guard.idle_period();
+                guard.serve(c, deadline, progress, rule).await
             }
             Ok(None) => return,
             Err(_) => None,
@@ -377,9 +510,8 @@ async fn serve_conn<H, F>(
                     .h2
                     .serve_connection(TokioIo::new(tls), svc)
                     .into_owned();
-                guard
-                    .serve(c, deadline, progress, HeadDeadline::FirstOnly)
-                    .await
+                let rule = guard.idle_period();
+                guard.serve(c, deadline, progress, rule).await
             } else {
                 let c = builders.http1.serve_connection(TokioIo::new(tls), svc);
                 let rule = guard.every_period();
@@ -391,5 +523,19 @@ async fn serve_conn<H, F>(
         Some(Ok(())) => {}
         Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with error"),
         None => tracing::debug!(%peer, "no request head within the header read timeout; closing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_budget_leaves_room_for_upstreams_and_the_admin_listener() {
+        // 1,024 descriptors: 256 reserved, and half of the rest for the upstream side of each caller connection.
+        assert_eq!(connection_budget(Some(1024), 1), 384);
+        assert_eq!(connection_budget(Some(1024), 2), 192);
+        assert_eq!(connection_budget(Some(100), 1), 1);
+        assert_eq!(connection_budget(None, 3), usize::MAX);
     }
 }

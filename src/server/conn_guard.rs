@@ -160,13 +160,19 @@ impl Drop for Counted {
     }
 }
 
-/// What the head deadline asks of a connection.
-pub(super) enum HeadDeadline {
-    /// Only the first request head is due by the deadline (HTTP/2, and connections whose protocol hyper-util sniffs:
-    /// their HTTP/1 keeps hyper's own header read timeout).
-    FirstOnly,
-    /// After the first, every period must see progress (HTTP/1 served without hyper's header read timeout).
-    Every(Timer, Duration),
+/// What the head deadline asks of a connection after its first request head: progress every period (a head taken
+/// in or a response finished), or a request in flight. HTTP/1 served without hyper's header read timeout is held to
+/// that timeout; connections served by hyper-util's `auto` (HTTP/2, sniffed plain ones) to the idle timeout.
+pub(super) struct HeadDeadline {
+    timer: Timer,
+    period: Duration,
+}
+
+impl HeadDeadline {
+    /// Progress every `period`, timed on `timer`.
+    pub(super) fn every(timer: Timer, period: Duration) -> Self {
+        Self { timer, period }
+    }
 }
 
 /// The head deadline's waker: notes that the deadline fired before waking the connection's task, so that the
@@ -233,8 +239,6 @@ enum Verdict {
     Close,
     /// Keep the connection; the deadline is re-armed for the next period.
     Rearmed,
-    /// Keep the connection with no head deadline from now on.
-    Done,
 }
 
 pin_project! {
@@ -287,20 +291,20 @@ fn on_deadline(
     if now.0 == 0 {
         return Verdict::Close;
     }
-    match rule {
-        HeadDeadline::FirstOnly => Verdict::Done,
-        HeadDeadline::Every(timer, period) => {
-            let in_flight = now.0 > now.1;
-            if !in_flight && now == d.armed_at {
-                return Verdict::Close;
-            }
-            d.armed_at = now;
-            d.sleep = timer.sleep(*period);
-            // A period cannot pass while it is being armed; were it to, the next wake sees it.
-            let _ = d.arm(cx);
-            Verdict::Rearmed
-        }
+    let in_flight = now.0 > now.1;
+    if !in_flight && now == d.armed_at {
+        return Verdict::Close;
     }
+    d.armed_at = now;
+    rearm(d, rule, cx);
+    Verdict::Rearmed
+}
+
+/// Arm `d` for the next period of `rule`.
+fn rearm(d: &mut Deadline, rule: &HeadDeadline, cx: &Context<'_>) {
+    d.sleep = rule.timer.sleep(rule.period);
+    // A period cannot pass while it is being armed; were it to, the next wake sees it.
+    let _ = d.arm(cx);
 }
 
 impl<C: GracefulConnection> Future for Guarded<C> {
@@ -325,9 +329,16 @@ impl<C: GracefulConnection> Future for Guarded<C> {
             };
             if passed {
                 match on_deadline(d, this.progress, this.rule, cx) {
+                    // An idle connection that served requests is told first (HTTP/2 GOAWAY; HTTP/1 closes at once)
+                    // and closed for good one period later if it is still there.
+                    Verdict::Close if !*this.draining && this.progress.counts().0 > 0 => {
+                        *this.draining = true;
+                        this.shutdown.leave();
+                        this.conn.as_mut().graceful_shutdown();
+                        rearm(d, this.rule, cx);
+                    }
                     Verdict::Close => return Poll::Ready(None),
                     Verdict::Rearmed => {}
-                    Verdict::Done => *this.deadline = None,
                 }
             }
         }

@@ -38,6 +38,7 @@ pub mod flows;
 pub mod gateway;
 pub mod http_client;
 pub mod metrics;
+pub mod path;
 pub mod pipeline;
 pub mod problem;
 pub mod proxy;

@@ -1,6 +1,7 @@
 //! The request path, read top to bottom: route → caller → credential → prepare → forward. Each step is a plain async
 //! function with a typed result; every error becomes a problem response in [`Error`], in one place.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use http::header::{HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
@@ -21,9 +23,10 @@ use crate::credentials::RejectPolicy;
 use crate::credentials::{self, Attachment, Credential};
 use crate::flows::FlowRequest;
 use crate::gateway::Gateway;
+use crate::path;
 use crate::proxy::RequestError;
 use crate::proxy::{self, Outgoing, Upstream, X_REQUEST_ID};
-use crate::routes::{self, Route, Target};
+use crate::routes::{Route, Target};
 
 mod error;
 
@@ -33,7 +36,11 @@ pub use error::{DisplayChain, Error};
 ///
 /// Takes its state by value so that the server can use this future as it is: every async layer around it would add
 /// its own copy of the request to a future that is boxed, and so copied, once per request.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Response<Body> {
     // The clock and the method are taken only for the access log.
     let logged = tracing::enabled!(target: "credgate::access", tracing::Level::INFO)
         .then(|| (Instant::now(), req.method().clone()));
@@ -44,7 +51,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: ConnInfo) ->
         .iter()
         .find_map(|(n, v)| (*n == X_REQUEST_ID).then_some(v));
     let request_id = request_id(sent);
-    let (route, result) = match find_route(&gw, &req) {
+    let (route, result) = match canonicalise(&mut req).and_then(|()| find_route(&gw, &req)) {
         Ok(route) => (
             Some(route),
             serve_route(&gw, route, req, &conn, &request_id).await,
@@ -74,12 +81,28 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, conn: ConnInfo) ->
     rsp
 }
 
+/// Replace the request's path by its canonical form (see [`crate::path`]): routes match it and upstreams get it, so a
+/// path an upstream would read differently (a dot segment climbing out of the route's prefix, an escape, a doubled
+/// slash) cannot reach what no route grants.
+fn canonicalise<B>(req: &mut Request<B>) -> Result<(), Error> {
+    let path = match path::canonical(req.uri().path()).map_err(RequestError::from)? {
+        Cow::Borrowed(_) => return Ok(()),
+        Cow::Owned(p) => p,
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let pq = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(pq).map_err(|_| RequestError::Malformed("path cannot be parsed"))?,
+    );
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| RequestError::Malformed("path cannot be parsed"))?;
+    Ok(())
+}
+
 fn find_route<'g, B>(gw: &'g Gateway, req: &Request<B>) -> Result<&'g Route, Error> {
-    // A dot segment would let a caller climb out of the route's prefix (and the upstream's base path) once the
-    // upstream normalises the path, carrying this route's credential to paths no route grants.
-    if routes::has_dot_segment(req.uri().path()) {
-        return Err(RequestError::Malformed("path has dot segments").into());
-    }
     let host = if gw.routes.uses_hosts() {
         request_host(req)
     } else {

@@ -660,3 +660,66 @@ async fn dot_segments_cannot_climb_out_of_a_route() {
     }
     assert!(up.seen().is_empty(), "no dot-segment path was forwarded");
 }
+
+#[tokio::test]
+async fn every_spelling_of_a_path_is_held_to_the_route_of_its_canonical_form() {
+    // `/pub` is open and carries no credential; `/pub/admin` attaches one: which route answered shows in what the
+    // upstream saw.
+    let up = upstream::start(Behaviour::Ok).await;
+    let routes = r#"
+[[routes]]
+name = "pub"
+path_prefix = "/pub"
+upstream = "u"
+auth = "none"
+
+[[routes]]
+name = "admin"
+path_prefix = "/pub/admin"
+upstream = "u"
+credential = "k"
+auth = "none"
+"#;
+    let gw = support::start_gateway(&config(&up.url(), "", routes)).await;
+    // (path sent, what the upstream must see: the admin route's credential and the canonical path, or refused)
+    let cases: &[(&str, Option<(bool, &str)>)] = &[
+        ("/pub/admin", Some((true, "/pub/admin"))),
+        ("/pub/%61dmin", Some((true, "/pub/admin"))),
+        ("/pub//admin", Some((true, "/pub/admin"))),
+        ("//pub/admin/x", Some((true, "/pub/admin/x"))),
+        ("/pub/ADMIN", Some((true, "/pub/ADMIN"))),
+        ("/PUB/Admin?q=1", Some((true, "/PUB/Admin?q=1"))),
+        ("/pub/%7Ename", Some((false, "/pub/~name"))),
+        ("/pub/other", Some((false, "/pub/other"))),
+        ("/pub/admin;x", None),
+        ("/pub/admin%3Bx", None),
+        ("/pub/..;/admin", None),
+        ("/pub/%2e%2e/pub/admin", None),
+        ("/pub/a%2Fb", None),
+        ("/pub/%zz", None),
+    ];
+    for (sent, want) in cases {
+        let before = up.seen().len();
+        let (parts, body) = send(get(&gw, sent).body(upstream::full("")).expect("req")).await;
+        let seen = up.seen();
+        match want {
+            Some((credential, path)) => {
+                assert_eq!(parts.status, StatusCode::OK, "{sent}");
+                let got = seen
+                    .get(before)
+                    .unwrap_or_else(|| panic!("{sent}: not forwarded"));
+                assert_eq!(got.uri, *path, "{sent}");
+                assert_eq!(
+                    got.headers.contains_key("x-api-key"),
+                    *credential,
+                    "{sent}: route"
+                );
+            }
+            None => {
+                assert_eq!(parts.status, StatusCode::BAD_REQUEST, "{sent}");
+                assert_eq!(problem(&parts, &body)["code"], "bad_request", "{sent}");
+                assert_eq!(seen.len(), before, "{sent}: a refused path was forwarded");
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //!
 //! Never puts the API key, a session token or the admin token in a log line or an error body.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -459,10 +460,9 @@ impl Inner {
     async fn session_call(&self, req: Request<Body>) -> Result<Response<Body>, FlowError> {
         let (parts, incoming) = req.into_parts();
         let path = parts.uri.path();
-        if path
-            .split('/')
-            .any(|seg| seg == "." || seg == ".." || seg.contains('%'))
-        {
+        // The pipeline canonicalised the path already; a session call must also carry no escape at all, so that the
+        // URL built below is exactly the path checked.
+        if !matches!(crate::path::canonical(path), Ok(Cow::Borrowed(_))) || path.contains('%') {
             return Err(FlowError::Invalid {
                 detail: "path segments must be plain".into(),
             });

@@ -29,6 +29,9 @@ pub enum RequestError {
     /// The request cannot be forwarded as sent.
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    /// The path has no canonical form.
+    #[error(transparent)]
+    Path(#[from] crate::path::PathError),
 }
 
 /// The upstream could not be reached or did not answer in time.
@@ -86,6 +89,10 @@ pub fn request_problem(e: &RequestError) -> Problem {
         .detail(format!("limit is {limit} bytes")),
         RequestError::Malformed(what) => {
             Problem::new(StatusCode::BAD_REQUEST, "bad_request", "Malformed request").detail(*what)
+        }
+        RequestError::Path(e) => {
+            Problem::new(StatusCode::BAD_REQUEST, "bad_request", "Malformed request")
+                .detail(e.to_string())
         }
     }
 }

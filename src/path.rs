@@ -1,0 +1,171 @@
+//! The canonical form of a request path, made once before routing so that the gateway and the upstream agree on what
+//! path a request is for. Upstreams differ in what they normalise (Tomcat and Spring strip `;` parameters, many decode
+//! `%XX` or merge slashes, some ignore case); a route's caller policy must hold for every reading of the path, so:
+//!
+//! - `%XX` of an unreserved character (`A-Z a-z 0-9 - . _ ~`) is decoded, other escapes are kept with upper-case hex;
+//! - runs of `/` are merged into one (nginx's `merge_slashes`);
+//! - refused: an encoded `/` or `\`, a raw `\`, a `;` (path parameters), a control character, a malformed escape, and
+//!   any `.` or `..` segment however it is spelt (`%2e`, `.%2E`, `..;`);
+//! - route prefixes then match case-insensitively (ASCII), so `/pub/ADMIN` is held to the `/pub/admin` route; the
+//!   path is forwarded as canonicalised, its case as sent.
+//!
+//! A leaf: the pipeline and the vendor flows that check paths of their own both call it.
+
+use std::borrow::Cow;
+
+/// Why a path has no canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// A `.` or `..` segment, in any spelling.
+    #[error("path has dot segments")]
+    DotSegment,
+    /// `%2F` or `%5C`, or a raw backslash: a segment boundary some upstreams see and others do not.
+    #[error("path has an encoded slash or a backslash")]
+    EncodedSlash,
+    /// A `;` path parameter, which some upstreams strip before routing.
+    #[error("path parameters (;) are not accepted")]
+    Parameter,
+    /// A `%` not followed by two hex digits, or an escaped control character.
+    #[error("path has a malformed or control-character escape")]
+    BadEscape,
+    /// The path does not start with `/`.
+    #[error("path must start with /")]
+    NotAbsolute,
+}
+
+/// The canonical form of `path` (see the module doc), borrowed when it is already canonical (nearly every request).
+pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // The common case: no escape, no doubled slash, nothing refused, no dot segment. One scan and no allocation.
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b'%' | b'\\' | b';' | b'.') || b.is_ascii_control())
+        && !path.contains("//")
+    {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+                let v = decode_hex(hex).ok_or(PathError::BadEscape)?;
+                match v {
+                    b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                    b';' => return Err(PathError::Parameter),
+                    v if v.is_ascii_control() => return Err(PathError::BadEscape),
+                    v if is_unreserved(v) => out.push(char::from(v)),
+                    v => {
+                        out.push('%');
+                        out.push(char::from(HEX[usize::from(v >> 4)]));
+                        out.push(char::from(HEX[usize::from(v & 0xf)]));
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::EncodedSlash),
+            b';' => return Err(PathError::Parameter),
+            b if b.is_ascii_control() => return Err(PathError::BadEscape),
+            b'/' if out.ends_with('/') => i += 1,
+            _ => {
+                // Multi-byte UTF-8 is copied whole: `path` is a `str`, and only ASCII bytes are matched above.
+                let len = utf8_len(b);
+                out.push_str(&path[i..i + len]);
+                i += len;
+            }
+        }
+    }
+    if out.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(PathError::DotSegment);
+    }
+    Ok(if out == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(out)
+    })
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn decode_hex(hex: &[u8]) -> Option<u8> {
+    let digit = |c: u8| char::from(c).to_digit(16);
+    let hi = digit(hex[0])?;
+    let lo = digit(hex[1])?;
+    u8::try_from(hi * 16 + lo).ok()
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The length of the UTF-8 sequence that starts with `lead`.
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_canonicalise_or_are_refused() {
+        use PathError::*;
+        let cases: &[(&str, Result<&str, PathError>)] = &[
+            ("/", Ok("/")),
+            ("/api/x", Ok("/api/x")),
+            ("/a/.well-known/x", Ok("/a/.well-known/x")),
+            ("/api/..x/", Ok("/api/..x/")),
+            ("/api/x..", Ok("/api/x..")),
+            ("/pub/%61dmin", Ok("/pub/admin")),
+            ("/pub/%7Euser%2d%5F", Ok("/pub/~user-_")),
+            ("/q/100%25", Ok("/q/100%25")),
+            ("/q/a%2bb", Ok("/q/a%2Bb")),
+            ("/q/%C3%A9", Ok("/q/%C3%A9")),
+            ("/q/é", Ok("/q/é")),
+            ("/pub//admin", Ok("/pub/admin")),
+            ("//pub///admin/", Ok("/pub/admin/")),
+            ("/pub/ADMIN", Ok("/pub/ADMIN")),
+            ("/api/../x", Err(DotSegment)),
+            ("/api/./x", Err(DotSegment)),
+            ("/..", Err(DotSegment)),
+            ("/api/%2e%2e/x", Err(DotSegment)),
+            ("/api/%2E./x", Err(DotSegment)),
+            ("/api/.%2E", Err(DotSegment)),
+            ("/api/%2e", Err(DotSegment)),
+            ("/api/..;/x", Err(Parameter)),
+            ("/api/.;/x", Err(Parameter)),
+            ("/pub/admin;x", Err(Parameter)),
+            ("/pub/admin%3bx", Err(Parameter)),
+            ("/api/..%2fadmin", Err(EncodedSlash)),
+            ("/ids/a%2Fb", Err(EncodedSlash)),
+            ("/api/%2E%2E%5Cadmin", Err(EncodedSlash)),
+            ("/api/..\\admin", Err(EncodedSlash)),
+            ("/api/%", Err(BadEscape)),
+            ("/api/%4", Err(BadEscape)),
+            ("/api/%zz", Err(BadEscape)),
+            ("/api/%00", Err(BadEscape)),
+            ("/api/%0a", Err(BadEscape)),
+            ("api", Err(NotAbsolute)),
+        ];
+        for (path, want) in cases {
+            let got = canonical(path).map(|c| c.into_owned());
+            assert_eq!(got.as_deref().map_err(|e| *e), *want, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_canonical_path_is_borrowed() {
+        assert!(matches!(canonical("/api/v1/x-y_z~"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(canonical("/a/.well-known"), Ok(Cow::Borrowed(_))));
+    }
+}

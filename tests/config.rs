@@ -511,3 +511,22 @@ fn demo_removes_its_dev_keys_when_stopped() {
     assert!(exit.success(), "{exit:?}");
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+#[test]
+fn an_admin_listener_off_loopback_needs_an_explicit_allow() {
+    let exposed = format!("{BASE}\n[admin]\naddress = \"0.0.0.0:9090\"\n");
+    assert_names(
+        &exposed,
+        &[
+            "admin.address",
+            "not a loopback address",
+            "allow_non_loopback",
+        ],
+    );
+    let allowed =
+        format!("{BASE}\n[admin]\naddress = \"0.0.0.0:9090\"\nallow_non_loopback = true\n");
+    let cfg = Config::from_toml(&allowed, "<test>").expect("allowed explicitly");
+    assert!(cfg.admin.is_some());
+    let local = format!("{BASE}\n[admin]\naddress = \"[::1]:9090\"\n");
+    Config::from_toml(&local, "<test>").expect("loopback needs no allow");
+}

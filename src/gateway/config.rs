@@ -59,8 +59,11 @@ pub struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// Address to bind; plain HTTP, keep it on loopback.
+    /// Address to bind; plain HTTP with no authentication, so loopback only unless `allow_non_loopback` is set.
     pub address: String,
+    /// Allow a non-loopback `address` (e.g. inside a pod, behind a network policy). Default false.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
 }
 
 /// The validated configuration.
@@ -84,6 +87,24 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Vendor flows.
     pub flows: FlowsConfig,
+}
+
+/// Check `[admin]`: it answers anyone who reaches it, so it binds to loopback unless told otherwise.
+fn validate_admin(ctx: &Ctx, a: RawAdmin) -> Result<SocketAddr, ConfigError> {
+    let addr: SocketAddr = a
+        .address
+        .parse()
+        .map_err(|e| ctx.invalid("admin.address", format!("bad address {:?}: {e}", a.address)))?;
+    if !addr.ip().is_loopback() && !a.allow_non_loopback {
+        return Err(ctx.invalid(
+            "admin.address",
+            format!(
+                "{addr} is not a loopback address; the admin listener has no authentication (set \
+                 admin.allow_non_loopback = true to expose it anyway)"
+            ),
+        ));
+    }
+    Ok(addr)
 }
 
 impl Config {
@@ -121,14 +142,7 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     for (i, l) in raw.listeners.into_iter().enumerate() {
         listeners.push(validate_listener(&ctx, i, l)?);
     }
-    let admin = raw
-        .admin
-        .map(|a| {
-            a.address.parse().map_err(|e| {
-                ctx.invalid("admin.address", format!("bad address {:?}: {e}", a.address))
-            })
-        })
-        .transpose()?;
+    let admin = raw.admin.map(|a| validate_admin(&ctx, a)).transpose()?;
 
     let mut upstreams = BTreeMap::new();
     for (name, u) in raw.upstreams {

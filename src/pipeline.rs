@@ -349,13 +349,15 @@ impl Replay {
     }
 }
 
-/// The host the caller addressed, without port: the URI authority (HTTP/2) or the `Host` header.
+/// The host the caller addressed, without port or a trailing dot (`api.example.` names `api.example`): the URI
+/// authority (HTTP/2) or the `Host` header.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
     let raw = match req.uri().host() {
         Some(h) => h,
         None => req.headers().get(http::header::HOST)?.to_str().ok()?,
     };
-    Some(strip_port(raw))
+    let host = strip_port(raw);
+    Some(host.strip_suffix('.').unwrap_or(host))
 }
 
 fn strip_port(host: &str) -> &str {

@@ -52,6 +52,16 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// Forwarding headers a caller may not set and the gateway does not vouch for: removed, so that an upstream trusting
+/// them (for the client address, the host or port it was addressed as) is not misled.
+fn is_untrusted_forwarding(name: &HeaderName) -> bool {
+    name == header::FORWARDED
+        || matches!(
+            name.as_str(),
+            "x-real-ip" | "x-forwarded-host" | "x-forwarded-port" | "x-forwarded-prefix"
+        )
+}
+
 /// A named upstream and the connections to it.
 #[derive(Debug)]
 pub struct Upstream {
@@ -376,8 +386,10 @@ fn strip(
     let h = &mut parts.headers;
     // One pass over the caller's headers (a handful) tells which of the steps below have anything to do.
     let (mut hop_by_hop, mut cookie, mut xff, mut gateway_set) = (false, false, false, false);
+    let mut untrusted = false;
     for n in h.keys() {
         hop_by_hop |= is_hop_by_hop(n);
+        untrusted |= is_untrusted_forwarding(n);
         cookie |= n == header::COOKIE;
         xff |= n == X_FORWARDED_FOR;
         gateway_set |= n == header::AUTHORIZATION
@@ -400,6 +412,16 @@ fn strip(
     }
     if cookie {
         join_cookies(h);
+    }
+    if untrusted {
+        let names: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| is_untrusted_forwarding(n))
+            .cloned()
+            .collect();
+        for n in names {
+            h.remove(n);
+        }
     }
     // The caller's own credentials never reach the upstream, and a caller can never set what the gateway sets.
     // Inserting below replaces every value the caller sent, so only the names the gateway does not set again (the
@@ -516,6 +538,9 @@ pub async fn forward(
         Box::pin(send_watched(up, parts, body, upstream_timeout)).await?
     };
     let rsp = match result {
+        Err(e) if caller_body_failed(&e) => {
+            return Err(RequestError::Malformed("request body could not be read").into());
+        }
         Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
             return Err(RequestError::BodyTooLarge {
                 limit: max_body_bytes,
@@ -640,6 +665,30 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Did sending fail because the caller's own body did (malformed chunked encoding, a caller gone mid-body)? hyper
+/// reports a failing request body as a user error whose cause is the error the body gave: here that of the caller's
+/// connection, a `hyper::Error` too. The upstream's own failures carry no such pair.
+fn caller_body_failed(e: &SendError) -> bool {
+    // `SendError` is transparent over these, so its own source chain would skip the outer hyper error.
+    let start: &(dyn std::error::Error + 'static) = match e {
+        SendError::Http(h) => h,
+        SendError::Client(c) => c,
+        SendError::Connect(_) | SendError::Target => return false,
+    };
+    let mut user_body = false;
+    let mut cur = Some(start);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if user_body {
+                return true;
+            }
+            user_body = h.is_user();
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Is an `E` somewhere in `e`'s source chain (e.g. the caller's body went over the route's limit)?

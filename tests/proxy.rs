@@ -167,6 +167,35 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
 }
 
 #[tokio::test]
+async fn forwarding_headers_the_gateway_does_not_vouch_for_are_removed() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    let untrusted = [
+        ("x-real-ip", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9;host=evil.example;proto=https"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "443"),
+        ("x-forwarded-prefix", "/admin"),
+    ];
+    let mut req = get(&gw, "/api/fwd");
+    for (n, v) in untrusted {
+        req = req.header(n, v);
+    }
+    let (parts, _) = send(
+        req.header("x-other", "kept")
+            .body(upstream::full(""))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let seen = up.seen();
+    for (n, _) in untrusted {
+        assert!(!seen[0].headers.contains_key(n), "{n} reached the upstream");
+    }
+    assert_eq!(seen[0].headers["x-other"], "kept");
+}
+
+#[tokio::test]
 async fn host_and_forwarding_headers_are_set_by_the_gateway() {
     let up = upstream::start(Behaviour::Ok).await;
     let gw = api_gateway(&up).await;
@@ -286,6 +315,28 @@ auth = "none"
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_host_with_a_trailing_dot_matches_its_host_route() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let routes = r#"
+[[routes]]
+path_prefix = "/h"
+host = "special.example"
+upstream = "u"
+auth = "none"
+"#;
+    let gw = support::start_gateway(&config(&up.url(), "", routes)).await;
+    for host in ["special.example.", "Special.Example.:8080"] {
+        let req = get(&gw, "/h/z")
+            .header("host", host)
+            .body(upstream::full(""))
+            .expect("request");
+        let (parts, _) = send(req).await;
+        assert_eq!(parts.status, StatusCode::OK, "{host}");
+    }
+    assert_eq!(up.seen().len(), 2);
 }
 
 #[tokio::test]
@@ -455,6 +506,23 @@ async fn stalled_request_heads_are_disconnected() {
         read_to_eof(&mut tcp, Duration::from_secs(10)).await;
     }
     assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_from_the_caller_is_a_400_not_an_upstream_failure() {
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = api_gateway(&up).await;
+    let mut tcp = TcpStream::connect(gw.addr()).await.expect("connect");
+    // A first chunk that reaches the upstream, then a chunk size that is not hex.
+    tcp.write_all(
+        b"POST /api/up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await
+    .expect("write");
+    let got = read_to_eof(&mut tcp, Duration::from_secs(10)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains(r#""code":"bad_request""#), "{got}");
 }
 
 #[tokio::test]

@@ -172,7 +172,7 @@ pub fn validate(
     Ok(RouteConfig {
         name: r.name.unwrap_or_else(|| r.path_prefix.clone()),
         path_prefix: r.path_prefix,
-        host: r.host.map(|h| h.to_ascii_lowercase()),
+        host: r.host.map(|h| h.trim_end_matches('.').to_ascii_lowercase()),
         target,
         strip_prefix: r.strip_prefix.unwrap_or(false),
         credential: r.credential,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::caller_auth::config::{IssuerConfig, RawRouteAuth, RouteAuthConfig};
+use crate::caller_auth::config::{AuthMode, IssuerConfig, RawRouteAuth, RouteAuthConfig};
 use crate::config::{ConfigError, Ctx, UpstreamConfig};
 use crate::credentials::config::CredentialConfig;
 use crate::flows::FlowsConfig;
@@ -33,7 +33,7 @@ pub struct RawRoute {
     /// Largest total size of request header names and values in bytes (default 16384); beyond it 431.
     pub max_header_bytes: Option<usize>,
     /// `"jwt"` (default) or `"none"` for public routes.
-    pub auth: Option<String>,
+    pub auth: Option<AuthMode>,
     /// Issuer names accepted here (default: all).
     pub issuers: Option<Vec<String>>,
     /// Scopes the caller's token must all carry (`scope` or `scp`).

@@ -1,5 +1,5 @@
 //! The shared configuration kit: the error that names the file and key (`routes[2].credential: "tropipay" is not
-//! defined`), durations, secret references ([`secret`]), PEM reading, and the listener and upstream sections every
+//! defined`), key-naming section parsing, secret references ([`secret`]), PEM reading, and the listener and upstream sections every
 //! layer shares. Each domain module owns its own section on top of this; the root schema that assembles them is
 //! [`crate::gateway::config`]. Nothing here opens sockets or names a domain module.
 
@@ -13,6 +13,7 @@ use http::Uri;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 /// A configuration that cannot be used, with the file and key it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +83,13 @@ pub struct RawListener {
     /// PEM CA bundle that client certificates must chain to (mTLS).
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: `"required"` (default) or `"optional"`.
-    pub client_auth: Option<String>,
+    pub client_auth: Option<ClientAuth>,
     /// Time allowed for a TLS handshake (default `10s`).
-    pub tls_handshake_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub tls_handshake_timeout: Option<Duration>,
     /// Time allowed for a request's headers to arrive: the slow-loris guard (default `10s`).
-    pub header_read_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
     /// Largest request head accepted on this listener, in bytes (default 65536; hyper answers 431 beyond).
     pub max_header_bytes: Option<usize>,
     /// Longest a connection may stay open with no request in flight (default `60s`; HTTP/1 connections are held to
@@ -110,10 +113,12 @@ pub struct RawUpstream {
     /// Extra PEM CA trusted for this upstream, besides the webpki roots.
     pub ca: Option<PathBuf>,
     /// TCP connect timeout (default `5s`).
-    pub connect_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
     /// Longest silence (default `30s`): between request body chunks while sending (a stalled caller gets 408), and
     /// from the end of the request until the upstream's response headers arrive (504).
-    pub response_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
 }
 
 /// A validated listener.
@@ -140,7 +145,8 @@ pub struct ListenerConfig {
 }
 
 /// Whether a client certificate must be presented.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// Handshake fails without a valid client certificate.
     Required,
@@ -180,18 +186,27 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
 }
 
-/// Parse a duration such as `"500ms"`, `"10s"` or `"24h"`.
-pub fn duration(
+/// Deserialize a section held as a TOML table; a failure names the key under `prefix`, e.g. `credentials.c.timeout`.
+pub fn parse_table<T: DeserializeOwned>(
     ctx: &Ctx,
-    key: &str,
-    raw: Option<&str>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match raw {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s)
-            .map_err(|e| ctx.invalid(key, format!("bad duration {s:?}: {e}"))),
-    }
+    prefix: &str,
+    table: toml::Table,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| section_error(ctx, prefix, &e))
+}
+
+/// A deserialization error inside a section, named by its dotted key under `prefix`.
+pub fn section_error(
+    ctx: &Ctx,
+    prefix: &str,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let key = match e.path().iter().next() {
+        None => prefix.to_owned(),
+        Some(_) => format!("{prefix}.{}", e.path()),
+    };
+    ctx.invalid(key, e.inner().message())
 }
 
 /// Read a PEM file of certificates.
@@ -252,19 +267,10 @@ pub fn validate_listener(
                 }
                 None
             }
-            Some(path) => {
-                let policy = match l.client_auth.as_deref() {
-                    None | Some("required") => ClientAuth::Required,
-                    Some("optional") => ClientAuth::Optional,
-                    Some(other) => {
-                        return Err(ctx.invalid(
-                            k("client_auth"),
-                            format!("{other:?} is not \"required\" or \"optional\""),
-                        ));
-                    }
-                };
-                Some((read_certs(ctx, &k("client_ca"), path)?, policy))
-            }
+            Some(path) => Some((
+                read_certs(ctx, &k("client_ca"), path)?,
+                l.client_auth.unwrap_or(ClientAuth::Required),
+            )),
         };
         Some(TlsConfig {
             cert_chain: read_certs(ctx, &k("cert"), cert)?,
@@ -294,18 +300,8 @@ pub fn validate_listener(
     Ok(ListenerConfig {
         address,
         tls,
-        tls_handshake_timeout: duration(
-            ctx,
-            &k("tls_handshake_timeout"),
-            l.tls_handshake_timeout.as_deref(),
-            Duration::from_secs(10),
-        )?,
-        header_read_timeout: duration(
-            ctx,
-            &k("header_read_timeout"),
-            l.header_read_timeout.as_deref(),
-            Duration::from_secs(10),
-        )?,
+        tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(Duration::from_secs(10)),
+        header_read_timeout: l.header_read_timeout.unwrap_or(Duration::from_secs(10)),
         max_header_bytes,
         idle_timeout: duration(
             ctx,
@@ -389,17 +385,7 @@ pub fn validate_upstream(
         host,
         base_path,
         extra_ca,
-        connect_timeout: duration(
-            ctx,
-            &k("connect_timeout"),
-            u.connect_timeout.as_deref(),
-            Duration::from_secs(5),
-        )?,
-        response_timeout: duration(
-            ctx,
-            &k("response_timeout"),
-            u.response_timeout.as_deref(),
-            Duration::from_secs(30),
-        )?,
+        connect_timeout: u.connect_timeout.unwrap_or(Duration::from_secs(5)),
+        response_timeout: u.response_timeout.unwrap_or(Duration::from_secs(30)),
     })
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::caller_auth::keys::{self, Alg, Key};
-use crate::config::{ConfigError, Ctx, duration};
+use crate::config::{ConfigError, Ctx};
 
 /// An issuer as written.
 #[derive(Debug, Deserialize)]
@@ -26,28 +26,45 @@ pub struct RawIssuer {
     /// ever verifies the algorithms of its own type; `none` and HS* are never accepted.
     pub algorithms: Option<Vec<String>>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat` (default `60s`).
-    pub leeway: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
     /// JWKS URL (https, or http on loopback only), fetched at startup and refreshed in the background.
     pub jwks_url: Option<String>,
     /// Static keys: PEM `PUBLIC KEY` files (give `kid`), or JWK / JWKS JSON files (kids from the file).
     #[serde(default)]
     pub keys: Vec<RawKey>,
     /// JWKS refresh interval when the response has no `Cache-Control: max-age` (default `5m`).
-    pub refresh_interval: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_interval: Option<Duration>,
     /// Lower bound on a JWKS `max-age` (default `30s`).
-    pub min_refresh_interval: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_refresh_interval: Option<Duration>,
     /// Upper bound on a JWKS `max-age` (default `24h`).
-    pub max_refresh_interval: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_refresh_interval: Option<Duration>,
     /// An unknown `kid` triggers at most one JWKS refetch per this interval; unknown kids are remembered this long
     /// (default `30s`).
-    pub unknown_kid_refetch_interval: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub unknown_kid_refetch_interval: Option<Duration>,
     /// How long the last good JWKS stays in force while fetches fail (default `24h`).
-    pub max_staleness: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_staleness: Option<Duration>,
     /// Timeout of one JWKS fetch (default `5s`).
-    pub fetch_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub fetch_timeout: Option<Duration>,
     /// When the JWKS cannot be fetched at startup: `"retry"` (default: start not ready, retry with backoff) or
     /// `"fail_fast"` (refuse to start).
-    pub startup: Option<String>,
+    pub startup: Option<Startup>,
+}
+
+/// What an issuer does when its JWKS cannot be fetched at startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Startup {
+    /// Start not ready and retry with backoff.
+    Retry,
+    /// Refuse to start.
+    FailFast,
 }
 
 /// A static key file.
@@ -144,12 +161,7 @@ pub fn validate(ctx: &Ctx, raw: Vec<RawIssuer>) -> Result<Vec<IssuerConfig>, Con
                 algs
             }
         };
-        let leeway = duration(
-            ctx,
-            &k("leeway"),
-            r.leeway.as_deref(),
-            Duration::from_secs(60),
-        )?;
+        let leeway = r.leeway.unwrap_or(Duration::from_secs(60));
         let static_keys = read_keys(ctx, i, &r.keys, &algorithms)?;
         let jwks = match &r.jwks_url {
             None => {
@@ -193,31 +205,17 @@ fn jwks_config(ctx: &Ctx, i: usize, url: &str, r: &RawIssuer) -> Result<JwksConf
     if host.is_empty() {
         return Err(ctx.invalid(k("jwks_url"), format!("{url:?} has no host")));
     }
-    let d = |f: &str, raw: &Option<String>, def: u64| {
-        duration(ctx, &k(f), raw.as_deref(), Duration::from_secs(def))
-    };
+    let d =
+        |raw: Option<Duration>, default_secs: u64| raw.unwrap_or(Duration::from_secs(default_secs));
     let cfg = JwksConfig {
         url: uri,
-        refresh_interval: d("refresh_interval", &r.refresh_interval, 300)?,
-        min_refresh_interval: d("min_refresh_interval", &r.min_refresh_interval, 30)?,
-        max_refresh_interval: d("max_refresh_interval", &r.max_refresh_interval, 86_400)?,
-        unknown_kid_refetch_interval: d(
-            "unknown_kid_refetch_interval",
-            &r.unknown_kid_refetch_interval,
-            30,
-        )?,
-        max_staleness: d("max_staleness", &r.max_staleness, 86_400)?,
-        fetch_timeout: d("fetch_timeout", &r.fetch_timeout, 5)?,
-        fail_fast: match r.startup.as_deref() {
-            None | Some("retry") => false,
-            Some("fail_fast") => true,
-            Some(o) => {
-                return Err(ctx.invalid(
-                    k("startup"),
-                    format!("{o:?} is not \"retry\" or \"fail_fast\""),
-                ));
-            }
-        },
+        refresh_interval: d(r.refresh_interval, 300),
+        min_refresh_interval: d(r.min_refresh_interval, 30),
+        max_refresh_interval: d(r.max_refresh_interval, 86_400),
+        unknown_kid_refetch_interval: d(r.unknown_kid_refetch_interval, 30),
+        max_staleness: d(r.max_staleness, 86_400),
+        fetch_timeout: d(r.fetch_timeout, 5),
+        fail_fast: r.startup == Some(Startup::FailFast),
     };
     if cfg.min_refresh_interval > cfg.max_refresh_interval {
         return Err(ctx.invalid(
@@ -302,7 +300,7 @@ fn read_keys(
 #[derive(Debug, Default)]
 pub struct RawRouteAuth {
     /// `"jwt"` (default) or `"none"`.
-    pub auth: Option<String>,
+    pub auth: Option<AuthMode>,
     /// Issuer names accepted (default: all).
     pub issuers: Option<Vec<String>>,
     /// Scopes required.
@@ -311,6 +309,17 @@ pub struct RawRouteAuth {
     pub require_claims: BTreeMap<String, Vec<String>>,
     /// Claim → header name to forward it in.
     pub forward_claims: BTreeMap<String, String>,
+}
+
+/// A route's `auth` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Caller JWT required.
+    #[default]
+    Jwt,
+    /// Public route.
+    None,
 }
 
 /// How a route authenticates callers.
@@ -350,8 +359,8 @@ impl RouteAuthConfig {
         issuers: &[IssuerConfig],
     ) -> Result<Self, ConfigError> {
         let r = raw;
-        Ok(match r.auth.as_deref() {
-            Some("none") => {
+        Ok(match r.auth.unwrap_or_default() {
+            AuthMode::None => {
                 if r.issuers.is_some()
                     || !r.scopes.is_empty()
                     || !r.require_claims.is_empty()
@@ -361,7 +370,7 @@ impl RouteAuthConfig {
                 }
                 RouteAuthConfig::None
             }
-            None | Some("jwt") => {
+            AuthMode::Jwt => {
                 if issuers.is_empty() {
                     return Err(ctx.invalid(k("auth"), "caller JWTs are required by default but no [[issuers]] is configured; add one or set auth = \"none\""));
                 }
@@ -390,9 +399,6 @@ impl RouteAuthConfig {
                     require_claims: r.require_claims,
                     forward_claims,
                 }
-            }
-            Some(other) => {
-                return Err(ctx.invalid(k("auth"), format!("{other:?} is not \"jwt\" or \"none\"")));
             }
         })
     }

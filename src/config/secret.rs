@@ -29,6 +29,14 @@ pub enum SecretError {
 
 /// Expand every `${ENV}` and `${file:PATH}` in `raw`; text outside references is kept as written.
 pub fn expand(raw: &str) -> Result<SecretString, SecretError> {
+    expand_with(raw, |value| Ok(value.to_owned()))
+}
+
+/// [`expand`], passing each resolved reference through `encode` before it is inserted (e.g. to JSON-escape it).
+pub fn expand_with(
+    raw: &str,
+    mut encode: impl FnMut(&str) -> Result<String, SecretError>,
+) -> Result<SecretString, SecretError> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
@@ -36,12 +44,11 @@ pub fn expand(raw: &str) -> Result<SecretString, SecretError> {
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or(SecretError::Unterminated)?;
         let name = &after[..end];
-        match name.strip_prefix("file:") {
-            Some(path) => out.push_str(&read_file(Path::new(path))?),
-            None => out.push_str(
-                &std::env::var(name).map_err(|_| SecretError::MissingEnv(name.to_owned()))?,
-            ),
-        }
+        let value = match name.strip_prefix("file:") {
+            Some(path) => read_file(Path::new(path))?,
+            None => std::env::var(name).map_err(|_| SecretError::MissingEnv(name.to_owned()))?,
+        };
+        out.push_str(&encode(&value)?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);

@@ -1,110 +1,128 @@
 //! `[credentials.NAME]`: raw and validated upstream credential settings, one tagged variant per kind. Secrets are
 //! resolved here, once, into [`SecretString`]s; errors name the key, never a resolved value.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use crate::config::{ConfigError, Ctx, duration, secret};
+use crate::config::{ConfigError, Ctx, parse_table, secret, section_error};
 
-/// A credential as written; `kind` selects the variant.
+/// A credential as written: a table whose `kind` selects [`RawStatic`], [`RawOAuth2`] or [`RawLogin`]; the token
+/// kinds take [`RawTokenSettings`] beside their own keys. [`validate`] parses it, naming the key of any error.
+pub type RawCredential = toml::Table;
+
+/// A credential's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// [`RawStatic`].
+    Static,
+    /// [`RawOAuth2`].
+    Oauth2ClientCredentials,
+    /// [`RawLogin`].
+    Login,
+}
+
+/// `kind = "static"`: fixed secret headers (API keys, Citadel's `X-Access-Client-Id` / `X-Access-Secret`).
 #[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawCredential {
-    /// Fixed secret headers (API keys, Citadel's `X-Access-Client-Id` / `X-Access-Secret`).
-    Static {
-        /// Upstream hosts this credential may be sent to.
-        allowed_hosts: Vec<String>,
-        /// Header name → value; values may use `${ENV}` and `${file:PATH}`.
-        headers: BTreeMap<String, String>,
-    },
-    /// An OAuth2 access token from the client-credentials grant (RFC 6749 §4.4), cached and refreshed ahead.
-    Oauth2ClientCredentials {
-        /// Upstream hosts this credential may be sent to.
-        allowed_hosts: Vec<String>,
-        /// The token endpoint, e.g. `https://sandbox.tropipay.me/api/v2/access/token`.
-        token_url: String,
-        /// Client id; may use `${ENV}`.
-        client_id: String,
-        /// Client secret, `${ENV}` or `${file:PATH}` (exactly one of this and `client_secret_file`).
-        client_secret: Option<String>,
-        /// File holding the client secret.
-        client_secret_file: Option<PathBuf>,
-        /// Scopes requested (sent space-separated).
-        #[serde(default)]
-        scopes: Vec<String>,
-        /// Extra token request parameters, e.g. `{ audience = "https://api.example" }` or `resource`.
-        #[serde(default)]
-        extra_params: BTreeMap<String, String>,
-        /// How the client authenticates: `"basic"` (HTTP Basic, the default) or `"request_body"`.
-        client_auth: Option<String>,
-        /// Token request body: `"form"` (RFC 6749, the default) or `"json"` (e.g. TropiPay).
-        request_format: Option<String>,
-        /// How to read `expires_in`: `"seconds"` (default), `"unix_time"` or `"auto"` (≥ 10^9 is a timestamp).
-        expires_in: Option<String>,
-        /// Lifetime assumed when the response gives no `expires_in` and the token is no JWT (default `5m`).
-        default_ttl: Option<String>,
-        /// Renew with the `refresh_token` grant when one was returned, falling back to client credentials (default true).
-        use_refresh_token: Option<bool>,
-        /// Headers to set, `{token}` marks the token, e.g. `{ "Authorization" = "Bearer {token}" }` (the default).
-        headers: Option<BTreeMap<String, String>>,
-        /// Refresh at least this long before expiry (default: at 80% of the lifetime only).
-        refresh_before: Option<String>,
-        /// Never inject a token closer than this to its expiry (default `30s`, at most a tenth of the lifetime).
-        expiry_margin: Option<String>,
-        /// Time allowed for one token request (default `10s`).
-        timeout: Option<String>,
-        /// First retry delay after a failed token request (default `1s`); doubles per failure, with jitter.
-        backoff_min: Option<String>,
-        /// Longest retry delay (default `60s`).
-        backoff_max: Option<String>,
-        /// Upstream statuses that mean "token rejected" (default `[401]`).
-        reject_status: Option<Vec<u16>>,
-        /// When set, a rejection status counts only if the response body contains this text.
-        reject_body_marker: Option<String>,
-        /// Request bodies up to this many bytes are kept to replay once after a rejection (default 65536).
-        retry_body_limit: Option<usize>,
-    },
-    /// A token from a login call (e.g. Incode's `POST /executive/log-in`), cached and refreshed ahead.
-    Login {
-        /// Upstream hosts this credential may be sent to.
-        allowed_hosts: Vec<String>,
-        /// HTTP method of the login call (default `POST`).
-        method: Option<String>,
-        /// Login URL.
-        url: String,
-        /// Headers sent to the login call; values may use `${ENV}` and `${file:PATH}`.
-        #[serde(default)]
-        request_headers: BTreeMap<String, String>,
-        /// JSON body: a table (string values may use `${...}`) or a JSON text whose `${...}` are JSON-escaped.
-        body: Option<toml::Value>,
-        /// JSON pointer of the token in the response (default `/token`).
-        token_pointer: Option<String>,
-        /// Fixed token lifetime, e.g. `24h`; a JWT's `exp` also bounds it. Without it the token must be a JWT.
-        ttl: Option<String>,
-        /// Headers to set, `{token}` marks the token; several headers, static and token parts may be mixed.
-        headers: BTreeMap<String, String>,
-        /// Refresh at least this long before expiry (default: at 80% of the lifetime only).
-        refresh_before: Option<String>,
-        /// Never inject a token closer than this to its expiry (default `30s`, at most a tenth of the lifetime).
-        expiry_margin: Option<String>,
-        /// Time allowed for one login call (default `10s`).
-        timeout: Option<String>,
-        /// First retry delay after a failed login (default `1s`); doubles per failure, with jitter.
-        backoff_min: Option<String>,
-        /// Longest retry delay (default `60s`).
-        backoff_max: Option<String>,
-        /// Upstream statuses that mean "token rejected" (default `[401]`).
-        reject_status: Option<Vec<u16>>,
-        /// When set, a rejection status counts only if the response body contains this text.
-        reject_body_marker: Option<String>,
-        /// Request bodies up to this many bytes are kept to replay once after a rejection (default 65536).
-        retry_body_limit: Option<usize>,
-    },
+#[serde(deny_unknown_fields)]
+pub struct RawStatic {
+    /// Upstream hosts this credential may be sent to.
+    pub allowed_hosts: Vec<String>,
+    /// Header name → value; values may use `${ENV}` and `${file:PATH}`.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `kind = "oauth2_client_credentials"`: an OAuth2 access token from the client-credentials grant (RFC 6749 §4.4),
+/// cached and refreshed ahead.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth2 {
+    /// Upstream hosts this credential may be sent to.
+    pub allowed_hosts: Vec<String>,
+    /// The token endpoint, e.g. `https://sandbox.tropipay.me/api/v2/access/token`.
+    pub token_url: String,
+    /// Client id; may use `${ENV}`.
+    pub client_id: String,
+    /// Client secret, `${ENV}` or `${file:PATH}` (exactly one of this and `client_secret_file`).
+    pub client_secret: Option<String>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes requested (sent space-separated).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Extra token request parameters, e.g. `{ audience = "https://api.example" }` or `resource`.
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, String>,
+    /// How the client authenticates: `"basic"` (HTTP Basic, the default) or `"request_body"`.
+    pub client_auth: Option<ClientAuthMethod>,
+    /// Token request body: `"form"` (RFC 6749, the default) or `"json"` (e.g. TropiPay).
+    pub request_format: Option<RequestFormat>,
+    /// How to read `expires_in`: `"seconds"` (default), `"unix_time"` or `"auto"` (≥ 10^9 is a timestamp).
+    pub expires_in: Option<ExpiresInMode>,
+    /// Lifetime assumed when the response gives no `expires_in` and the token is no JWT (default `5m`).
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Option<Duration>,
+    /// Renew with the `refresh_token` grant when one was returned, falling back to client credentials (default true).
+    pub use_refresh_token: Option<bool>,
+    /// Headers to set, `{token}` marks the token, e.g. `{ "Authorization" = "Bearer {token}" }` (the default).
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// `kind = "login"`: a token from a login call (e.g. Incode's `POST /executive/log-in`), cached and refreshed ahead.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    /// Upstream hosts this credential may be sent to.
+    pub allowed_hosts: Vec<String>,
+    /// HTTP method of the login call (default `POST`).
+    pub method: Option<String>,
+    /// Login URL.
+    pub url: String,
+    /// Headers sent to the login call; values may use `${ENV}` and `${file:PATH}`.
+    #[serde(default)]
+    pub request_headers: BTreeMap<String, String>,
+    /// JSON body: a table (string values may use `${...}`) or a JSON text whose `${...}` are JSON-escaped.
+    pub body: Option<toml::Value>,
+    /// JSON pointer of the token in the response (default `/token`).
+    pub token_pointer: Option<String>,
+    /// Fixed token lifetime, e.g. `24h`; a JWT's `exp` also bounds it. Without it the token must be a JWT.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Headers to set, `{token}` marks the token; several headers, static and token parts may be mixed.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Cache, retry and rejection settings shared by the token kinds, written beside the kind's own keys. It has no
+/// `deny_unknown_fields`: the kind's own struct, parsed from the keys left over, rejects unknown keys.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTokenSettings {
+    /// Refresh at least this long before expiry (default: at 80% of the lifetime only).
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_before: Option<Duration>,
+    /// Never inject a token closer than this to its expiry (default `30s`, at most a tenth of the lifetime).
+    #[serde(default, with = "humantime_serde")]
+    pub expiry_margin: Option<Duration>,
+    /// Time allowed for one token request (default `10s`).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// First retry delay after a failed token request (default `1s`); doubles per failure, with jitter.
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_min: Option<Duration>,
+    /// Longest retry delay (default `60s`).
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+    /// Upstream statuses that mean "token rejected" (default `[401]`).
+    pub reject_status: Option<Vec<u16>>,
+    /// When set, a rejection status counts only if the response body contains this text.
+    pub reject_body_marker: Option<String>,
+    /// Request bodies up to this many bytes are kept to replay once after a rejection (default 65536).
+    pub retry_body_limit: Option<usize>,
 }
 
 /// A validated credential.
@@ -128,7 +146,8 @@ pub struct StaticConfig {
 }
 
 /// How the OAuth2 client authenticates to the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ClientAuthMethod {
     /// HTTP Basic (`client_secret_basic`).
     Basic,
@@ -137,7 +156,8 @@ pub enum ClientAuthMethod {
 }
 
 /// The token request body encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RequestFormat {
     /// `application/x-www-form-urlencoded`, as RFC 6749 says.
     Form,
@@ -146,7 +166,8 @@ pub enum RequestFormat {
 }
 
 /// How `expires_in` is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExpiresInMode {
     /// Seconds from now (RFC 6749).
     Seconds,
@@ -294,276 +315,267 @@ pub fn allowed_hosts(ctx: &Ctx, key: &str, hosts: Vec<String>) -> Result<Vec<Str
     Ok(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect())
 }
 
-/// Settings common to the token kinds, as written.
-struct RawTokenSettings {
-    headers: BTreeMap<String, String>,
-    refresh_before: Option<String>,
-    expiry_margin: Option<String>,
-    timeout: Option<String>,
-    backoff_min: Option<String>,
-    backoff_max: Option<String>,
-    reject_status: Option<Vec<u16>>,
-    reject_body_marker: Option<String>,
-    retry_body_limit: Option<usize>,
-}
-
-/// Validate one credential.
+/// Validate one credential, named `name`: its `kind` picks the schema the rest of the table is parsed with.
 pub fn validate(
     ctx: &Ctx,
     name: &str,
-    raw: RawCredential,
+    mut raw: RawCredential,
 ) -> Result<CredentialConfig, ConfigError> {
-    let k = |f: &str| format!("credentials.{name}.{f}");
-    match raw {
-        RawCredential::Static {
-            allowed_hosts: hosts,
-            headers,
-        } => {
-            if headers.is_empty() {
-                return Err(ctx.invalid(
-                    k("headers"),
-                    "a static credential needs at least one header",
-                ));
-            }
-            let mut out = Vec::new();
-            for (h, v) in headers {
-                let key = k(&format!("headers.{h}"));
-                let hn = header_name(ctx, &key, &h)?;
-                let value = secret::expand(&v).map_err(|e| ctx.invalid(&key, e))?;
-                out.push((hn, value));
-            }
-            Ok(CredentialConfig::Static(StaticConfig {
-                allowed_hosts: allowed_hosts(ctx, &k("allowed_hosts"), hosts)?,
-                headers: out,
-            }))
+    let prefix = format!("credentials.{name}");
+    let k = |f: &str| format!("{prefix}.{f}");
+    let kind = raw.remove("kind").ok_or_else(|| {
+        ctx.invalid(
+            k("kind"),
+            "missing: \"static\", \"oauth2_client_credentials\" or \"login\"",
+        )
+    })?;
+    let kind = Kind::deserialize(kind).map_err(|e| ctx.invalid(k("kind"), e.message()))?;
+    Ok(match kind {
+        Kind::Static => {
+            CredentialConfig::Static(static_config(ctx, &k, parse_table(ctx, &prefix, raw)?)?)
         }
-        RawCredential::Oauth2ClientCredentials {
-            allowed_hosts: hosts,
-            token_url,
-            client_id,
-            client_secret,
-            client_secret_file,
-            scopes,
-            extra_params,
-            client_auth,
-            request_format,
-            expires_in,
-            default_ttl,
-            use_refresh_token,
-            headers,
-            refresh_before,
-            expiry_margin,
-            timeout,
-            backoff_min,
-            backoff_max,
-            reject_status,
-            reject_body_marker,
-            retry_body_limit,
-        } => {
-            let token_url = url::Url::parse(&token_url)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .ok_or_else(|| {
-                    ctx.invalid(
-                        k("token_url"),
-                        format!("{token_url:?} is not an http(s) URL"),
-                    )
-                })?;
-            let client_id =
-                secret::expand(&client_id).map_err(|e| ctx.invalid(k("client_id"), e))?;
-            if client_secret.is_some() && client_secret_file.is_some() {
-                return Err(ctx.invalid(
-                    k("client_secret_file"),
-                    "set both client_secret and client_secret_file; keep one",
-                ));
-            }
-            let client_secret =
-                secret::resolve(client_secret.as_deref(), client_secret_file.as_deref())
-                    .map_err(|e| ctx.invalid(k("client_secret"), e))?
-                    .ok_or_else(|| {
-                        ctx.invalid(
-                            k("client_secret"),
-                            "missing: set client_secret or client_secret_file",
-                        )
-                    })?;
-            let client_auth = match client_auth.as_deref() {
-                None | Some("basic") => ClientAuthMethod::Basic,
-                Some("request_body") => ClientAuthMethod::RequestBody,
-                Some(o) => {
-                    return Err(ctx.invalid(
-                        k("client_auth"),
-                        format!("{o:?} is not \"basic\" or \"request_body\""),
-                    ));
-                }
-            };
-            let request_format = match request_format.as_deref() {
-                None | Some("form") => RequestFormat::Form,
-                Some("json") => RequestFormat::Json,
-                Some(o) => {
-                    return Err(ctx.invalid(
-                        k("request_format"),
-                        format!("{o:?} is not \"form\" or \"json\""),
-                    ));
-                }
-            };
-            let expires_in = match expires_in.as_deref() {
-                None | Some("seconds") => ExpiresInMode::Seconds,
-                Some("unix_time") => ExpiresInMode::UnixTime,
-                Some("auto") => ExpiresInMode::Auto,
-                Some(o) => {
-                    return Err(ctx.invalid(
-                        k("expires_in"),
-                        format!("{o:?} is not \"seconds\", \"unix_time\" or \"auto\""),
-                    ));
-                }
-            };
-            let mut params = Vec::new();
-            for (p, v) in extra_params {
-                let key = k(&format!("extra_params.{p}"));
-                if matches!(
-                    p.as_str(),
-                    "grant_type" | "client_id" | "client_secret" | "scope" | "refresh_token"
-                ) {
-                    return Err(ctx.invalid(key, "is set by the gateway itself"));
-                }
-                let v = secret::expand(&v).map_err(|e| ctx.invalid(&key, e))?;
-                params.push((p, v.expose_secret().to_owned()));
-            }
-            let headers = headers.unwrap_or_else(|| {
-                BTreeMap::from([("Authorization".to_owned(), "Bearer {token}".to_owned())])
-            });
-            let token = token_settings(
-                ctx,
-                name,
-                RawTokenSettings {
-                    headers,
-                    refresh_before,
-                    expiry_margin,
-                    timeout,
-                    backoff_min,
-                    backoff_max,
-                    reject_status,
-                    reject_body_marker,
-                    retry_body_limit,
-                },
-            )?;
-            Ok(CredentialConfig::OAuth2(OAuth2Config {
-                allowed_hosts: allowed_hosts(ctx, &k("allowed_hosts"), hosts)?,
-                token_url,
-                client_id,
-                client_secret,
-                scopes,
-                extra_params: params,
-                client_auth,
-                request_format,
-                expires_in,
-                default_ttl: duration(
-                    ctx,
-                    &k("default_ttl"),
-                    default_ttl.as_deref(),
-                    Duration::from_secs(300),
-                )?,
-                use_refresh_token: use_refresh_token.unwrap_or(true),
-                token,
-            }))
+        Kind::Oauth2ClientCredentials => {
+            let (own, token) = split_token_settings(ctx, &prefix, raw)?;
+            CredentialConfig::OAuth2(oauth2_config(ctx, &k, own, token)?)
         }
-        RawCredential::Login {
-            allowed_hosts: hosts,
-            method,
-            url,
-            request_headers,
-            body,
-            token_pointer,
-            ttl,
-            headers,
-            refresh_before,
-            expiry_margin,
-            timeout,
-            backoff_min,
-            backoff_max,
-            reject_status,
-            reject_body_marker,
-            retry_body_limit,
-        } => {
-            let method = match method.as_deref() {
-                None => Method::POST,
-                Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| ctx.invalid(k("method"), format!("{m:?} is not a method")))?,
-            };
-            let url_parsed: Uri = url
-                .parse()
-                .ok()
-                .filter(|u: &Uri| {
-                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-                })
-                .ok_or_else(|| ctx.invalid(k("url"), format!("{url:?} is not an http(s) URL")))?;
-            let mut req_headers = Vec::new();
-            for (h, v) in request_headers {
-                let key = k(&format!("request_headers.{h}"));
-                let hn = header_name(ctx, &key, &h)?;
-                let value = secret::expand(&v).map_err(|e| ctx.invalid(&key, e))?;
-                req_headers.push((hn, value));
-            }
-            let body = body.map(|b| login_body(ctx, &k("body"), &b)).transpose()?;
-            let token_pointer = token_pointer.unwrap_or_else(|| "/token".to_owned());
-            if !token_pointer.starts_with('/') {
-                return Err(ctx.invalid(
-                    k("token_pointer"),
-                    "a JSON pointer starts with /, e.g. \"/token\"",
-                ));
-            }
-            let ttl = ttl
-                .map(|t| duration(ctx, &k("ttl"), Some(&t), Duration::ZERO))
-                .transpose()?;
-            if headers.is_empty() {
-                return Err(ctx.invalid(
-                    k("headers"),
-                    "missing: the headers to set, e.g. { \"X-Incode-Hardware-Id\" = \"{token}\" }",
-                ));
-            }
-            let token = token_settings(
-                ctx,
-                name,
-                RawTokenSettings {
-                    headers,
-                    refresh_before,
-                    expiry_margin,
-                    timeout,
-                    backoff_min,
-                    backoff_max,
-                    reject_status,
-                    reject_body_marker,
-                    retry_body_limit,
-                },
-            )?;
-            Ok(CredentialConfig::Login(LoginConfig {
-                allowed_hosts: allowed_hosts(ctx, &k("allowed_hosts"), hosts)?,
-                method,
-                url: url_parsed,
-                request_headers: req_headers,
-                body,
-                token_pointer,
-                ttl,
-                token,
-            }))
+        Kind::Login => {
+            let (own, token) = split_token_settings(ctx, &prefix, raw)?;
+            CredentialConfig::Login(login_config(ctx, &k, own, token)?)
         }
-    }
+    })
 }
 
+/// Parse the shared token settings from `raw`, then the kind's own struct `T` from the keys they leave (so `T`'s
+/// `deny_unknown_fields` names any key neither knows).
+fn split_token_settings<T: DeserializeOwned>(
+    ctx: &Ctx,
+    prefix: &str,
+    mut raw: toml::Table,
+) -> Result<(T, RawTokenSettings), ConfigError> {
+    let mut not_token = BTreeSet::new();
+    let token: RawTokenSettings =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+            toml::Value::Table(raw.clone()),
+            &mut |path: serde_ignored::Path<'_>| {
+                not_token.insert(path.to_string());
+            },
+        ))
+        .map_err(|e| section_error(ctx, prefix, &e))?;
+    raw.retain(|key, _| not_token.contains(key));
+    Ok((parse_table(ctx, prefix, raw)?, token))
+}
+
+/// `kind = "static"`.
+fn static_config(
+    ctx: &Ctx,
+    k: &impl Fn(&str) -> String,
+    raw: RawStatic,
+) -> Result<StaticConfig, ConfigError> {
+    if raw.headers.is_empty() {
+        return Err(ctx.invalid(
+            k("headers"),
+            "a static credential needs at least one header",
+        ));
+    }
+    Ok(StaticConfig {
+        headers: secret_headers(ctx, &k("headers"), raw.headers)?,
+        allowed_hosts: allowed_hosts(ctx, &k("allowed_hosts"), raw.allowed_hosts)?,
+    })
+}
+
+/// `kind = "oauth2_client_credentials"`.
+fn oauth2_config(
+    ctx: &Ctx,
+    k: &impl Fn(&str) -> String,
+    raw: RawOAuth2,
+    token: RawTokenSettings,
+) -> Result<OAuth2Config, ConfigError> {
+    let token_url = url::Url::parse(&raw.token_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            ctx.invalid(
+                k("token_url"),
+                format!("{:?} is not an http(s) URL", raw.token_url),
+            )
+        })?;
+    let headers = raw.headers.unwrap_or_else(|| {
+        BTreeMap::from([("Authorization".to_owned(), "Bearer {token}".to_owned())])
+    });
+    Ok(OAuth2Config {
+        allowed_hosts: allowed_hosts(ctx, &k("allowed_hosts"), raw.allowed_hosts)?,
+        token_url,
+        client_id: secret::expand(&raw.client_id).map_err(|e| ctx.invalid(k("client_id"), e))?,
+        client_secret: client_secret(
+            ctx,
+            k,
+            raw.client_secret.as_deref(),
+            raw.client_secret_file.as_deref(),
+        )?,
+        scopes: raw.scopes,
+        extra_params: extra_params(ctx, k, raw.extra_params)?,
+        client_auth: raw.client_auth.unwrap_or(ClientAuthMethod::Basic),
+        request_format: raw.request_format.unwrap_or(RequestFormat::Form),
+        expires_in: raw.expires_in.unwrap_or(ExpiresInMode::Seconds),
+        default_ttl: raw.default_ttl.unwrap_or(Duration::from_secs(300)),
+        use_refresh_token: raw.use_refresh_token.unwrap_or(true),
+        token: token_settings(ctx, k, headers, token)?,
+    })
+}
+
+/// Exactly one of `client_secret` and `client_secret_file`, resolved.
+fn client_secret(
+    ctx: &Ctx,
+    k: &impl Fn(&str) -> String,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Result<SecretString, ConfigError> {
+    if inline.is_some() && file.is_some() {
+        return Err(ctx.invalid(
+            k("client_secret_file"),
+            "set both client_secret and client_secret_file; keep one",
+        ));
+    }
+    secret::resolve(inline, file)
+        .map_err(|e| ctx.invalid(k("client_secret"), e))?
+        .ok_or_else(|| {
+            ctx.invalid(
+                k("client_secret"),
+                "missing: set client_secret or client_secret_file",
+            )
+        })
+}
+
+/// Extra token request parameters: none may be one the gateway sets itself.
+fn extra_params(
+    ctx: &Ctx,
+    k: &impl Fn(&str) -> String,
+    raw: BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut params = Vec::new();
+    for (p, v) in raw {
+        let key = k(&format!("extra_params.{p}"));
+        if matches!(
+            p.as_str(),
+            "grant_type" | "client_id" | "client_secret" | "scope" | "refresh_token"
+        ) {
+            return Err(ctx.invalid(key, "is set by the gateway itself"));
+        }
+        let v = secret::expand(&v).map_err(|e| ctx.invalid(&key, e))?;
+        params.push((p, v.expose_secret().to_owned()));
+    }
+    Ok(params)
+}
+
+/// `kind = "login"`.
+fn login_config(
+    ctx: &Ctx,
+    k: &impl Fn(&str) -> String,
+    raw: RawLogin,
+    token: RawTokenSettings,
+) -> Result<LoginConfig, ConfigError> {
+    let method = match raw.method.as_deref() {
+        None => Method::POST,
+        Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| ctx.invalid(k("method"), format!("{m:?} is not a method")))?,
+    };
+    let url: Uri = raw
+        .url
+        .parse()
+        .ok()
+        .filter(|u: &Uri| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+        .ok_or_else(|| ctx.invalid(k("url"), format!("{:?} is not an http(s) URL", raw.url)))?;
+    let token_pointer = raw.token_pointer.unwrap_or_else(|| "/token".to_owned());
+    if !token_pointer.starts_with('/') {
+        return Err(ctx.invalid(
+            k("token_pointer"),
+            "a JSON pointer starts with /, e.g. \"/token\"",
+        ));
+    }
+    if raw.headers.is_empty() {
+        return Err(ctx.invalid(
+            k("headers"),
+            "missing: the headers to set, e.g. { \"X-Incode-Hardware-Id\" = \"{token}\" }",
+        ));
+    }
+    Ok(LoginConfig {
+        allowed_hosts: allowed_hosts(ctx, &k("allowed_hosts"), raw.allowed_hosts)?,
+        method,
+        url,
+        request_headers: secret_headers(ctx, &k("request_headers"), raw.request_headers)?,
+        body: raw
+            .body
+            .map(|b| login_body(ctx, &k("body"), &b))
+            .transpose()?,
+        token_pointer,
+        ttl: raw.ttl,
+        token: token_settings(ctx, k, raw.headers, token)?,
+    })
+}
+
+/// Header name → secret value (`${...}` resolved); `key` is the table's key.
+fn secret_headers(
+    ctx: &Ctx,
+    key: &str,
+    raw: BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, SecretString)>, ConfigError> {
+    let mut out = Vec::new();
+    for (h, v) in raw {
+        let key = format!("{key}.{h}");
+        let name = header_name(ctx, &key, &h)?;
+        out.push((name, secret::expand(&v).map_err(|e| ctx.invalid(&key, e))?));
+    }
+    Ok(out)
+}
+
+/// The token kinds' shared settings, with the headers that carry the token.
 fn token_settings(
     ctx: &Ctx,
-    name: &str,
+    k: &impl Fn(&str) -> String,
+    headers: BTreeMap<String, String>,
     raw: RawTokenSettings,
 ) -> Result<TokenSettings, ConfigError> {
-    let k = |f: &str| format!("credentials.{name}.{f}");
+    let backoff_min = raw.backoff_min.unwrap_or(Duration::from_secs(1));
+    let backoff_max = raw.backoff_max.unwrap_or(Duration::from_secs(60));
+    if backoff_min.is_zero() || backoff_max < backoff_min {
+        return Err(ctx.invalid(
+            k("backoff_max"),
+            "backoff_min must be above zero and backoff_max at least backoff_min",
+        ));
+    }
+    let timeout = raw.timeout.unwrap_or(Duration::from_secs(10));
+    if timeout.is_zero() {
+        return Err(ctx.invalid(k("timeout"), "must be above zero"));
+    }
+    Ok(TokenSettings {
+        headers: token_headers(ctx, k, headers)?,
+        refresh_before: raw.refresh_before,
+        expiry_margin: raw.expiry_margin.unwrap_or(Duration::from_secs(30)),
+        timeout,
+        backoff_min,
+        backoff_max,
+        reject: RejectPolicy {
+            statuses: reject_statuses(ctx, &k("reject_status"), raw.reject_status)?,
+            body_marker: raw.reject_body_marker.filter(|m| !m.is_empty()),
+            retry_body_limit: raw.retry_body_limit.unwrap_or(64 * 1024),
+        },
+    })
+}
+
+/// Header templates, at least one of which carries `{token}`.
+fn token_headers(
+    ctx: &Ctx,
+    k: &impl Fn(&str) -> String,
+    raw: BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, HeaderTemplate)>, ConfigError> {
     let mut headers = Vec::new();
     let mut uses_token = false;
-    for (h, v) in raw.headers {
+    for (h, v) in raw {
         let key = k(&format!("headers.{h}"));
-        let hn = header_name(ctx, &key, &h)?;
+        let name = header_name(ctx, &key, &h)?;
         let t = header_template(ctx, &key, &v)?;
         uses_token |= t.parts.iter().any(|p| matches!(p, TemplatePart::Token));
-        headers.push((hn, t));
+        headers.push((name, t));
     }
     if !uses_token {
         return Err(ctx.invalid(
@@ -571,49 +583,24 @@ fn token_settings(
             "no header uses {token}; the fetched token would never be sent",
         ));
     }
-    let d =
-        |f: &str, v: Option<String>, default: Duration| duration(ctx, &k(f), v.as_deref(), default);
-    let backoff_min = d("backoff_min", raw.backoff_min, Duration::from_secs(1))?;
-    let backoff_max = d("backoff_max", raw.backoff_max, Duration::from_secs(60))?;
-    if backoff_min.is_zero() || backoff_max < backoff_min {
-        return Err(ctx.invalid(
-            k("backoff_max"),
-            "backoff_min must be above zero and backoff_max at least backoff_min",
-        ));
-    }
-    let timeout = d("timeout", raw.timeout, Duration::from_secs(10))?;
-    if timeout.is_zero() {
-        return Err(ctx.invalid(k("timeout"), "must be above zero"));
-    }
-    let mut statuses = Vec::new();
-    for s in raw.reject_status.unwrap_or_else(|| vec![401]) {
-        let code = StatusCode::from_u16(s)
-            .ok()
-            .filter(|c| c.is_client_error() || c.is_server_error())
-            .ok_or_else(|| {
-                ctx.invalid(
-                    k("reject_status"),
-                    format!("{s} is not a 4xx or 5xx status"),
-                )
-            })?;
-        statuses.push(code);
-    }
-    Ok(TokenSettings {
-        headers,
-        refresh_before: raw
-            .refresh_before
-            .map(|r| duration(ctx, &k("refresh_before"), Some(&r), Duration::ZERO))
-            .transpose()?,
-        expiry_margin: d("expiry_margin", raw.expiry_margin, Duration::from_secs(30))?,
-        timeout,
-        backoff_min,
-        backoff_max,
-        reject: RejectPolicy {
-            statuses,
-            body_marker: raw.reject_body_marker.filter(|m| !m.is_empty()),
-            retry_body_limit: raw.retry_body_limit.unwrap_or(64 * 1024),
-        },
-    })
+    Ok(headers)
+}
+
+/// `reject_status`: 4xx or 5xx codes, `[401]` by default.
+fn reject_statuses(
+    ctx: &Ctx,
+    key: &str,
+    raw: Option<Vec<u16>>,
+) -> Result<Vec<StatusCode>, ConfigError> {
+    raw.unwrap_or_else(|| vec![401])
+        .into_iter()
+        .map(|s| {
+            StatusCode::from_u16(s)
+                .ok()
+                .filter(|c| c.is_client_error() || c.is_server_error())
+                .ok_or_else(|| ctx.invalid(key, format!("{s} is not a 4xx or 5xx status")))
+        })
+        .collect()
 }
 
 /// Split a header value on `{token}`; the fixed pieces may hold `${...}` secret references.
@@ -654,24 +641,17 @@ fn login_body(ctx: &Ctx, key: &str, raw: &toml::Value) -> Result<SecretString, C
     Ok(SecretString::from(text))
 }
 
+/// A JSON text with `${...}` references, each value inserted JSON-escaped (it lands inside a JSON string).
 fn json_template(ctx: &Ctx, key: &str, template: &str) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| ctx.invalid(key, "unterminated ${...} reference"))?;
-        let value = secret::expand(&after[..=end]).map_err(|e| ctx.invalid(key, e))?;
-        let quoted = serde_json::to_string(value.expose_secret())
-            .map_err(|_| ctx.invalid(key, "cannot be encoded as JSON"))?;
-        // Inside a JSON string the value goes in without its surrounding quotes.
-        out.push_str(&quoted[1..quoted.len() - 1]);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    let text = secret::expand_with(template, |value| {
+        if value.is_empty() {
+            return Err(secret::SecretError::Empty);
+        }
+        let quoted = serde_json::Value::from(value).to_string();
+        Ok(quoted[1..quoted.len() - 1].to_owned())
+    })
+    .map_err(|e| ctx.invalid(key, e))?;
+    Ok(text.expose_secret().to_owned())
 }
 
 fn toml_to_json(ctx: &Ctx, key: &str, v: &toml::Value) -> Result<serde_json::Value, ConfigError> {
@@ -794,5 +774,35 @@ headers = { "x-api-key" = "k" }
         )
         .expect_err("no token header");
         assert!(err.to_string().contains("credentials.c.headers"), "{err}");
+    }
+
+    #[test]
+    fn shared_token_settings_apply_and_every_bad_key_is_named() {
+        let base = r#"kind = "login"
+allowed_hosts = ["h"]
+url = "https://h/login"
+headers = { "X-T" = "{token}" }
+"#;
+        let cfg = parse(&format!("{base}timeout = \"3s\"\nretry_body_limit = 7\n")).expect("valid");
+        let CredentialConfig::Login(l) = cfg else {
+            panic!("login expected")
+        };
+        assert_eq!(l.token.timeout, Duration::from_secs(3));
+        assert_eq!(l.token.reject.retry_body_limit, 7);
+        for (extra, key) in [
+            ("timeout = \"soon\"", "credentials.c.timeout"),
+            ("bogus = 1", "credentials.c.bogus"),
+            ("token_url = \"https://x/\"", "credentials.c.token_url"),
+            ("kind = \"magic\"", "credentials.c.kind"),
+        ] {
+            let text = format!("{base}{extra}\n").replace("kind = \"login\"\n", "");
+            let text = if extra.starts_with("kind") {
+                text
+            } else {
+                format!("kind = \"login\"\n{text}")
+            };
+            let err = parse(&text).expect_err(extra);
+            assert!(err.to_string().contains(key), "{key} not in {err}");
+        }
     }
 }

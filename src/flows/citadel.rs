@@ -48,13 +48,15 @@ pub struct RawCitadel {
     /// `tracking_info` attached to bridge tokens (omitted when unset).
     pub tracking_info: Option<String>,
     /// Public-token exchange contract: `link_access_tokens` (default) or the legacy `access_tokens`.
-    pub exchange: Option<String>,
+    pub exchange: Option<Exchange>,
     /// Time allowed for each Citadel call (default `15s`).
-    pub timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 /// Which public-token exchange endpoint to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exchange {
     /// `POST link-access-tokens/ {public_token}` → `{access_token, link_id}`.
     LinkAccessTokens,
@@ -116,16 +118,6 @@ pub fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, ConfigError
             format!("{product_type:?} is not a product type like \"employment\""),
         ));
     }
-    let exchange = match raw.exchange.as_deref() {
-        None | Some("link_access_tokens") => Exchange::LinkAccessTokens,
-        Some("access_tokens") => Exchange::AccessTokens,
-        Some(other) => {
-            return Err(ctx.invalid(
-                k("exchange"),
-                format!("{other:?} is not \"link_access_tokens\" or \"access_tokens\""),
-            ));
-        }
-    };
     Ok(CitadelConfig {
         // Citadel's paths are Django-style: the base must end in `/` and every path too.
         api_base: format!("{scheme}://{authority}{base_path}/"),
@@ -133,13 +125,8 @@ pub fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, ConfigError
         product_type,
         client_name: raw.client_name,
         tracking_info: raw.tracking_info,
-        exchange,
-        timeout: crate::config::duration(
-            ctx,
-            &k("timeout"),
-            raw.timeout.as_deref(),
-            Duration::from_secs(15),
-        )?,
+        exchange: raw.exchange.unwrap_or(Exchange::LinkAccessTokens),
+        timeout: raw.timeout.unwrap_or(Duration::from_secs(15)),
     })
 }
 

@@ -64,7 +64,8 @@ pub struct RawIncode {
     #[serde(default)]
     pub redirect_origins: Vec<String>,
     /// Time allowed for each Incode call (default `15s`).
-    pub timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
     /// How Incode's webhook deliveries authenticate; without it the `incode_webhooks` flow is not enabled.
     pub webhook: Option<RawWebhookAuth>,
 }
@@ -128,12 +129,7 @@ pub fn validate(ctx: &Ctx, raw: RawIncode) -> Result<IncodeConfig, ConfigError> 
         language: raw.language,
         admin_credential: raw.admin_credential,
         redirect_origins,
-        timeout: crate::config::duration(
-            ctx,
-            &k("timeout"),
-            raw.timeout.as_deref(),
-            Duration::from_secs(15),
-        )?,
+        timeout: raw.timeout.unwrap_or(Duration::from_secs(15)),
         webhook: raw
             .webhook
             .map(|w| webhook_auth::validate(ctx, "flows.incode.webhook", w).map(Arc::new))

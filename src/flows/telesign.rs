@@ -41,7 +41,8 @@ pub struct RawRate {
     /// Requests allowed per period (also the burst).
     pub requests: u32,
     /// The period, e.g. `"1s"`, `"1m"`.
-    pub per: String,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
 }
 
 /// `[flows.telesign]` as written.
@@ -55,7 +56,8 @@ pub struct RawTelesign {
     /// File holding the API key, instead of `api_key`.
     pub api_key_file: Option<PathBuf>,
     /// Token lifetime from `iat` (default `90s`; TeleSign's Java reference uses `30s`).
-    pub token_ttl: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub token_ttl: Option<Duration>,
     /// Include the `phn` claim (default true; the Java reference omits it).
     pub include_phone: Option<bool>,
     /// Include `bta: true`, pygenjwt's development flag (default false).
@@ -93,10 +95,7 @@ fn quota(
 ) -> Result<Quota, ConfigError> {
     let (n, per) = match raw {
         None => default,
-        Some(r) => (
-            r.requests,
-            crate::config::duration(ctx, &format!("{key}.per"), Some(&r.per), default.1)?,
-        ),
+        Some(r) => (r.requests, r.per),
     };
     let burst = NonZeroU32::new(n)
         .ok_or_else(|| ctx.invalid(format!("{key}.requests"), "must be at least 1"))?;
@@ -124,12 +123,7 @@ pub fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, ConfigErr
     if decoded.is_empty() {
         return Err(ctx.invalid(k("api_key"), "decodes to nothing"));
     }
-    let token_ttl = crate::config::duration(
-        ctx,
-        &k("token_ttl"),
-        raw.token_ttl.as_deref(),
-        Duration::from_secs(90),
-    )?;
+    let token_ttl = raw.token_ttl.unwrap_or(Duration::from_secs(90));
     if token_ttl.as_secs() <= u64::try_from(IAT_BACKDATE_SECS).unwrap_or(0) {
         return Err(ctx.invalid(k("token_ttl"), "must be longer than the 10s iat backdating"));
     }

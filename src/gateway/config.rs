@@ -11,10 +11,10 @@ use serde::Deserialize;
 
 use crate::caller_auth::config::{self as issuers, IssuerConfig, RawIssuer};
 use crate::config::{
-    ConfigError, Ctx, ListenerConfig, RawListener, RawUpstream, UpstreamConfig, duration,
-    validate_listener, validate_upstream,
+    ConfigError, Ctx, ListenerConfig, RawListener, RawUpstream, UpstreamConfig, validate_listener,
+    validate_upstream,
 };
-use crate::credentials::config::{self as credentials, CredentialConfig, RawCredential};
+use crate::credentials::config::{self as credentials, CredentialConfig};
 use crate::flows::{self, FlowsConfig, RawFlows};
 use crate::routes::config::{self as routes, RawRoute, RouteConfig};
 
@@ -33,9 +33,9 @@ pub struct RawConfig {
     /// Named upstream services.
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
-    /// Named upstream credentials.
+    /// Named upstream credentials, each a table whose `kind` picks its schema (see [`credentials::validate`]).
     #[serde(default)]
-    pub credentials: BTreeMap<String, RawCredential>,
+    pub credentials: BTreeMap<String, toml::Table>,
     /// Issuers whose JWTs callers may present.
     #[serde(default)]
     pub issuers: Vec<RawIssuer>,
@@ -52,7 +52,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     /// How long in-flight requests may run after SIGINT/SIGTERM (default `30s`).
-    pub shutdown_grace: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// `[admin]`: the admin listener.
@@ -118,12 +119,15 @@ impl Config {
         Self::from_toml(&text, &shown)
     }
 
-    /// Parse and validate TOML text; `source` names it in errors.
+    /// Parse and validate TOML text; `source` names it in errors, which lead with the dotted key.
     pub fn from_toml(text: &str, source: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: source.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+            message: message.trim_end().to_owned(),
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_error(e.to_string()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| parse_error(format!("{}: {}", e.path(), e.inner())))?;
         validate(raw, source)
     }
 }
@@ -131,12 +135,7 @@ impl Config {
 /// Check a raw config and resolve it: secrets, files, names and URLs.
 pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     let ctx = Ctx::new(source);
-    let shutdown_grace = duration(
-        &ctx,
-        "server.shutdown_grace",
-        raw.server.shutdown_grace.as_deref(),
-        Duration::from_secs(30),
-    )?;
+    let shutdown_grace = raw.server.shutdown_grace.unwrap_or(Duration::from_secs(30));
 
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.into_iter().enumerate() {

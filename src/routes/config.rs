@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::caller_auth::config::{IssuerConfig, RawRouteAuth, RouteAuthConfig};
+use crate::caller_auth::config::{AuthMode, IssuerConfig, RawRouteAuth, RouteAuthConfig};
 use crate::config::{ConfigError, Ctx, UpstreamConfig};
 use crate::credentials::config::CredentialConfig;
 use crate::flows::FlowsConfig;
@@ -33,7 +33,7 @@ pub struct RawRoute {
     /// Largest total size of request header names and values in bytes (default 16384); beyond it 431.
     pub max_header_bytes: Option<usize>,
     /// `"jwt"` (default) or `"none"` for public routes.
-    pub auth: Option<String>,
+    pub auth: Option<AuthMode>,
     /// Issuer names accepted here (default: all).
     pub issuers: Option<Vec<String>>,
     /// Scopes the caller's token must all carry (`scope` or `scp`).
@@ -96,66 +96,9 @@ pub fn validate(
             format!("{:?} must start with /", r.path_prefix),
         ));
     }
-    let target = match (r.upstream, r.flow) {
-        (Some(u), None) => {
-            if !upstreams.contains_key(&u) {
-                return Err(ctx.invalid(
-                    k("upstream"),
-                    format!("{u:?} is not defined in [upstreams]"),
-                ));
-            }
-            RouteTarget::Upstream(u)
-        }
-        (None, Some(f)) => {
-            if !flows.names().any(|n| n == f) {
-                return Err(ctx.invalid(
-                    k("flow"),
-                    format!("{f:?} is not an enabled flow in [flows]"),
-                ));
-            }
-            RouteTarget::Flow(f)
-        }
-        (Some(_), Some(_)) => {
-            return Err(ctx.invalid(
-                k("flow"),
-                "set both upstream and flow; a route has one target",
-            ));
-        }
-        (None, None) => {
-            return Err(ctx.invalid(
-                k("upstream"),
-                "missing: a route needs an upstream or a flow",
-            ));
-        }
-    };
+    let target = target(ctx, &k, r.upstream, r.flow, upstreams, flows)?;
     if let Some(c) = &r.credential {
-        let Some(cred) = credentials.get(c) else {
-            return Err(ctx.invalid(
-                k("credential"),
-                format!("{c:?} is not defined in [credentials]"),
-            ));
-        };
-        match &target {
-            RouteTarget::Upstream(u) => {
-                let host = &upstreams[u].host;
-                if !cred
-                    .allowed_hosts()
-                    .iter()
-                    .any(|h| h.eq_ignore_ascii_case(host))
-                {
-                    return Err(ctx.invalid(
-                        k("credential"),
-                        format!("credential {c:?} may not be sent to host {host:?} of upstream {u:?} (credentials.{c}.allowed_hosts)"),
-                    ));
-                }
-            }
-            RouteTarget::Flow(_) => {
-                return Err(ctx.invalid(
-                    k("credential"),
-                    "flows hold their own credentials; remove it",
-                ));
-            }
-        }
+        credential_fits(ctx, &k, c, &target, upstreams, credentials)?;
     }
     let auth = RouteAuthConfig::validate(
         ctx,
@@ -180,4 +123,70 @@ pub fn validate(
         max_header_bytes: r.max_header_bytes.unwrap_or(16 * 1024),
         auth,
     })
+}
+
+/// Exactly one of `upstream` and `flow`, naming a defined upstream or an enabled flow.
+fn target(
+    ctx: &Ctx,
+    k: &impl Fn(&str) -> String,
+    upstream: Option<String>,
+    flow: Option<String>,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+    flows: &FlowsConfig,
+) -> Result<RouteTarget, ConfigError> {
+    match (upstream, flow) {
+        (Some(u), None) if upstreams.contains_key(&u) => Ok(RouteTarget::Upstream(u)),
+        (Some(u), None) => Err(ctx.invalid(
+            k("upstream"),
+            format!("{u:?} is not defined in [upstreams]"),
+        )),
+        (None, Some(f)) if flows.names().any(|n| n == f) => Ok(RouteTarget::Flow(f)),
+        (None, Some(f)) => Err(ctx.invalid(
+            k("flow"),
+            format!("{f:?} is not an enabled flow in [flows]"),
+        )),
+        (Some(_), Some(_)) => Err(ctx.invalid(
+            k("flow"),
+            "set both upstream and flow; a route has one target",
+        )),
+        (None, None) => Err(ctx.invalid(
+            k("upstream"),
+            "missing: a route needs an upstream or a flow",
+        )),
+    }
+}
+
+/// The route's credential `c` is defined and may be sent to the target's host (flows hold their own).
+fn credential_fits(
+    ctx: &Ctx,
+    k: &impl Fn(&str) -> String,
+    c: &str,
+    target: &RouteTarget,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+    credentials: &BTreeMap<String, CredentialConfig>,
+) -> Result<(), ConfigError> {
+    let Some(cred) = credentials.get(c) else {
+        return Err(ctx.invalid(
+            k("credential"),
+            format!("{c:?} is not defined in [credentials]"),
+        ));
+    };
+    let RouteTarget::Upstream(u) = target else {
+        return Err(ctx.invalid(
+            k("credential"),
+            "flows hold their own credentials; remove it",
+        ));
+    };
+    let host = upstreams.get(u).map_or("", |up| up.host.as_str());
+    if !cred
+        .allowed_hosts()
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+    {
+        return Err(ctx.invalid(
+            k("credential"),
+            format!("credential {c:?} may not be sent to host {host:?} of upstream {u:?} (credentials.{c}.allowed_hosts)"),
+        ));
+    }
+    Ok(())
 }

@@ -94,11 +94,14 @@ pub struct RawListener {
     pub max_header_bytes: Option<usize>,
     /// Longest a connection may stay open with no request in flight (default `60s`; HTTP/1 connections are held to
     /// `header_read_timeout` between requests as well).
-    pub idle_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
     /// Interval of the HTTP/2 keep-alive PINGs (default `30s`).
-    pub http2_keepalive_interval: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub http2_keepalive_interval: Option<Duration>,
     /// How long an HTTP/2 PING may go unanswered before the connection is closed (default `10s`).
-    pub http2_keepalive_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub http2_keepalive_timeout: Option<Duration>,
     /// Most connections open at once on this listener (default 10000; capped by the open-files limit). Beyond it a
     /// new connection is closed at once and counted.
     pub max_connections: Option<usize>,
@@ -303,24 +306,11 @@ pub fn validate_listener(
         tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(Duration::from_secs(10)),
         header_read_timeout: l.header_read_timeout.unwrap_or(Duration::from_secs(10)),
         max_header_bytes,
-        idle_timeout: duration(
-            ctx,
-            &k("idle_timeout"),
-            l.idle_timeout.as_deref(),
-            Duration::from_secs(60),
-        )?,
-        http2_keepalive_interval: duration(
-            ctx,
-            &k("http2_keepalive_interval"),
-            l.http2_keepalive_interval.as_deref(),
-            Duration::from_secs(30),
-        )?,
-        http2_keepalive_timeout: duration(
-            ctx,
-            &k("http2_keepalive_timeout"),
-            l.http2_keepalive_timeout.as_deref(),
-            Duration::from_secs(10),
-        )?,
+        idle_timeout: l.idle_timeout.unwrap_or(Duration::from_secs(60)),
+        http2_keepalive_interval: l
+            .http2_keepalive_interval
+            .unwrap_or(Duration::from_secs(30)),
+        http2_keepalive_timeout: l.http2_keepalive_timeout.unwrap_or(Duration::from_secs(10)),
         max_connections,
     })
 }

@@ -66,12 +66,14 @@ impl Gateway {
                 source,
             }
         })?;
-        let timer = Timer::new();
+        let timer = Timer::of_kind(cfg.timer);
         let mut upstreams = BTreeMap::new();
         for (name, u) in &cfg.upstreams {
-            let upstream = Upstream::new(u, &timer).map_err(|source| BuildError::Client {
-                upstream: name.clone(),
-                source,
+            let upstream = Upstream::new(u, &timer, cfg.upstream_pool).map_err(|source| {
+                BuildError::Client {
+                    upstream: name.clone(),
+                    source,
+                }
             })?;
             upstreams.insert(name.clone(), Arc::new(upstream));
         }

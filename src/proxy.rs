@@ -39,7 +39,7 @@ pub enum SendError {
     /// The connection failed while sending or before the response head.
     #[error(transparent)]
     Http(#[from] hyper::Error),
-    /// The pooled client (TLS upstreams) failed.
+    /// hyper-util's pooled client (`https://` upstreams, and `http://` ones on [`UpstreamPool::HyperUtil`]) failed.
     #[error(transparent)]
     Client(#[from] hyper_util::client::legacy::Error),
     /// The request's path could not be made into an absolute URI.
@@ -76,14 +76,29 @@ pub struct Upstream {
     transport: Transport,
 }
 
+/// Which pool carries requests to `http://` upstreams (`server.upstream_pool`); `https://` ones always use
+/// hyper-util's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamPool {
+    /// credgate's own (`proxy/conn_pool.rs`): the default unless built with the `std-pool` feature.
+    #[cfg_attr(not(feature = "std-pool"), default)]
+    Credgate,
+    /// hyper-util's pooled client, the fallback.
+    #[cfg_attr(feature = "std-pool", default)]
+    HyperUtil,
+}
+
 /// How requests reach an upstream.
 #[derive(Debug)]
 enum Transport {
-    /// `http://`: HTTP/1.1 keep-alive connections driven in the request's own task (the fast path).
+    /// `http://` on credgate's pool: HTTP/1.1 keep-alive connections driven in the request's own task (the fast path).
     Plain(Arc<ConnPool>),
-    /// `https://`: the pooled client, which lets ALPN choose HTTP/2 or HTTP/1.1.
-    Tls {
+    /// hyper-util's pooled client: `https://` (ALPN chooses HTTP/2 or HTTP/1.1), and `http://` on
+    /// [`UpstreamPool::HyperUtil`].
+    Client {
         client: Box<HttpClient>,
+        scheme: Scheme,
         authority: Authority,
     },
 }
@@ -93,13 +108,19 @@ const MAX_IDLE: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Upstream {
-    /// An upstream from config; its response deadlines are armed on `timer`.
-    pub fn new(cfg: &UpstreamConfig, timer: &Timer) -> Result<Self, ClientBuildError> {
+    /// An upstream from config; its response deadlines are armed on `timer`, and `pool` carries its requests if it
+    /// is an `http://` one.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        timer: &Timer,
+        pool: UpstreamPool,
+    ) -> Result<Self, ClientBuildError> {
         let host =
             HeaderValue::from_str(cfg.authority.as_str()).map_err(|_| ClientBuildError::Target)?;
-        let transport = if cfg.scheme == Scheme::HTTPS {
-            Transport::Tls {
+        let transport = if cfg.scheme == Scheme::HTTPS || pool == UpstreamPool::HyperUtil {
+            Transport::Client {
                 client: Box::new(http_client::build(&cfg.extra_ca, cfg.connect_timeout)?),
+                scheme: cfg.scheme.clone(),
                 authority: cfg.authority.clone(),
             }
         } else {
@@ -130,11 +151,15 @@ impl Upstream {
     async fn send(&self, req: Request<Body>, now: Instant) -> Result<Response<Body>, SendError> {
         match &self.transport {
             Transport::Plain(pool) => pool.send(req, now).await,
-            Transport::Tls { client, authority } => {
+            Transport::Client {
+                client,
+                scheme,
+                authority,
+            } => {
                 // The pooled client picks its connection by the absolute URI.
                 let (mut parts, body) = req.into_parts();
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
-                uri.scheme = Some(Scheme::HTTPS);
+                uri.scheme = Some(scheme.clone());
                 uri.authority = Some(authority.clone());
                 parts.uri = Uri::from_parts(uri).map_err(|_| SendError::Target)?;
                 let rsp = client.request(Request::from_parts(parts, body)).await?;
@@ -706,6 +731,28 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Ctx, RawUpstream, validate_upstream};
+
+    #[test]
+    fn a_plain_upstream_goes_over_the_chosen_pool_and_a_tls_one_over_hyper_util() {
+        let upstream = |url: &str, pool| {
+            let raw: RawUpstream = toml::from_str(&format!("url = \"{url}\"")).expect("toml");
+            let cfg = validate_upstream(&Ctx::new("<test>"), "u", raw).expect("valid");
+            Upstream::new(&cfg, &Timer::new(), pool).expect("upstream")
+        };
+        let plain = upstream("http://127.0.0.1:9", UpstreamPool::Credgate);
+        assert!(matches!(plain.transport, Transport::Plain(_)));
+        let fallback = upstream("http://127.0.0.1:9", UpstreamPool::HyperUtil);
+        assert!(
+            matches!(&fallback.transport, Transport::Client { scheme, .. } if *scheme == Scheme::HTTP)
+        );
+        for pool in [UpstreamPool::Credgate, UpstreamPool::HyperUtil] {
+            let tls = upstream("https://127.0.0.1:9", pool);
+            assert!(
+                matches!(&tls.transport, Transport::Client { scheme, .. } if *scheme == Scheme::HTTPS)
+            );
+        }
+    }
 
     #[test]
     fn the_header_check_and_the_token_list_agree() {

@@ -1,12 +1,29 @@
-//! Deadlines that are cheap to arm and to disarm.
+//! Deadlines that are cheap to arm and to disarm: credgate's own timer, with tokio's as a tested fallback.
 //!
-//! Every request arms deadlines that almost never fire: hyper's header-read timeout for the next request head, the
-//! upstream response timeout. With tokio's timer each arm-and-drop pair costs an insertion and removal in the timer
-//! wheel under the driver's lock (89 ns in `benches/pipeline.rs`, about 1,500 instructions under load). Here arming
-//! is a slab insertion under an uncontended lock and disarming a removal (41 ns). One task, spawned on
-//! first use, sleeps on tokio's timer until the earliest deadline, wakes what is due and goes back to sleep until
-//! the next (at most one pass per 10 ms, so a deadline fires up to that late); deadlines that were dropped meanwhile
-//! cost it nothing but a skipped slot in that scan.
+//! What it replaces: tokio's timer wheel (`tokio::time::sleep_until`) for the deadlines armed on every request and
+//! connection, which almost never fire: hyper's header-read timeout, the connection guard's head deadline, the
+//! upstream response timeout. With tokio's timer each arm-and-drop pair is an insertion into and a removal from the
+//! wheel under the driver's lock. Here arming is a slab insertion under an uncontended lock and disarming a removal.
+//!
+//! Why it is kept: it was measured cheaper, per deadline and per request. See BENCHMARKS.md, section "Sittings 7 and
+//! 8" (own deadline timer, and the `deadline/arm_and_drop/*` figures of `benches/pipeline.rs`), section "Sitting 6"
+//! (the instructions tokio's per-request timers cost, from callgrind) and the table in "Criterion: the hot path in
+//! process". `cargo bench --bench pipeline -- deadline` measures both timers again.
+//!
+//! How it works: one task, spawned on first use, sleeps on tokio's timer until the earliest deadline, wakes what is
+//! due and goes back to sleep until the next (at most one pass per 10 ms); deadlines that were dropped meanwhile cost
+//! it nothing but a skipped slot in that scan.
+//!
+//! Invariants it relies on:
+//! - every deadline it serves tolerates firing up to one scan interval (10 ms) late: they are all timeouts of
+//!   seconds, never a schedule;
+//! - it runs inside a tokio runtime with time enabled, whose clock it reads; should that runtime end the firing
+//!   task, the next armed deadline starts a new one;
+//! - a deadline wakes the waker of its latest poll, as every future's contract asks; [`Sleep`] is `Unpin` and arms
+//!   only when first polled, so a deadline made and never polled costs nothing.
+//!
+//! Fallback: [`TimerKind::Tokio`] (`timer = "tokio"` in `[server]`, or the default when built with the `std-timer`
+//! feature) gives the same API on `tokio::time::sleep_until`. CI runs the whole test suite once with it.
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -23,10 +40,28 @@ use tokio::sync::Notify;
 /// The shortest time between two passes of the firing task over the armed deadlines.
 const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Which implementation a [`Timer`] arms its deadlines on (`server.timer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    /// credgate's own timer (this module): the default unless built with the `std-timer` feature.
+    #[cfg_attr(not(feature = "std-timer"), default)]
+    Credgate,
+    /// tokio's timer wheel, the fallback.
+    #[cfg_attr(feature = "std-timer", default)]
+    Tokio,
+}
+
 /// A source of cheap deadlines; clones share one set of deadlines and one firing task.
 #[derive(Clone)]
 pub struct Timer {
-    shared: Arc<Shared>,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Own(Arc<Shared>),
+    Tokio,
 }
 
 impl Default for Timer {
@@ -37,7 +72,9 @@ impl Default for Timer {
 
 impl std::fmt::Debug for Timer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timer").finish_non_exhaustive()
+        f.debug_struct("Timer")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,30 +161,51 @@ impl Shared {
 }
 
 impl Timer {
-    /// A timer with nothing armed; its firing task starts with the first armed deadline.
+    /// A timer of the build's default kind ([`TimerKind::default`]) with nothing armed.
     pub fn new() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        Self {
-            shared: Arc::new(Shared {
-                shards: (0..cpus.min(64)).map(|_| Mutex::default()).collect(),
-                firing_task: AtomicBool::new(false),
-                wake: Arc::default(),
-            }),
+        Self::of_kind(TimerKind::default())
+    }
+
+    /// A timer of `kind` with nothing armed; credgate's starts its firing task with the first armed deadline.
+    pub fn of_kind(kind: TimerKind) -> Self {
+        let inner = match kind {
+            TimerKind::Credgate => {
+                let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                Inner::Own(Arc::new(Shared {
+                    shards: (0..cpus.min(64)).map(|_| Mutex::default()).collect(),
+                    firing_task: AtomicBool::new(false),
+                    wake: Arc::default(),
+                }))
+            }
+            TimerKind::Tokio => Inner::Tokio,
+        };
+        Self { inner }
+    }
+
+    /// Which implementation this timer arms its deadlines on.
+    pub fn kind(&self) -> TimerKind {
+        match self.inner {
+            Inner::Own(_) => TimerKind::Credgate,
+            Inner::Tokio => TimerKind::Tokio,
         }
     }
 
     /// A future that completes at `deadline`.
     pub fn sleep_until(&self, deadline: Instant) -> Sleep {
-        Sleep {
-            shared: self.shared.clone(),
-            deadline,
-            state: SleepState::Unarmed,
-        }
+        let state = match &self.inner {
+            Inner::Own(shared) => SleepState::Own {
+                shared: shared.clone(),
+                armed: Arming::Unarmed,
+            },
+            Inner::Tokio => SleepState::Tokio(None),
+        };
+        Sleep { deadline, state }
     }
 
     /// A future that completes after `duration`.
     pub fn sleep(&self, duration: Duration) -> Sleep {
-        self.sleep_until(Instant::now() + duration)
+        // tokio's clock, which both kinds fire by (tests may pause it); outside tests it is `Instant::now()`.
+        self.sleep_until(tokio::time::Instant::now().into_std() + duration)
     }
 
     /// Run `fut` until `deadline` at most: `Err(Elapsed)` when the time ran out first.
@@ -171,13 +229,21 @@ impl hyper::rt::Timer for Timer {
 
 /// A deadline of a [`Timer`]: armed when first polled, disarmed when dropped.
 pub struct Sleep {
-    shared: Arc<Shared>,
     deadline: Instant,
     state: SleepState,
 }
 
-#[derive(Clone, Copy)]
 enum SleepState {
+    Own {
+        shared: Arc<Shared>,
+        armed: Arming,
+    },
+    /// tokio's sleep, made (and boxed, to keep [`Sleep`] `Unpin`) when first polled.
+    Tokio(Option<Pin<Box<tokio::time::Sleep>>>),
+}
+
+#[derive(Clone, Copy)]
+enum Arming {
     Unarmed,
     Armed { shard: usize, key: usize },
     Done,
@@ -196,26 +262,36 @@ impl Future for Sleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        match this.state {
-            SleepState::Done => Poll::Ready(()),
-            SleepState::Unarmed => {
-                let shard = this.shared.pick_shard();
-                let mut st = this.shared.shard(shard);
+        let (shared, armed) = match &mut this.state {
+            SleepState::Own { shared, armed } => (shared, armed),
+            SleepState::Tokio(sleep) => {
+                let deadline = this.deadline;
+                return sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())))
+                    .as_mut()
+                    .poll(cx);
+            }
+        };
+        match *armed {
+            Arming::Done => Poll::Ready(()),
+            Arming::Unarmed => {
+                let shard = shared.pick_shard();
+                let mut st = shared.shard(shard);
                 let key = st.armed.insert(Armed {
                     deadline: this.deadline,
                     waker: cx.waker().clone(),
                     fired: false,
                 });
-                this.state = SleepState::Armed { shard, key };
+                *armed = Arming::Armed { shard, key };
                 if st.earliest.is_none_or(|e| this.deadline < e) {
                     st.earliest = Some(this.deadline);
                     drop(st);
-                    this.shared.kick();
+                    shared.kick();
                 }
                 Poll::Pending
             }
-            SleepState::Armed { shard, key } => {
-                let mut st = this.shared.shard(shard);
+            Arming::Armed { shard, key } => {
+                let mut st = shared.shard(shard);
                 match st.armed.get_mut(key) {
                     Some(a) if !a.fired => {
                         a.waker.clone_from(cx.waker());
@@ -223,7 +299,7 @@ impl Future for Sleep {
                     }
                     _ => {
                         st.armed.try_remove(key);
-                        this.state = SleepState::Done;
+                        *armed = Arming::Done;
                         Poll::Ready(())
                     }
                 }
@@ -236,8 +312,12 @@ impl hyper::rt::Sleep for Sleep {}
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let SleepState::Armed { shard, key } = self.state {
-            self.shared.shard(shard).armed.try_remove(key);
+        if let SleepState::Own {
+            shared,
+            armed: Arming::Armed { shard, key },
+        } = &self.state
+        {
+            shared.shard(*shard).armed.try_remove(*key);
         }
     }
 }
@@ -334,100 +414,130 @@ impl<F: Future> Future for Timeout<F> {
 mod tests {
     use super::*;
 
+    /// Both kinds: every behaviour below holds for the fallback as for credgate's own.
+    const KINDS: [TimerKind; 2] = [TimerKind::Credgate, TimerKind::Tokio];
+
     fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
         Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_deadline_fires_at_its_time_and_not_before() {
-        let timer = Timer::new();
-        let start = tokio::time::Instant::now();
-        timer.sleep(Duration::from_millis(300)).await;
-        assert!(start.elapsed() >= Duration::from_millis(300));
+        for kind in KINDS {
+            let timer = Timer::of_kind(kind);
+            let start = tokio::time::Instant::now();
+            timer.sleep(Duration::from_millis(300)).await;
+            assert!(start.elapsed() >= Duration::from_millis(300), "{kind:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_earlier_deadline_armed_later_still_fires_first() {
-        let timer = Timer::new();
-        let mut late = timer.sleep(Duration::from_secs(60));
-        assert!(poll_once(&mut late).is_pending());
-        let start = tokio::time::Instant::now();
-        timer.sleep(Duration::from_millis(50)).await;
-        assert!(start.elapsed() < Duration::from_secs(60));
-        assert!(poll_once(&mut late).is_pending());
+        for kind in KINDS {
+            let timer = Timer::of_kind(kind);
+            let mut late = timer.sleep(Duration::from_secs(60));
+            assert!(poll_once(&mut late).is_pending(), "{kind:?}");
+            let start = tokio::time::Instant::now();
+            timer.sleep(Duration::from_millis(50)).await;
+            assert!(start.elapsed() < Duration::from_secs(60), "{kind:?}");
+            assert!(poll_once(&mut late).is_pending(), "{kind:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn timeout_passes_a_ready_value_and_cuts_a_stalled_one() {
-        let timer = Timer::new();
-        assert_eq!(
-            timer
-                .timeout_at(Instant::now() + Duration::from_secs(1), async { 7 })
-                .await,
-            Ok(7)
-        );
-        let stalled = timer.timeout_at(
-            Instant::now() + Duration::from_secs(1),
-            std::future::pending::<()>(),
-        );
-        assert_eq!(stalled.await, Err(Elapsed));
+        for kind in KINDS {
+            let timer = Timer::of_kind(kind);
+            assert_eq!(
+                timer
+                    .timeout_at(Instant::now() + Duration::from_secs(1), async { 7 })
+                    .await,
+                Ok(7),
+                "{kind:?}"
+            );
+            let stalled = timer.timeout_at(
+                Instant::now() + Duration::from_secs(1),
+                std::future::pending::<()>(),
+            );
+            assert_eq!(stalled.await, Err(Elapsed), "{kind:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn staggered_deadlines_all_fire_within_one_scan_interval() {
-        let timer = Timer::new();
-        let start = tokio::time::Instant::now();
-        let waits: Vec<_> = (1..=100u64)
-            .map(|i| {
-                let after = Duration::from_millis(i * 3);
-                let sleep = timer.sleep(after);
-                tokio::spawn(async move {
-                    sleep.await;
-                    (after, start.elapsed())
+        for kind in KINDS {
+            let timer = Timer::of_kind(kind);
+            let start = tokio::time::Instant::now();
+            let waits: Vec<_> = (1..=100u64)
+                .map(|i| {
+                    let after = Duration::from_millis(i * 3);
+                    let sleep = timer.sleep(after);
+                    tokio::spawn(async move {
+                        sleep.await;
+                        (after, start.elapsed())
+                    })
                 })
-            })
-            .collect();
-        for w in waits {
-            let (after, fired) = w.await.expect("task");
-            assert!(fired >= after, "{after:?} fired early at {fired:?}");
-            assert!(
-                fired <= after + SCAN_INTERVAL,
-                "{after:?} fired late at {fired:?}"
-            );
+                .collect();
+            for w in waits {
+                let (after, fired) = w.await.expect("task");
+                assert!(
+                    fired >= after,
+                    "{kind:?}: {after:?} fired early at {fired:?}"
+                );
+                assert!(
+                    fired <= after + SCAN_INTERVAL,
+                    "{kind:?}: {after:?} fired late at {fired:?}"
+                );
+            }
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deadlines_armed_from_several_workers_all_fire_and_none_early() {
-        let timer = Timer::new();
-        let waits: Vec<_> = (0..200u64)
-            .map(|i| {
-                let timer = timer.clone();
-                tokio::spawn(async move {
-                    let deadline = Instant::now() + Duration::from_millis(20 + i % 30);
-                    timer.sleep_until(deadline).await;
-                    Instant::now() >= deadline
+        for kind in KINDS {
+            let timer = Timer::of_kind(kind);
+            let waits: Vec<_> = (0..200u64)
+                .map(|i| {
+                    let timer = timer.clone();
+                    tokio::spawn(async move {
+                        let deadline = Instant::now() + Duration::from_millis(20 + i % 30);
+                        timer.sleep_until(deadline).await;
+                        Instant::now() >= deadline
+                    })
                 })
-            })
-            .collect();
-        let all = async {
-            for w in waits {
-                assert!(w.await.expect("task"), "a deadline fired early");
-            }
+                .collect();
+            let all = async {
+                for w in waits {
+                    assert!(w.await.expect("task"), "{kind:?}: a deadline fired early");
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), all)
+                .await
+                .expect("every deadline fired");
+        }
+    }
+
+    #[test]
+    fn the_build_default_is_credgates_own_unless_std_timer() {
+        let expected = if cfg!(feature = "std-timer") {
+            TimerKind::Tokio
+        } else {
+            TimerKind::Credgate
         };
-        tokio::time::timeout(Duration::from_secs(10), all)
-            .await
-            .expect("every deadline fired");
+        assert_eq!(Timer::new().kind(), expected);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_deadline_is_disarmed() {
-        let timer = Timer::new();
+        let timer = Timer::of_kind(TimerKind::Credgate);
         let mut s = timer.sleep(Duration::from_secs(5));
         assert!(poll_once(&mut s).is_pending());
         let armed = |t: &Timer| {
-            (0..t.shared.shards.len())
-                .map(|i| t.shared.shard(i).armed.len())
+            let Inner::Own(shared) = &t.inner else {
+                unreachable!("credgate's timer")
+            };
+            (0..shared.shards.len())
+                .map(|i| shared.shard(i).armed.len())
                 .sum::<usize>()
         };
         assert_eq!(armed(&timer), 1);

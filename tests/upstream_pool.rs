@@ -1,5 +1,6 @@
 //! The gateway's keep-alive connections to an upstream, seen from the upstream: reused while they last, and never
-//! used once the upstream has closed them or said it would.
+//! used once the upstream has closed them or said it would. Every test here holds for both pools and both timers
+//! (`server.upstream_pool`, `server.timer`); CI runs this suite once more with the fallbacks as defaults.
 mod support;
 
 use bytes::Bytes;
@@ -8,6 +9,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use credgate::gateway::Config;
+use credgate::proxy::UpstreamPool;
+use credgate::timer::TimerKind;
 use support::raw_upstream::{self, AfterAnswer, RawUpstream};
 
 type PlainClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
@@ -20,8 +24,15 @@ async fn start(after: AfterAnswer) -> (RawUpstream, support::TestGateway, PlainC
 }
 
 async fn gateway(up: &RawUpstream) -> support::TestGateway {
+    gateway_with(up, "").await
+}
+
+/// A gateway routing everything to `up`, with `server` as its `[server]` section.
+async fn gateway_with(up: &RawUpstream, server: &str) -> support::TestGateway {
     support::start_gateway(&format!(
         r#"
+[server]
+{server}
 [[listeners]]
 address = "127.0.0.1:0"
 tls = false
@@ -96,4 +107,43 @@ async fn a_connection_the_upstream_said_it_would_close_is_not_pooled() {
         get_ok(&client, &gw, i).await;
     }
     assert_eq!(up.connections(), 5);
+}
+
+#[tokio::test]
+async fn each_pool_and_timer_setting_forwards_and_reuses_connections() {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    for pool in ["credgate", "hyper_util"] {
+        for timer in ["credgate", "tokio"] {
+            let up = raw_upstream::start(AfterAnswer::KeepOpen).await;
+            let server = format!("upstream_pool = \"{pool}\"\ntimer = \"{timer}\"");
+            let gw = gateway_with(&up, &server).await;
+            let kind = if timer == "tokio" {
+                TimerKind::Tokio
+            } else {
+                TimerKind::Credgate
+            };
+            assert_eq!(gw.gw.timer.kind(), kind, "{server}");
+            for i in 0..5 {
+                get_ok(&client, &gw, i).await;
+            }
+            assert_eq!(up.requests(), 5, "{server}");
+            assert_eq!(up.connections(), 1, "{server}: the connection was reused");
+        }
+    }
+}
+
+#[test]
+fn the_pool_and_timer_keys_take_only_their_names_and_default_to_the_build() {
+    let cfg = |server: &str| Config::from_toml(&format!("[server]\n{server}"), "<test>");
+    let set = cfg("upstream_pool = \"hyper_util\"\ntimer = \"tokio\"").expect("valid");
+    assert_eq!(set.upstream_pool, UpstreamPool::HyperUtil);
+    assert_eq!(set.timer, TimerKind::Tokio);
+    let unset = cfg("").expect("valid");
+    assert_eq!(unset.upstream_pool, UpstreamPool::default());
+    assert_eq!(unset.timer, TimerKind::default());
+    for bad in ["upstream_pool = \"hyper\"", "timer = \"std\""] {
+        let e = cfg(bad).expect_err(bad).to_string();
+        let key = bad.split(' ').next().unwrap_or_default();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
 }

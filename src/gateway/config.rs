@@ -16,7 +16,9 @@ use crate::config::{
 };
 use crate::credentials::config::{self as credentials, CredentialConfig};
 use crate::flows::{self, FlowsConfig, RawFlows};
+use crate::proxy::UpstreamPool;
 use crate::routes::config::{self as routes, RawRoute, RouteConfig};
+use crate::timer::TimerKind;
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +56,10 @@ pub struct RawServer {
     /// How long in-flight requests may run after SIGINT/SIGTERM (default `30s`).
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
+    /// The pool for `http://` upstreams: `"credgate"` (default) or `"hyper_util"`, the fallback.
+    pub upstream_pool: Option<UpstreamPool>,
+    /// The timer for per-request deadlines: `"credgate"` (default) or `"tokio"`, the fallback.
+    pub timer: Option<TimerKind>,
 }
 
 /// `[admin]`: the admin listener.
@@ -74,6 +80,10 @@ pub struct Config {
     pub source: String,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
+    /// The pool for `http://` upstreams.
+    pub upstream_pool: UpstreamPool,
+    /// The timer for per-request deadlines.
+    pub timer: TimerKind,
     /// Listeners.
     pub listeners: Vec<ListenerConfig>,
     /// Admin listener address.
@@ -171,6 +181,9 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     Ok(Config {
         source: source.to_owned(),
         shutdown_grace,
+        // Unset, the build's defaults: credgate's own, or the standard ones under the `std-*` features.
+        upstream_pool: raw.server.upstream_pool.unwrap_or_default(),
+        timer: raw.server.timer.unwrap_or_default(),
         listeners,
         admin,
         upstreams,

@@ -1,11 +1,17 @@
 //! A plain-HTTP upstream's keep-alive HTTP/1.1 connections, each driven by the task that serves the request it
-//! carries.
+//! carries: credgate's own pool, with hyper-util's as a tested fallback.
 //!
-//! hyper-util's pooled client runs every connection in a task of its own, so one forwarded request crosses tasks
-//! several times (request hand-off, response, body chunks, a spawned task that returns the connection). Here the
-//! caller's own task polls the upstream connection, from sending the head to the response body's end, then puts it
-//! back on a LIFO idle list. Idle connections are not polled by anyone. A request that a reused connection could not
-//! send (it was closed while idle) is sent once more on a fresh one.
+//! What it replaces: hyper-util's pooled client (`hyper_util::client::legacy`) for `http://` upstreams. That client
+//! runs every connection in a task of its own, so one forwarded request crosses tasks several times (request
+//! hand-off, response, body chunks, a spawned task that returns the connection). Here the caller's own task polls the
+//! upstream connection, from sending the head to the response body's end, then puts it back on a LIFO idle list.
+//! Idle connections are not polled by anyone. A request that a reused connection could not send (it was closed while
+//! idle) is sent once more on a fresh one.
+//!
+//! Why it is kept: it was measured cheaper per request. See BENCHMARKS.md, section "Instructions per request
+//! (callgrind): the figure that repeats" (hyper-util's client against the pool driven in the serving task), section
+//! "Before and after, same sitting" (the same two builds under load), and section "Sitting 12" (two task polls per
+//! request instead of 3.3, from the wakers below).
 //!
 //! Every poll of a connection registers one waker of its own ([`ConnWaker`]), which raises a flag and wakes the task
 //! using the connection only while that task waits on it. hyper's connection signals its side of each hand-over
@@ -14,6 +20,20 @@
 //! with a connection fresh from the pool, some other caller's task would be. Idle connections keep the same waker, so
 //! checkout polls just the ones whose flag something raised (most often the upstream closing them) and takes the
 //! others as they were left.
+//!
+//! Invariants it relies on, all of them hyper's client connection's (`hyper::client::conn::http1`) and none of them
+//! promised by its API:
+//! - a queued request, data or EOF on the socket, and a body chunk taken each wake the waker of the connection's last
+//!   poll, and no other;
+//! - the response head and body chunks are handed over only while the connection is polled, so the response future
+//!   and the body may be polled with a no-op waker right after each poll of the connection;
+//! - for speed and reuse only (correctness holds without them): a small body is taken in with its head, and a
+//!   connection whose exchange is complete is ready for the next request without another poll.
+//!
+//! The unit test `hypers_wake_order_on_a_reused_connection_is_the_one_the_pool_relies_on` pins that sequence step by
+//! step. Should it fail after a hyper upgrade, the fallback is one line: `upstream_pool = "hyper_util"` in `[server]`
+//! (or the `std-pool` build feature) sends `http://` upstreams through hyper-util's pooled client, as `https://` ones
+//! always are. CI runs the whole test suite once with it.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -360,6 +380,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use http::header::HOST;
+    use http_body::Body as _;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -445,6 +466,8 @@ mod tests {
         rsp.into_body().collect().await.expect("body").to_bytes()
     }
 
+    /// Should this fail after a hyper upgrade, see the next test: switch `upstream_pool = "hyper_util"` and
+    /// investigate.
     #[tokio::test]
     async fn an_exchange_wakes_its_task_once_per_wait_and_no_other_task() {
         let (uri, accepted) = upstream().await;
@@ -477,6 +500,90 @@ mod tests {
             first.wakes(),
             before,
             "the first task was woken by the connection it had handed back"
+        );
+    }
+
+    /// The wake sequence of one exchange on a reused connection, step by step as [`ConnPool::send`] and [`Driven`]
+    /// take it. The pool relies on each step: hyper's client connection signals every hand-over to the waker of its
+    /// last poll and to nobody else, and hands the response and its body over only while the connection is polled,
+    /// so that the pool can poll the response and the body with a no-op waker.
+    ///
+    /// If this fails after a hyper upgrade, hyper changed that order and the pool may leave a request waiting
+    /// forever: set `upstream_pool = "hyper_util"` in `[server]` (or build with the `std-pool` feature) and
+    /// investigate before switching back.
+    #[tokio::test]
+    async fn hypers_wake_order_on_a_reused_connection_is_the_one_the_pool_relies_on() {
+        let (uri, accepted) = upstream().await;
+        let host = uri.authority().expect("authority").to_string();
+        let pool = Arc::new(ConnPool::new(
+            uri,
+            Duration::from_secs(5),
+            8,
+            Duration::from_secs(60),
+        ));
+        assert_eq!(&exchange(&pool, &host).await[..], b"ok");
+        let mut p = pool
+            .checkout(Instant::now())
+            .expect("the connection went back");
+        let task = Arc::new(Task::default());
+        let waker = Waker::from(task.clone());
+        let mut noop = Context::from_waker(Waker::noop());
+        let stirred = |p: &Pooled| p.wakes.stirred.swap(false, Ordering::SeqCst);
+        stirred(&p);
+
+        // 1. Queueing the request wakes the connection's own waker (detached: no task).
+        let req = Request::get("/")
+            .header(HOST, &host)
+            .body(body::empty())
+            .expect("request");
+        let mut sent = std::pin::pin!(p.sender.try_send_request(req));
+        assert!(
+            stirred(&p),
+            "1: queueing a request wakes the connection's waker"
+        );
+        assert_eq!(task.wakes(), 0, "1: no task is woken by queueing");
+
+        // 2. A poll of the connection writes the request and waits for the answer; no response yet.
+        assert!(p.poll_for(&waker), "2: the connection is open");
+        assert!(
+            sent.as_mut().poll(&mut noop).is_pending(),
+            "2: no response yet"
+        );
+        assert_eq!(task.wakes(), 0, "2: writing the request wakes no task");
+
+        // 3. The answer arriving wakes the connection's waker, and through it the attached task: once.
+        task.woken.notified().await;
+        assert!(stirred(&p), "3: the answer wakes the connection's waker");
+        assert_eq!(task.wakes(), 1, "3: the answer wakes the task once");
+
+        // 4. One poll of the connection takes the answer in and hands the response over, waking no task.
+        assert!(p.poll_for(&waker), "4: the connection is open");
+        let Poll::Ready(Ok(rsp)) = sent.as_mut().poll(&mut noop) else {
+            panic!("4: the response is handed over within the poll of the connection");
+        };
+        assert_eq!(
+            task.wakes(),
+            1,
+            "4: handing the response over wakes no task"
+        );
+
+        // 5. The body came in with the head: it is there without another poll of the connection, and ends.
+        p.wakes.detach();
+        let mut incoming = rsp.into_body();
+        let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut incoming).poll_frame(&mut noop) else {
+            panic!("5: the body is buffered with the head");
+        };
+        assert_eq!(frame.into_data().ok().as_deref(), Some(&b"ok"[..]));
+        assert!(incoming.is_end_stream(), "5: the body has ended");
+        assert_eq!(task.wakes(), 1, "5: taking the body wakes no task");
+
+        // 6. The connection can take the next request as it is.
+        assert!(p.reusable(), "6: the connection is reusable");
+        assert_eq!(task.wakes(), 1, "6: checking it in wakes no task");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection throughout"
         );
     }
 }

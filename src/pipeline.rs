@@ -2,11 +2,10 @@
 //! function with a typed result; every error becomes a problem response in [`Error`], in one place.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -14,8 +13,6 @@ use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use rand::rngs::SmallRng;
-use rand::{Rng as _, SeedableRng as _};
 
 use crate::body::{self, Body};
 use crate::conn::ConnInfo;
@@ -367,7 +364,10 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-/// The caller's `X-Request-Id` when it is short visible ASCII, else a fresh UUID.
+/// The caller's `X-Request-Id` when it is short visible ASCII, else a fresh v4 UUID.
+///
+/// `uuid`'s `fast-rng` draws from a thread-local generator: `benches/request_id.rs` measured it level with the
+/// per-thread chunked ids it replaced (see BENCHMARKS.md), so the simpler one stays.
 pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
     if let Some(v) = sent
         && !v.is_empty()
@@ -376,44 +376,9 @@ pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
     {
         return v.clone();
     }
-    thread_local! {
-        static IDS: RefCell<IdSource> = RefCell::new(IdSource {
-            rng: SmallRng::from_entropy(),
-            arena: BytesMut::new(),
-        });
-    }
-    let id = IDS.with_borrow_mut(IdSource::next);
-    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
-/// Where one thread's request ids come from.
-struct IdSource {
-    /// An id must be unique, not secret: a small per-thread generator seeded from the OS is enough, and costs a
-    /// fraction of a CSPRNG (`Uuid::new_v4` would even make a getrandom syscall per request).
-    rng: SmallRng,
-    /// Ids are cut from shared chunks: one allocation per chunk, not two per request (the value and the shared
-    /// handle its first clone would need); a chunk is freed once its last id is.
-    arena: BytesMut,
-}
-
-/// Bytes per id chunk: about a hundred ids.
-const ID_CHUNK: usize = 4096;
-
-impl IdSource {
-    fn next(&mut self) -> Bytes {
-        let mut buf = uuid::Uuid::encode_buffer();
-        // One u128, not a `[u8; 16]`: rand draws an array element by element.
-        let random = self.rng.r#gen::<u128>().to_ne_bytes();
-        let id = uuid::Builder::from_random_bytes(random)
-            .into_uuid()
-            .hyphenated()
-            .encode_lower(&mut buf);
-        if self.arena.capacity() < id.len() {
-            self.arena = BytesMut::with_capacity(ID_CHUNK);
-        }
-        self.arena.extend_from_slice(id.as_bytes());
-        self.arena.split().freeze()
-    }
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -421,9 +386,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_request_ids_are_distinct_uuids_across_chunks() {
-        // Three chunks' worth, so ids cut from a fresh chunk are checked too.
-        let n = 3 * ID_CHUNK / uuid::fmt::Hyphenated::LENGTH;
+    fn generated_request_ids_are_distinct_uuids() {
+        let n = 300;
         let ids: Vec<HeaderValue> = (0..n).map(|_| request_id(None)).collect();
         let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
         assert_eq!(distinct.len(), n);

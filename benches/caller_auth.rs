@@ -18,9 +18,9 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use credgate::caller_auth::{CallerAuth, RoutePolicy};
 use credgate::gateway::Config;
-use credgate::metrics::Metrics;
+use credgate::testing::Metrics;
+use credgate::testing::{CallerAuth, RoutePolicy};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 
@@ -93,7 +93,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn token(c: &Case) -> String {
-    let now = credgate::caller_auth::now_secs();
+    let now = credgate::testing::now_secs();
     let header = json!({"alg": c.alg, "typ": "JWT", "kid": format!("k-{}", c.alg)});
     let claims = json!({"iss": ISS, "aud": AUD, "sub": "svc-a", "scope": "read payments", "azp": "billing",
         "iat": now, "exp": now + 3600, "jti": "0f8e7d6c5b4a"});
@@ -138,7 +138,7 @@ forward_claims = {{ sub = "X-Credgate-Subject" }}
         "<bench>",
     )
     .expect("config");
-    let http = credgate::http_client::build(&[], Duration::from_secs(5)).expect("client");
+    let http = credgate::testing::http_client(&[], Duration::from_secs(5)).expect("client");
     let auth = CallerAuth::new(
         &cfg.issuers,
         cfg.routes.iter().flat_map(|r| r.auth.forwarded_claims()),

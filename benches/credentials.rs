@@ -10,9 +10,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use credgate::credentials::Credentials;
 use credgate::gateway::Config;
-use credgate::metrics::Metrics;
+use credgate::testing::Credentials;
+use credgate::testing::Metrics;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -69,7 +69,7 @@ client_secret = "secret"
             "<bench>",
         )
         .expect("config");
-        let http = credgate::http_client::build(&[], Duration::from_secs(5)).expect("client");
+        let http = credgate::testing::http_client(&[], Duration::from_secs(5)).expect("client");
         let creds = Credentials::build(&cfg.credentials, &http, &Arc::new(Metrics::default()))
             .expect("credentials");
         creds

@@ -9,7 +9,7 @@ use crate::body::{self, Body};
 use crate::gateway::Gateway;
 
 /// Answer one admin request.
-pub fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
+pub(crate) fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {

@@ -7,11 +7,11 @@
 //! cheap claim checks, key lookup ([`keys`], with an unknown-kid refetch from [`jwks`]), one signature verification
 //! with a pre-parsed aws-lc-rs key → cache → time and route checks. No lock is taken on this path.
 
-pub mod config;
-pub mod jwks;
-pub mod keys;
-pub mod token;
-pub mod verified;
+pub(crate) mod config;
+pub(crate) mod jwks;
+pub(crate) mod keys;
+pub(crate) mod token;
+pub(crate) mod verified;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,7 +23,7 @@ use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use config::IssuerConfig;
-pub use config::RouteAuthConfig;
+pub(crate) use config::RouteAuthConfig;
 use jwks::{Issuer, Refetch};
 use keys::{Alg, Lookup};
 use verified::{Verified, VerifiedCache};
@@ -220,7 +220,7 @@ fn forbidden(code: &'static str, www: String, detail: String) -> Problem {
 }
 
 /// Map an auth error to the caller's problem: which check failed, never the token.
-pub fn problem(e: &AuthError) -> Problem {
+pub(crate) fn problem(e: &AuthError) -> Problem {
     let code = e.reason();
     let bad = |detail: &str| invalid_token(code, "Invalid token", detail.to_owned());
     match e {

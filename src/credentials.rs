@@ -3,10 +3,10 @@
 //! `oauth2_client_credentials` ([`oauth2`]) and `login` ([`login`]), the last two behind a [`token_cache`]. Values
 //! are secret: they are marked sensitive in headers and never logged; logs name the credential only.
 
-pub mod config;
-pub mod login;
-pub mod oauth2;
-pub mod token_cache;
+pub(crate) mod config;
+pub(crate) mod login;
+pub(crate) mod oauth2;
+pub(crate) mod token_cache;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,7 +24,7 @@ use crate::body::{self, Body, BoxError};
 use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
-pub use config::RejectPolicy;
+pub(crate) use config::RejectPolicy;
 use config::{CredentialConfig, StaticConfig, TokenSettings};
 use token_cache::{TokenCache, TokenSource};
 
@@ -49,7 +49,7 @@ pub enum CredentialError {
 }
 
 /// Map a credential error to the caller's problem.
-pub fn problem(e: &CredentialError) -> Problem {
+pub(crate) fn problem(e: &CredentialError) -> Problem {
     match e {
         CredentialError::Unavailable { .. } => Problem {
             retry_after: Some(5),
@@ -91,7 +91,7 @@ pub trait Credential: Send + Sync + fmt::Debug {
 
 /// A token-based credential (OAuth2 client credentials, login): headers rendered from a cached token.
 #[derive(Debug)]
-pub struct TokenCredential {
+pub(crate) struct TokenCredential {
     names: Vec<HeaderName>,
     reject: RejectPolicy,
     cache: Arc<TokenCache>,
@@ -99,7 +99,7 @@ pub struct TokenCredential {
 
 impl TokenCredential {
     /// A credential named `name` whose tokens come from `source`.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         source: Box<dyn TokenSource>,
         settings: TokenSettings,
@@ -140,7 +140,10 @@ const MARKER_SCAN_LIMIT: usize = 64 * 1024;
 
 /// Does `rsp` reject the credential under `policy`? With a body marker configured, up to 64 KiB of a response with a
 /// matching status is read to look for it; the response is handed back whole either way.
-pub async fn is_rejection(policy: &RejectPolicy, rsp: Response<Body>) -> (bool, Response<Body>) {
+pub(crate) async fn is_rejection(
+    policy: &RejectPolicy,
+    rsp: Response<Body>,
+) -> (bool, Response<Body>) {
     if !policy.statuses.contains(&rsp.status()) {
         return (false, rsp);
     }
@@ -182,14 +185,14 @@ pub async fn is_rejection(policy: &RejectPolicy, rsp: Response<Body>) -> (bool, 
 
 /// Fixed secret headers, rendered once at startup.
 #[derive(Debug)]
-pub struct StaticCredential {
+pub(crate) struct StaticCredential {
     names: Vec<HeaderName>,
     attachment: Attachment,
 }
 
 impl StaticCredential {
     /// Build from validated config.
-    pub fn new(cfg: &StaticConfig) -> Result<Self, InvalidHeaderValue> {
+    pub(crate) fn new(cfg: &StaticConfig) -> Result<Self, InvalidHeaderValue> {
         let mut pairs = Vec::with_capacity(cfg.headers.len());
         for (name, value) in &cfg.headers {
             pairs.push((
@@ -228,7 +231,7 @@ impl Credential for StaticCredential {
 pub struct InvalidHeaderValue(pub HeaderName);
 
 /// A header value marked sensitive (kept out of HPACK tables and debug output).
-pub fn sensitive_value(value: &str) -> Option<HeaderValue> {
+pub(crate) fn sensitive_value(value: &str) -> Option<HeaderValue> {
     let mut v = HeaderValue::from_str(value).ok()?;
     v.set_sensitive(true);
     Some(v)

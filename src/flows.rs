@@ -5,20 +5,20 @@
 //! type with its single mapping to problem responses ([`error`]), the [`Handler`] trait and [`build`] ([`handler`]),
 //! and body and response helpers ([`wire`]). Each vendor lives in its own submodule.
 
-pub mod citadel;
-pub mod config;
-pub mod error;
-pub mod handler;
-pub mod incode;
-pub mod store;
-pub mod telesign;
-pub mod vendor;
-pub mod webhook_auth;
-pub mod wire;
+pub(crate) mod citadel;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod handler;
+pub(crate) mod incode;
+pub(crate) mod store;
+pub(crate) mod telesign;
+pub(crate) mod vendor;
+pub(crate) mod webhook_auth;
+pub(crate) mod wire;
 
-pub use config::{FlowsConfig, RawFlows, validate};
-pub use error::{FlowError, problem};
-pub use handler::{FlowDeps, FlowRequest, Handler, build};
-pub use store::{Store, StoreError};
-pub use vendor::VendorFailure;
-pub use wire::{bytes_response, json_response, query_param, read_body, retry_after_secs};
+pub(crate) use config::{FlowsConfig, RawFlows, validate};
+pub(crate) use error::{FlowError, problem};
+pub(crate) use handler::{FlowDeps, FlowRequest, Handler, build};
+pub(crate) use store::{Store, StoreError};
+pub(crate) use vendor::VendorFailure;
+pub(crate) use wire::{bytes_response, json_response, query_param, read_body, retry_after_secs};

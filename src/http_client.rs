@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use crate::body::Body;
 
 /// The pooled outbound client.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub fn build(
 
 /// A small response read in full, for control-plane calls (JWKS, token endpoints, vendor flows).
 #[derive(Debug)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// Status code.
     pub status: StatusCode,
     /// Response headers.
@@ -91,7 +91,7 @@ pub enum FetchError {
 }
 
 /// Send `req` and read the whole response (at most `max_body` bytes), all within `timeout`.
-pub async fn fetch(
+pub(crate) async fn fetch(
     client: &HttpClient,
     req: Request<Body>,
     timeout: Duration,

@@ -25,24 +25,26 @@
 
 #![warn(missing_docs)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod body;
-pub mod caller_auth;
+pub(crate) mod caller_auth;
 pub mod cli;
 pub mod config;
 pub mod conn;
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod demo;
 pub mod dev_certs;
-pub mod flows;
+pub(crate) mod flows;
 pub mod gateway;
-pub mod http_client;
-pub mod metrics;
-pub mod path;
+pub(crate) mod http_client;
+pub(crate) mod metrics;
+pub(crate) mod path;
 pub mod pipeline;
 pub mod problem;
-pub mod proxy;
-pub mod routes;
+pub(crate) mod proxy;
+pub(crate) mod routes;
 pub mod server;
-pub mod timer;
-pub mod tls;
+#[doc(hidden)]
+pub mod testing;
+pub(crate) mod timer;
+pub(crate) mod tls;

@@ -34,7 +34,7 @@ pub enum PathError {
 }
 
 /// The canonical form of `path` (see the module doc), borrowed when it is already canonical (nearly every request).
-pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);

@@ -26,7 +26,9 @@ use crate::timer::Timer;
 mod conn_pool;
 mod error;
 
-pub use error::{ProxyError, RequestError, UpstreamError, request_problem, upstream_problem};
+pub(crate) use error::{
+    ProxyError, RequestError, UpstreamError, request_problem, upstream_problem,
+};
 
 use conn_pool::ConnPool;
 
@@ -237,7 +239,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), including every header named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut only_connection = true;
     let mut any = false;
     for n in headers.keys().filter(|n| is_hop_by_hop(n)) {
@@ -295,7 +297,7 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Total bytes of header names and values.
-pub fn header_bytes(headers: &HeaderMap) -> usize {
+pub(crate) fn header_bytes(headers: &HeaderMap) -> usize {
     headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len())
@@ -336,7 +338,7 @@ impl Outgoing<'_> {
 
 /// The path forwarded for the caller's `path` when its first `strip_len` bytes are not sent on: `/` when nothing
 /// follows them.
-pub fn forwarded_path(path: &str, strip_len: usize) -> &str {
+pub(crate) fn forwarded_path(path: &str, strip_len: usize) -> &str {
     if strip_len == 0 {
         return path;
     }
@@ -348,7 +350,10 @@ pub fn forwarded_path(path: &str, strip_len: usize) -> &str {
 
 /// Refuse at once a request whose declared `Content-Length` is over `limit` (streamed bodies are cut by [`Limited`]).
 /// hyper's body reports the declared length as its size hint, so no header lookup is needed.
-pub fn check_declared_length(body: &impl http_body::Body, limit: u64) -> Result<(), RequestError> {
+pub(crate) fn check_declared_length(
+    body: &impl http_body::Body,
+    limit: u64,
+) -> Result<(), RequestError> {
     if body.size_hint().lower() > limit {
         Err(RequestError::BodyTooLarge { limit })
     } else {
@@ -373,7 +378,7 @@ where
 
 /// [`prepare`], letting `keep` see the head between its two halves: once what the caller may not send on is gone
 /// and before the gateway sets its own headers (with the `X-Forwarded-For` it is going to set).
-pub fn prepare_with<B>(
+pub(crate) fn prepare_with<B>(
     req: Request<B>,
     up: &Upstream,
     out: &Outgoing<'_>,
@@ -484,7 +489,7 @@ fn strip(
 /// The second half of [`prepare`]: the gateway's own headers (`Host`, `X-Forwarded-*`, the request id, forwarded
 /// claims, the credential's), each replacing whatever the caller sent under that name.
 #[inline(always)]
-pub fn set_gateway_headers(
+pub(crate) fn set_gateway_headers(
     h: &mut HeaderMap,
     forwarded_for: Option<HeaderValue>,
     up: &Upstream,
@@ -514,7 +519,7 @@ pub fn set_gateway_headers(
 
 /// The upstream request's body: the caller's, limited to the route's size.
 #[inline(always)]
-pub fn upstream_body<B>(body: B, out: &Outgoing<'_>) -> Body
+pub(crate) fn upstream_body<B>(body: B, out: &Outgoing<'_>) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -533,7 +538,7 @@ where
 /// `response_timeout` is the longest silence allowed: while the request body is being sent, no body byte may stall
 /// for longer (a stalled caller gets 408, an upstream that stops reading 504), and once it is sent the response head
 /// must arrive within it (504). A large upload therefore never times out just for being large.
-pub async fn forward(
+pub(crate) async fn forward(
     up: &Upstream,
     req: Request<Body>,
     max_body_bytes: u64,

@@ -1,7 +1,7 @@
 //! The route table, compiled once at startup: longest path-prefix match on segment boundaries, host-specific
 //! routes before host-agnostic ones.
 
-pub mod config;
+pub(crate) mod config;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,8 +10,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use credgate::gateway::Config;
-use credgate::proxy::UpstreamPool;
-use credgate::timer::TimerKind;
+use credgate::testing::TimerKind;
+use credgate::testing::UpstreamPool;
 use support::raw_upstream::{self, AfterAnswer, RawUpstream};
 
 type PlainClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;

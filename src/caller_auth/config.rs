@@ -118,7 +118,7 @@ pub struct IssuerConfig {
 }
 
 /// Validate the issuer list.
-pub fn validate(ctx: &Ctx, raw: Vec<RawIssuer>) -> Result<Vec<IssuerConfig>, ConfigError> {
+pub(crate) fn validate(ctx: &Ctx, raw: Vec<RawIssuer>) -> Result<Vec<IssuerConfig>, ConfigError> {
     let mut out: Vec<IssuerConfig> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let k = |f: &str| format!("issuers[{i}].{f}");

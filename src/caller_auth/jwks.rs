@@ -27,7 +27,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why a JWKS fetch failed; safe to log (no response content).
 #[derive(Debug, thiserror::Error)]
-pub enum JwksError {
+pub(crate) enum JwksError {
     /// Transport failure or timeout.
     #[error("{0}")]
     Fetch(#[from] FetchError),
@@ -60,7 +60,7 @@ struct Status {
 
 /// An issuer's config and live key set.
 #[derive(Debug)]
-pub struct Issuer {
+pub(crate) struct Issuer {
     /// Its validated config.
     pub cfg: IssuerConfig,
     keys: ArcSwap<KeySet>,
@@ -80,7 +80,7 @@ struct Fetcher {
 
 /// Whether a kid miss may be retried after a refetch.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refetch {
+pub(crate) enum Refetch {
     /// A fetch completed; look again.
     Done,
     /// No fetch now: rate-limited, remembered as unknown, or no JWKS.
@@ -89,7 +89,7 @@ pub enum Refetch {
 
 impl Issuer {
     /// Build with static keys in force; JWKS keys come with the first fetch.
-    pub fn new(cfg: IssuerConfig, http: &HttpClient, metrics: &Arc<Metrics>) -> Self {
+    pub(crate) fn new(cfg: IssuerConfig, http: &HttpClient, metrics: &Arc<Metrics>) -> Self {
         let keys = ArcSwap::from_pointee(KeySet::new(cfg.static_keys.clone(), None));
         let fetcher = cfg.jwks.clone().map(|j| Fetcher {
             unknown_kids: moka::sync::Cache::builder()
@@ -107,12 +107,12 @@ impl Issuer {
     }
 
     /// The key set in force.
-    pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+    pub(crate) fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.keys.load()
     }
 
     /// Readiness row: (ready, detail).
-    pub fn readiness(&self) -> (bool, String) {
+    pub(crate) fn readiness(&self) -> (bool, String) {
         let set = self.keys.load();
         let mut detail = format!("{} keys", set.len());
         if let Some(at) = set.fetched_at {
@@ -134,7 +134,7 @@ impl Issuer {
 
     /// An unknown `kid` was presented: refetch (single flight, rate-limited) and wait for it, unless this kid was
     /// just found unknown or the interval has not passed.
-    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, kid: Option<&str>) -> Refetch {
+    pub(crate) async fn refetch_for_unknown_kid(self: &Arc<Self>, kid: Option<&str>) -> Refetch {
         let Some(f) = &self.fetcher else {
             return Refetch::Skipped;
         };
@@ -157,7 +157,7 @@ impl Issuer {
     }
 
     /// Remember that `kid` was not in a fresh JWKS.
-    pub fn remember_unknown(&self, kid: &str) {
+    pub(crate) fn remember_unknown(&self, kid: &str) {
         if let Some(f) = &self.fetcher {
             f.unknown_kids.insert(kid.into(), ());
         }
@@ -280,7 +280,7 @@ impl Issuer {
     }
 
     /// The first fetch, for `startup = "fail_fast"`.
-    pub async fn initial_fetch(self: &Arc<Self>) -> Result<(), String> {
+    pub(crate) async fn initial_fetch(self: &Arc<Self>) -> Result<(), String> {
         self.fetch_now().await.map(|_| ())
     }
 
@@ -297,7 +297,7 @@ impl Issuer {
     }
 
     /// Spawn the refresh loop; it ends when the issuer is dropped. `fetched` says the first fetch already happened.
-    pub fn spawn_refresh(self: &Arc<Self>, fetched: bool) {
+    pub(crate) fn spawn_refresh(self: &Arc<Self>, fetched: bool) {
         let Some(f) = &self.fetcher else { return };
         let cfg = f.cfg.clone();
         let weak: Weak<Self> = Arc::downgrade(self);

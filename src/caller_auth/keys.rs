@@ -332,10 +332,10 @@ fn b64(s: &str) -> Result<Vec<u8>, KeyError> {
 }
 
 /// Keys of a JWKS that were not taken, by kid, with the reason.
-pub type Skipped = Vec<(Option<String>, KeyError)>;
+pub(crate) type Skipped = Vec<(Option<String>, KeyError)>;
 
 /// Parse every usable key of a JWKS; unusable ones are reported and skipped, as IdPs publish encryption keys too.
-pub fn from_jwks(set: &JwkSet, allowed: &[Alg]) -> (Vec<Arc<Key>>, Skipped) {
+pub(crate) fn from_jwks(set: &JwkSet, allowed: &[Alg]) -> (Vec<Arc<Key>>, Skipped) {
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for jwk in &set.keys {
@@ -349,7 +349,7 @@ pub fn from_jwks(set: &JwkSet, allowed: &[Alg]) -> (Vec<Arc<Key>>, Skipped) {
 
 /// The keys in force for one issuer: its static keys plus the last good JWKS. Replaced whole, never mutated.
 #[derive(Debug, Default)]
-pub struct KeySet {
+pub(crate) struct KeySet {
     keys: Vec<Arc<Key>>,
     /// When the JWKS part was last fetched successfully.
     pub fetched_at: Option<Instant>,
@@ -357,7 +357,7 @@ pub struct KeySet {
 
 /// The result of looking a token's `kid` up.
 #[derive(Debug)]
-pub enum Lookup<'a> {
+pub(crate) enum Lookup<'a> {
     /// The key to verify with.
     Found(&'a Arc<Key>),
     /// No key with that id (or no id and more than one key).
@@ -366,12 +366,12 @@ pub enum Lookup<'a> {
 
 impl KeySet {
     /// A set of `keys`.
-    pub fn new(keys: Vec<Arc<Key>>, fetched_at: Option<Instant>) -> Self {
+    pub(crate) fn new(keys: Vec<Arc<Key>>, fetched_at: Option<Instant>) -> Self {
         Self { keys, fetched_at }
     }
 
     /// Find the key for a token's `kid`; a token without `kid` is accepted only when the issuer has exactly one key.
-    pub fn find(&self, kid: Option<&str>) -> Lookup<'_> {
+    pub(crate) fn find(&self, kid: Option<&str>) -> Lookup<'_> {
         let hit = match kid {
             Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
             None if self.keys.len() == 1 => self.keys.first(),
@@ -381,23 +381,27 @@ impl KeySet {
     }
 
     /// Whether this exact key (same parsed object) is still in the set.
-    pub fn holds(&self, key: &Arc<Key>) -> bool {
+    pub(crate) fn holds(&self, key: &Arc<Key>) -> bool {
         self.keys.iter().any(|k| Arc::ptr_eq(k, key))
     }
 
     /// Number of keys.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
 
     /// Whether the set has no key at all.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
     /// Merge static keys with freshly fetched ones, reusing keys this set already holds so that tokens verified
     /// against an unchanged key stay cached. Static keys win a `kid` clash. Returns the keys and whether they changed.
-    pub fn merge(&self, statics: &[Arc<Key>], fetched: Vec<Arc<Key>>) -> (Vec<Arc<Key>>, bool) {
+    pub(crate) fn merge(
+        &self,
+        statics: &[Arc<Key>],
+        fetched: Vec<Arc<Key>>,
+    ) -> (Vec<Arc<Key>>, bool) {
         let mut out: Vec<Arc<Key>> = statics.to_vec();
         for k in fetched {
             if k.kid.is_some() && out.iter().any(|s| s.kid == k.kid) {

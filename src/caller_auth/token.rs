@@ -13,13 +13,13 @@ use super::AuthError;
 use super::keys::Alg;
 
 /// Longest accepted token, in bytes.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Longest accepted header segment, in bytes: real JOSE headers are well under 300.
-pub const MAX_HEADER_BYTES: usize = 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 1024;
 
 /// A token split and decoded, not yet verified.
 #[derive(Debug)]
-pub struct Parsed<'t> {
+pub(crate) struct Parsed<'t> {
     /// `header.payload`, the signed bytes.
     pub signing_input: &'t [u8],
     /// The signature bytes.
@@ -34,7 +34,7 @@ pub struct Parsed<'t> {
 
 /// Registered claims pulled out of the claim set, plus the whole set.
 #[derive(Debug)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// `iss`.
     pub iss: Option<String>,
     /// `aud`, as a list.
@@ -62,7 +62,7 @@ struct Header<'a> {
 }
 
 /// Split and decode `token`; rejects anything but a well-formed, signed JWS with an acceptable algorithm name.
-pub fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
+pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::TooLarge);
     }

@@ -96,7 +96,7 @@ impl moka::Expiry<TokenKey, Arc<Verified>> for UntilExp {
 }
 
 /// The cache.
-pub struct VerifiedCache {
+pub(crate) struct VerifiedCache {
     inner: Cache<TokenKey, Arc<Verified>>,
 }
 
@@ -125,18 +125,18 @@ impl Default for VerifiedCache {
 
 impl VerifiedCache {
     /// The entry for exactly this token.
-    pub fn get(&self, token: &[u8]) -> Option<Arc<Verified>> {
+    pub(crate) fn get(&self, token: &[u8]) -> Option<Arc<Verified>> {
         self.inner.get(&Presented(token))
     }
 
     /// Remember a verified token.
-    pub fn insert(&self, token: &str, v: Arc<Verified>) {
+    pub(crate) fn insert(&self, token: &str, v: Arc<Verified>) {
         self.inner
             .insert(TokenKey(SecretString::from(token.to_owned())), v);
     }
 
     /// Forget a token (its key went away, or a benchmark wants a miss).
-    pub fn remove(&self, token: &[u8]) {
+    pub(crate) fn remove(&self, token: &[u8]) {
         self.inner.invalidate(&Presented(token));
     }
 }

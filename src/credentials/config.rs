@@ -14,12 +14,12 @@ use crate::config::{ConfigError, Ctx, parse_table, secret, section_error};
 
 /// A credential as written: a table whose `kind` selects [`RawStatic`], [`RawOAuth2`] or [`RawLogin`]; the token
 /// kinds take [`RawTokenSettings`] beside their own keys. [`validate`] parses it, naming the key of any error.
-pub type RawCredential = toml::Table;
+pub(crate) type RawCredential = toml::Table;
 
 /// A credential's `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     /// [`RawStatic`].
     Static,
     /// [`RawOAuth2`].
@@ -31,7 +31,7 @@ pub enum Kind {
 /// `kind = "static"`: fixed secret headers (API keys, Citadel's `X-Access-Client-Id` / `X-Access-Secret`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStatic {
+pub(crate) struct RawStatic {
     /// Upstream hosts this credential may be sent to.
     pub allowed_hosts: Vec<String>,
     /// Header name → value; values may use `${ENV}` and `${file:PATH}`.
@@ -42,7 +42,7 @@ pub struct RawStatic {
 /// cached and refreshed ahead.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawOAuth2 {
+pub(crate) struct RawOAuth2 {
     /// Upstream hosts this credential may be sent to.
     pub allowed_hosts: Vec<String>,
     /// The token endpoint, e.g. `https://sandbox.tropipay.me/api/v2/access/token`.
@@ -77,7 +77,7 @@ pub struct RawOAuth2 {
 /// `kind = "login"`: a token from a login call (e.g. Incode's `POST /executive/log-in`), cached and refreshed ahead.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLogin {
+pub(crate) struct RawLogin {
     /// Upstream hosts this credential may be sent to.
     pub allowed_hosts: Vec<String>,
     /// HTTP method of the login call (default `POST`).
@@ -101,7 +101,7 @@ pub struct RawLogin {
 /// Cache, retry and rejection settings shared by the token kinds, written beside the kind's own keys. It has no
 /// `deny_unknown_fields`: the kind's own struct, parsed from the keys left over, rejects unknown keys.
 #[derive(Debug, Default, Deserialize)]
-pub struct RawTokenSettings {
+pub(crate) struct RawTokenSettings {
     /// Refresh at least this long before expiry (default: at 80% of the lifetime only).
     #[serde(default, with = "humantime_serde")]
     pub refresh_before: Option<Duration>,
@@ -299,13 +299,17 @@ impl CredentialConfig {
 }
 
 /// Parse a header name, naming `key` on failure.
-pub fn header_name(ctx: &Ctx, key: &str, name: &str) -> Result<HeaderName, ConfigError> {
+pub(crate) fn header_name(ctx: &Ctx, key: &str, name: &str) -> Result<HeaderName, ConfigError> {
     HeaderName::try_from(name)
         .map_err(|_| ctx.invalid(key, format!("{name:?} is not a valid header name")))
 }
 
 /// Check `allowed_hosts` is present and non-empty.
-pub fn allowed_hosts(ctx: &Ctx, key: &str, hosts: Vec<String>) -> Result<Vec<String>, ConfigError> {
+pub(crate) fn allowed_hosts(
+    ctx: &Ctx,
+    key: &str,
+    hosts: Vec<String>,
+) -> Result<Vec<String>, ConfigError> {
     if hosts.is_empty() {
         return Err(ctx.invalid(
             key,
@@ -316,7 +320,7 @@ pub fn allowed_hosts(ctx: &Ctx, key: &str, hosts: Vec<String>) -> Result<Vec<Str
 }
 
 /// Validate one credential, named `name`: its `kind` picks the schema the rest of the table is parsed with.
-pub fn validate(
+pub(crate) fn validate(
     ctx: &Ctx,
     name: &str,
     mut raw: RawCredential,

@@ -20,14 +20,14 @@ const MAX_LOGIN_RESPONSE: usize = 64 * 1024;
 
 /// The login token source.
 #[derive(Debug)]
-pub struct LoginSource {
+pub(crate) struct LoginSource {
     cfg: LoginConfig,
     http: HttpClient,
 }
 
 impl LoginSource {
     /// A source for `cfg`, calling out through `http`.
-    pub fn new(cfg: LoginConfig, http: HttpClient) -> Self {
+    pub(crate) fn new(cfg: LoginConfig, http: HttpClient) -> Self {
         Self { cfg, http }
     }
 

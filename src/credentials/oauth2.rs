@@ -26,7 +26,7 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// A token endpoint answer: RFC 6749 §5.1, lenient where vendors differ (`token_type` may be missing, `expires_in`
 /// may be a number, a numeric string or a duration string).
 #[derive(Debug, Deserialize, Serialize)]
-pub struct VendorTokenResponse {
+pub(crate) struct VendorTokenResponse {
     access_token: AccessToken,
     #[serde(default)]
     token_type: AnyTokenType,
@@ -38,7 +38,7 @@ pub struct VendorTokenResponse {
 
 /// Whatever `token_type` the server names (we inject by template, so it is informational).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-pub struct AnyTokenType(Option<String>);
+pub(crate) struct AnyTokenType(Option<String>);
 
 impl oauth2::TokenType for AnyTokenType {}
 
@@ -82,7 +82,7 @@ type Client = oauth2::Client<
 
 /// The client-credentials token source.
 #[derive(Debug)]
-pub struct OAuth2Source {
+pub(crate) struct OAuth2Source {
     name: String,
     cfg: OAuth2Config,
     http: HttpClient,
@@ -90,7 +90,7 @@ pub struct OAuth2Source {
 
 impl OAuth2Source {
     /// A source for credential `name` with `cfg`, calling out through `http`.
-    pub fn new(name: &str, cfg: OAuth2Config, http: HttpClient) -> Self {
+    pub(crate) fn new(name: &str, cfg: OAuth2Config, http: HttpClient) -> Self {
         Self {
             name: name.to_owned(),
             cfg,
@@ -211,7 +211,11 @@ impl TokenSource for OAuth2Source {
 
 /// Remaining lifetime from an `expires_in` value: a duration string (`"1d"`, `"3600s"`) is a duration; a number is
 /// seconds, a Unix time, or (auto) a Unix time when it is at least 10^9. `None` when the value is neither.
-pub fn expires_in(mode: ExpiresInMode, v: &serde_json::Value, now: SystemTime) -> Option<Duration> {
+pub(crate) fn expires_in(
+    mode: ExpiresInMode,
+    v: &serde_json::Value,
+    now: SystemTime,
+) -> Option<Duration> {
     let number = match v {
         serde_json::Value::Number(n) => n.as_f64()?,
         serde_json::Value::String(s) => match s.trim().parse::<f64>() {

@@ -20,7 +20,7 @@ use crate::http_client::FetchError;
 use crate::metrics::Metrics;
 
 /// A token as a token endpoint or login call handed it out.
-pub struct FetchedToken {
+pub(crate) struct FetchedToken {
     /// The token itself.
     pub token: SecretString,
     /// When it stops being valid.
@@ -31,7 +31,7 @@ pub struct FetchedToken {
 
 /// Why a token could not be obtained. Never carries a response body, a token or a secret, so it is safe to log.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// Connecting, sending or reading failed.
     #[error("token endpoint unreachable: {0}")]
     Http(#[from] FetchError),
@@ -69,7 +69,7 @@ pub enum TokenError {
 }
 
 /// Where tokens come from: one call to a token endpoint or login URL.
-pub trait TokenSource: Send + Sync + fmt::Debug {
+pub(crate) trait TokenSource: Send + Sync + fmt::Debug {
     /// Obtain a token; `refresh` is the refresh token from the previous answer, when there was one.
     fn fetch<'a>(
         &'a self,
@@ -79,7 +79,7 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
 
 /// A cached token with everything the hot path needs precomputed.
 #[derive(Debug)]
-pub struct Issued {
+pub(crate) struct Issued {
     /// Headers ready to attach.
     pub attachment: Attachment,
     token: SecretString,
@@ -139,7 +139,7 @@ impl Hasher for OneKey {
 }
 
 /// One credential's token: cached, refreshed ahead, fetched once at a time.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     name: Arc<str>,
     source: Box<dyn TokenSource>,
     settings: TokenSettings,
@@ -160,7 +160,7 @@ impl fmt::Debug for TokenCache {
 
 impl TokenCache {
     /// A cold cache for credential `name`. Fetches nothing until first asked.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         source: Box<dyn TokenSource>,
         settings: TokenSettings,
@@ -181,16 +181,6 @@ impl TokenCache {
         })
     }
 
-    /// The credential's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The settings it was built with.
-    pub fn settings(&self) -> &TokenSettings {
-        &self.settings
-    }
-
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the state inconsistent (plain field writes), so keep going.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -203,7 +193,7 @@ impl TokenCache {
     }
 
     /// The headers to attach, when the cache holds a usable token: no lock, no await.
-    pub fn ready(&self) -> Option<Attachment> {
+    pub(crate) fn ready(&self) -> Option<Attachment> {
         self.cache
             .get(&())
             .filter(|t| Instant::now() < t.usable_until)
@@ -212,7 +202,7 @@ impl TokenCache {
 
     /// The headers to attach now: from the cache when warm, otherwise after the one in-flight fetch. Fails fast
     /// while backing off with no valid token.
-    pub async fn attach(&self) -> Result<Attachment, CredentialError> {
+    pub(crate) async fn attach(&self) -> Result<Attachment, CredentialError> {
         match self.ready() {
             Some(a) => Ok(a),
             None => self.attach_slow().await,
@@ -245,7 +235,7 @@ impl TokenCache {
 
     /// The upstream rejected `used`: drop it if it is still the current token (a newer one is kept). True when a
     /// retry may get a different token.
-    pub fn rejected(&self, used: &Attachment) -> bool {
+    pub(crate) fn rejected(&self, used: &Attachment) -> bool {
         let mut st = self.state();
         let current = st.current.as_ref().map(|c| c.attachment.generation);
         if current == Some(used.generation) {
@@ -454,7 +444,7 @@ impl TokenCache {
 
 /// Seconds from `now` until the `exp` claim of `token` when it is a JWT, read without verifying: the token is ours to
 /// send, not a caller's to trust, and its signature key is the vendor's.
-pub fn jwt_remaining(token: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn jwt_remaining(token: &str, now: SystemTime) -> Option<Duration> {
     let mut parts = token.split('.');
     let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -473,12 +463,12 @@ pub fn jwt_remaining(token: &str, now: SystemTime) -> Option<Duration> {
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `now + d`, with `d` capped at a year so that no configured or vendor-sent value can overflow.
-pub fn later(now: Instant, d: Duration) -> Instant {
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(MAX_LIFETIME)).unwrap_or(now)
 }
 
 /// The earliest of the known lifetimes, as an instant.
-pub fn earliest(now: Instant, lifetimes: &[Option<Duration>]) -> Option<Instant> {
+pub(crate) fn earliest(now: Instant, lifetimes: &[Option<Duration>]) -> Option<Instant> {
     lifetimes.iter().flatten().min().map(|d| later(now, *d))
 }
 

@@ -23,7 +23,7 @@ use crate::credentials::sensitive_value;
 use crate::http_client::HttpClient;
 
 /// Name of the flow.
-pub const FLOW: &str = "citadel";
+pub(crate) const FLOW: &str = "citadel";
 
 const VENDOR: &str = "citadel";
 /// A public token lives 6 h and is single-use; its access token is kept that long so a retry does not get 410.
@@ -84,7 +84,7 @@ pub struct CitadelConfig {
 }
 
 /// Validate `[flows.citadel]`.
-pub fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, ConfigError> {
+pub(crate) fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, ConfigError> {
     let k = |f: &str| format!("flows.citadel.{f}");
     let url = raw
         .api_url
@@ -131,7 +131,7 @@ pub fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, ConfigError
 }
 
 /// Build the Citadel handler.
-pub fn build(cfg: &CitadelConfig, deps: &FlowDeps<'_>) -> Arc<dyn Handler> {
+pub(crate) fn build(cfg: &CitadelConfig, deps: &FlowDeps<'_>) -> Arc<dyn Handler> {
     Arc::new(Citadel {
         api_base: cfg.api_base.clone(),
         secret_headers: cfg.secret_headers.clone(),
@@ -149,7 +149,7 @@ pub fn build(cfg: &CitadelConfig, deps: &FlowDeps<'_>) -> Arc<dyn Handler> {
 }
 
 /// The Citadel endpoints.
-pub struct Citadel {
+pub(crate) struct Citadel {
     api_base: String,
     secret_headers: Vec<(HeaderName, HeaderValue)>,
     product_type: String,

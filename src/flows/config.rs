@@ -52,7 +52,7 @@ impl FlowsConfig {
 }
 
 /// Validate `[flows]`.
-pub fn validate(ctx: &Ctx, raw: RawFlows) -> Result<FlowsConfig, ConfigError> {
+pub(crate) fn validate(ctx: &Ctx, raw: RawFlows) -> Result<FlowsConfig, ConfigError> {
     let needs_db = raw.incode.is_some() || raw.telesign.is_some();
     if needs_db && raw.database.is_none() {
         return Err(ctx.invalid(

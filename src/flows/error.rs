@@ -98,7 +98,7 @@ pub enum FlowError {
 }
 
 /// Map a flow error to the caller's problem: the only place flow statuses are chosen.
-pub fn problem(e: &FlowError) -> Problem {
+pub(crate) fn problem(e: &FlowError) -> Problem {
     match e {
         FlowError::NotFound => Problem::new(
             StatusCode::NOT_FOUND,

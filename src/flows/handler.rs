@@ -32,7 +32,7 @@ pub trait Handler: Send + Sync + fmt::Debug {
 
 /// What flows may use from the core.
 #[derive(Debug)]
-pub struct FlowDeps<'a> {
+pub(crate) struct FlowDeps<'a> {
     /// The outbound client.
     pub http: &'a crate::http_client::HttpClient,
     /// The configured upstream credentials (flows name theirs, e.g. Incode's admin token).
@@ -40,7 +40,7 @@ pub struct FlowDeps<'a> {
 }
 
 /// Build the enabled flows' handlers, by name. Opens and migrates the embedded database when a flow needs it.
-pub fn build(
+pub(crate) fn build(
     cfg: &FlowsConfig,
     deps: &FlowDeps<'_>,
 ) -> Result<BTreeMap<String, Arc<dyn Handler>>, FlowError> {

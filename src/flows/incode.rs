@@ -30,9 +30,9 @@ use crate::credentials::{Credential, sensitive_value};
 use crate::http_client::{Fetched, HttpClient};
 
 /// Name of the caller-facing flow.
-pub const FLOW: &str = "incode";
+pub(crate) const FLOW: &str = "incode";
 /// Name of the webhook flow (mount it on a route with `auth = "none"`; it authenticates Incode itself).
-pub const WEBHOOKS_FLOW: &str = "incode_webhooks";
+pub(crate) const WEBHOOKS_FLOW: &str = "incode_webhooks";
 
 const VENDOR: &str = "incode";
 const API_VERSION: &str = "1.0";
@@ -96,7 +96,7 @@ pub struct IncodeConfig {
 }
 
 /// Validate `[flows.incode]`.
-pub fn validate(ctx: &Ctx, raw: RawIncode) -> Result<IncodeConfig, ConfigError> {
+pub(crate) fn validate(ctx: &Ctx, raw: RawIncode) -> Result<IncodeConfig, ConfigError> {
     let k = |f: &str| format!("flows.incode.{f}");
     let (scheme, authority, _, base_path) =
         crate::config::parse_base_url(ctx, &k("api_url"), &raw.api_url)?;
@@ -148,7 +148,7 @@ fn origin_of(url: &str) -> Option<String> {
 
 /// The Incode handlers: caller-facing, and the webhooks when configured.
 #[derive(Debug)]
-pub struct Handlers {
+pub(crate) struct Handlers {
     /// The `incode` flow.
     pub caller_facing: Arc<dyn Handler>,
     /// The `incode_webhooks` flow.
@@ -156,7 +156,11 @@ pub struct Handlers {
 }
 
 /// Build both Incode handlers over one shared client.
-pub fn build(cfg: &IncodeConfig, deps: &FlowDeps<'_>, store: Store) -> Result<Handlers, FlowError> {
+pub(crate) fn build(
+    cfg: &IncodeConfig,
+    deps: &FlowDeps<'_>,
+    store: Store,
+) -> Result<Handlers, FlowError> {
     let admin = match &cfg.admin_credential {
         Some(name) => {
             Some(
@@ -219,11 +223,11 @@ impl std::fmt::Debug for Inner {
 
 /// The caller-facing Incode endpoints.
 #[derive(Debug)]
-pub struct CallerFacing(Arc<Inner>);
+pub(crate) struct CallerFacing(Arc<Inner>);
 
 /// The Incode webhook endpoints.
 #[derive(Debug)]
-pub struct Webhooks(Arc<Inner>, Arc<WebhookAuth>);
+pub(crate) struct Webhooks(Arc<Inner>, Arc<WebhookAuth>);
 
 impl Handler for CallerFacing {
     fn handle(&self, req: FlowRequest) -> BoxFuture<'_, Result<Response<Body>, FlowError>> {

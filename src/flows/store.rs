@@ -61,13 +61,13 @@ pub enum StoreError {
 
 /// The shared database handle.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
 /// An Incode webhook event as recorded.
 #[derive(Debug, Clone)]
-pub struct IncodeEvent {
+pub(crate) struct IncodeEvent {
     /// Interview (session) id.
     pub interview_id: String,
     /// Onboarding status.
@@ -82,7 +82,7 @@ pub struct IncodeEvent {
 
 /// The state of one interview's approval.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// `approved`, `not_approved` or `pending`.
     pub state: String,
     /// Why.
@@ -93,7 +93,7 @@ pub struct Decision {
 
 /// Result of trying to claim an interview for approval.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// This caller now owns the decision and must finish or release it.
     Won,
     /// A decision exists (or another delivery is deciding right now).
@@ -102,7 +102,7 @@ pub enum Claim {
 
 /// One minted TeleSign token, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRecord {
+pub(crate) struct TokenRecord {
     /// The external id (join key for Get Status).
     pub xid: String,
     /// Phone number, digits only.
@@ -116,7 +116,7 @@ pub struct TokenRecord {
 }
 
 /// Unix seconds now.
-pub fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -124,7 +124,7 @@ pub fn now_secs() -> i64 {
 
 impl Store {
     /// Open (creating if needed) and migrate the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -156,7 +156,7 @@ impl Store {
     }
 
     /// Record one Incode webhook delivery.
-    pub async fn record_incode_event(&self, ev: IncodeEvent) -> Result<(), StoreError> {
+    pub(crate) async fn record_incode_event(&self, ev: IncodeEvent) -> Result<(), StoreError> {
         self.run(move |c| {
             c.execute(
                 "INSERT INTO incode_events
@@ -178,7 +178,7 @@ impl Store {
 
     /// Try to become the one delivery that decides `interview_id`. A pending claim older than five minutes is
     /// taken over, so a crash mid-decision does not block the interview forever.
-    pub async fn claim_approval(&self, interview_id: &str) -> Result<Claim, StoreError> {
+    pub(crate) async fn claim_approval(&self, interview_id: &str) -> Result<Claim, StoreError> {
         let id = interview_id.to_owned();
         self.run(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -217,7 +217,7 @@ impl Store {
     }
 
     /// Record the final decision for a claimed interview.
-    pub async fn finish_approval(
+    pub(crate) async fn finish_approval(
         &self,
         interview_id: &str,
         approved: bool,
@@ -236,7 +236,7 @@ impl Store {
     }
 
     /// Drop a claim whose decision could not be made (a vendor call failed), so a redelivery can try again.
-    pub async fn release_approval(&self, interview_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn release_approval(&self, interview_id: &str) -> Result<(), StoreError> {
         let id = interview_id.to_owned();
         self.run(move |c| {
             c.execute(
@@ -249,7 +249,7 @@ impl Store {
     }
 
     /// Record a minted TeleSign token.
-    pub async fn insert_token(&self, rec: TokenRecord) -> Result<(), StoreError> {
+    pub(crate) async fn insert_token(&self, rec: TokenRecord) -> Result<(), StoreError> {
         self.run(move |c| {
             c.execute(
                 "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256)
@@ -268,12 +268,15 @@ impl Store {
     }
 
     /// Tokens minted for `xid`, newest first.
-    pub async fn tokens_by_xid(&self, xid: &str) -> Result<Vec<TokenRecord>, StoreError> {
+    pub(crate) async fn tokens_by_xid(&self, xid: &str) -> Result<Vec<TokenRecord>, StoreError> {
         self.tokens("xid", xid.to_owned()).await
     }
 
     /// The latest tokens minted for `phone` (digits only), newest first, at most 100.
-    pub async fn tokens_by_phone(&self, phone: &str) -> Result<Vec<TokenRecord>, StoreError> {
+    pub(crate) async fn tokens_by_phone(
+        &self,
+        phone: &str,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
         self.tokens("phone", phone.to_owned()).await
     }
 

@@ -27,7 +27,7 @@ use crate::config::{ConfigError, Ctx, secret};
 use crate::conn::ConnInfo;
 
 /// Name of the flow.
-pub const FLOW: &str = "telesign";
+pub(crate) const FLOW: &str = "telesign";
 
 /// `iat` is backdated by this much for clock skew between the gateway, the device and TeleSign.
 const IAT_BACKDATE_SECS: i64 = 10;
@@ -105,7 +105,7 @@ fn quota(
 }
 
 /// Validate `[flows.telesign]`.
-pub fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, ConfigError> {
+pub(crate) fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, ConfigError> {
     let k = |f: &str| format!("flows.telesign.{f}");
     let customer_id =
         secret::expand(&raw.customer_id).map_err(|e| ctx.invalid(k("customer_id"), e))?;
@@ -149,7 +149,7 @@ pub fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, ConfigErr
 }
 
 /// Build the TeleSign handler.
-pub fn build(cfg: &TelesignConfig, store: Store) -> Arc<dyn Handler> {
+pub(crate) fn build(cfg: &TelesignConfig, store: Store) -> Arc<dyn Handler> {
     Arc::new(Telesign {
         iss: cfg.customer_id.clone(),
         key: EncodingKey::from_secret(cfg.key.expose_secret()),
@@ -163,7 +163,7 @@ pub fn build(cfg: &TelesignConfig, store: Store) -> Arc<dyn Handler> {
 }
 
 /// The TeleSign endpoints.
-pub struct Telesign {
+pub(crate) struct Telesign {
     iss: SecretString,
     key: EncodingKey,
     ttl: i64,

@@ -13,7 +13,7 @@ use crate::http_client::{self, FetchError, Fetched, HttpClient};
 use crate::problem::Problem;
 
 /// Largest vendor response read into memory (Incode OCR and Citadel reports are the big ones).
-pub const MAX_VENDOR_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_VENDOR_BODY: usize = 16 * 1024 * 1024;
 
 /// Why a vendor call failed, without any of its content.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum VendorFailure {
 }
 
 /// The problem for a failed vendor step: 502 (504 on timeout), detail naming the vendor, step and status.
-pub fn problem(vendor: &str, step: &str, failure: &VendorFailure) -> Problem {
+pub(crate) fn problem(vendor: &str, step: &str, failure: &VendorFailure) -> Problem {
     let (status, code, title, detail) = match failure {
         VendorFailure::Status {
             status,
@@ -88,7 +88,7 @@ pub fn problem(vendor: &str, step: &str, failure: &VendorFailure) -> Problem {
 
 /// One vendor step: which vendor, which call.
 #[derive(Debug, Clone, Copy)]
-pub struct Step<'a> {
+pub(crate) struct Step<'a> {
     /// Vendor name.
     pub vendor: &'static str,
     /// The call, e.g. `omni/start`.
@@ -97,7 +97,7 @@ pub struct Step<'a> {
 
 impl Step<'_> {
     /// A [`FlowError::Vendor`] for this step.
-    pub fn fail(&self, failure: VendorFailure) -> FlowError {
+    pub(crate) fn fail(&self, failure: VendorFailure) -> FlowError {
         FlowError::Vendor {
             vendor: self.vendor,
             step: self.name.to_owned(),
@@ -106,7 +106,7 @@ impl Step<'_> {
     }
 
     /// A [`VendorFailure::Status`] for `fetched`, with the vendor's short error code when safe to show.
-    pub fn status_failure(&self, fetched: &Fetched) -> FlowError {
+    pub(crate) fn status_failure(&self, fetched: &Fetched) -> FlowError {
         self.fail(VendorFailure::Status {
             status: fetched.status,
             vendor_code: vendor_code(&fetched.body),
@@ -115,7 +115,7 @@ impl Step<'_> {
 }
 
 /// Send `req` and read the whole answer within `timeout`.
-pub async fn send(
+pub(crate) async fn send(
     http: &HttpClient,
     step: Step<'_>,
     req: Request<Body>,
@@ -129,7 +129,7 @@ pub async fn send(
 }
 
 /// A 2xx answer's body as JSON; any other status or a non-JSON body is a vendor failure.
-pub fn json_ok(step: Step<'_>, fetched: &Fetched) -> Result<Value, FlowError> {
+pub(crate) fn json_ok(step: Step<'_>, fetched: &Fetched) -> Result<Value, FlowError> {
     if !fetched.status.is_success() {
         return Err(step.status_failure(fetched));
     }
@@ -137,7 +137,11 @@ pub fn json_ok(step: Step<'_>, fetched: &Fetched) -> Result<Value, FlowError> {
 }
 
 /// A string field of a vendor answer.
-pub fn str_field(step: Step<'_>, v: &Value, field: &'static str) -> Result<String, FlowError> {
+pub(crate) fn str_field(
+    step: Step<'_>,
+    v: &Value,
+    field: &'static str,
+) -> Result<String, FlowError> {
     v.get(field)
         .and_then(Value::as_str)
         .map(str::to_owned)
@@ -147,7 +151,7 @@ pub fn str_field(step: Step<'_>, v: &Value, field: &'static str) -> Result<Strin
 /// The vendor's own error code from an error body, when it is short and plain: Incode's numeric `status`
 /// (`{"status":4005,...}`), Citadel's `error.code` (`{"error":{"code":"validation_error"}}`). Messages are never
 /// taken: they may quote the request.
-pub fn vendor_code(body: &[u8]) -> Option<String> {
+pub(crate) fn vendor_code(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     if let Some(n) = v.get("status").and_then(Value::as_i64) {
         return Some(n.to_string());

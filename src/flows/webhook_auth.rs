@@ -43,7 +43,11 @@ pub struct WebhookAuth {
 }
 
 /// Validate a webhook table; `key` is its dotted path, e.g. `flows.incode.webhook`.
-pub fn validate(ctx: &Ctx, key: &str, raw: RawWebhookAuth) -> Result<WebhookAuth, ConfigError> {
+pub(crate) fn validate(
+    ctx: &Ctx,
+    key: &str,
+    raw: RawWebhookAuth,
+) -> Result<WebhookAuth, ConfigError> {
     let k = |f: &str| format!("{key}.{f}");
     let secret = match (
         raw.header,

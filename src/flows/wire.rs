@@ -10,7 +10,7 @@ use super::FlowError;
 use crate::body::{self, Body};
 
 /// Read a flow request's whole body (already limited to the route's maximum).
-pub async fn read_body(body: Body) -> Result<Bytes, FlowError> {
+pub(crate) async fn read_body(body: Body) -> Result<Bytes, FlowError> {
     body.collect().await.map(|b| b.to_bytes()).map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>()
             .is_some()
@@ -23,12 +23,12 @@ pub async fn read_body(body: Body) -> Result<Bytes, FlowError> {
 }
 
 /// A JSON response with `status`.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     bytes_response(status, "application/json", value.to_string().into())
 }
 
 /// A response with `status`, a content type and a whole body.
-pub fn bytes_response(
+pub(crate) fn bytes_response(
     status: StatusCode,
     content_type: &'static str,
     body: Bytes,
@@ -41,14 +41,14 @@ pub fn bytes_response(
 }
 
 /// The value of query parameter `name` in `query`, percent-decoded.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
 
 /// `Retry-After` in whole seconds, at least one.
-pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: std::time::Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     secs.max(1)
 }

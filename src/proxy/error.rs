@@ -68,7 +68,7 @@ pub enum ProxyError {
 }
 
 /// The problem a refused request is shown as.
-pub fn request_problem(e: &RequestError) -> Problem {
+pub(crate) fn request_problem(e: &RequestError) -> Problem {
     match e {
         RequestError::BodyTooLarge { limit } => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,7 +98,7 @@ pub fn request_problem(e: &RequestError) -> Problem {
 }
 
 /// The problem an upstream failure is shown as.
-pub fn upstream_problem(e: &UpstreamError) -> Problem {
+pub(crate) fn upstream_problem(e: &UpstreamError) -> Problem {
     match e {
         UpstreamError::Unreachable { upstream, .. } => Problem::new(
             StatusCode::BAD_GATEWAY,

@@ -80,7 +80,7 @@ pub struct RouteConfig {
 }
 
 /// Check one `[[routes]]` entry against the upstreams, credentials, issuers and flows it names.
-pub fn validate(
+pub(crate) fn validate(
     ctx: &Ctx,
     i: usize,
     r: RawRoute,

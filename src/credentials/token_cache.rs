@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::config::TokenSettings;
 use super::{Attachment, CredentialError, sensitive_value};
+use crate::config::secret::constant_time_eq;
 use crate::http_client::FetchError;
 use crate::metrics::Metrics;
 
@@ -303,7 +304,7 @@ impl TokenCache {
         let same = st
             .current
             .as_ref()
-            .is_some_and(|c| c.token.expose_secret() == t.token.expose_secret());
+            .is_some_and(|c| constant_time_eq(&c.token, t.token.expose_secret().as_bytes()));
         // The same token handed back keeps its earlier expiry and safety margin: it is not fresh just because it was
         // returned again, and a margin recomputed from the shrinking remainder would let it be sent ever closer to
         // its real expiry.

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::header::{ACCEPT, CACHE_CONTROL};
+use headers::{CacheControl, HeaderMapExt as _};
+use http::header::ACCEPT;
 use http::{HeaderValue, Request, StatusCode};
 use jsonwebtoken::jwk::JwkSet;
 use tokio::sync::watch;
@@ -339,26 +340,17 @@ impl Issuer {
 
 /// `Cache-Control: max-age` of a response, unless `no-cache`/`no-store` (then zero, clamped up by the caller).
 fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get(CACHE_CONTROL)?.to_str().ok()?;
-    let mut age = None;
-    for d in v.split(',').map(str::trim) {
-        let lower = d.to_ascii_lowercase();
-        if lower == "no-cache" || lower == "no-store" {
-            return Some(Duration::ZERO);
-        }
-        if let Some(n) = lower.strip_prefix("max-age=") {
-            age = n
-                .trim_matches('"')
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_secs);
-        }
+    let cc = headers.typed_get::<CacheControl>()?;
+    if cc.no_cache() || cc.no_store() {
+        return Some(Duration::ZERO);
     }
-    age
+    cc.max_age()
 }
 
 #[cfg(test)]
 mod tests {
+    use http::header::CACHE_CONTROL;
+
     use super::*;
 
     #[test]

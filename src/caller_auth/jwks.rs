@@ -18,7 +18,7 @@ use super::config::{IssuerConfig, JwksConfig};
 use super::keys::{self, KeySet};
 use crate::body;
 use crate::http_client::{self, FetchError, HttpClient};
-use crate::metrics::Metrics;
+use crate::metrics::{IssuerCounters, Metrics};
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -72,7 +72,7 @@ pub struct Issuer {
 struct Fetcher {
     cfg: JwksConfig,
     http: HttpClient,
-    metrics: Arc<Metrics>,
+    counters: IssuerCounters,
     flight: Mutex<Flight>,
     done: watch::Sender<u64>,
     status: Mutex<Status>,
@@ -99,7 +99,7 @@ impl Issuer {
                 .build(),
             cfg: j,
             http: http.clone(),
-            metrics: metrics.clone(),
+            counters: metrics.issuer(&cfg.name),
             flight: Mutex::default(),
             done: watch::channel(0).0,
             status: Mutex::default(),
@@ -196,16 +196,12 @@ impl Issuer {
         let Some(f) = &self.fetcher else { return };
         let name = self.cfg.name.as_str();
         match &result {
-            Ok(_) => f.metrics.incr(
-                "credgate_jwks_fetches_total",
-                &[("issuer", name), ("result", "ok")],
-            ),
+            Ok(_) => {
+                f.counters.fetched.inc();
+            }
             Err(e) => {
                 tracing::warn!(issuer = name, url = %f.cfg.url, error = %e, "JWKS fetch failed; keeping the last good keys");
-                f.metrics.incr(
-                    "credgate_jwks_fetches_total",
-                    &[("issuer", name), ("result", "error")],
-                );
+                f.counters.failed.inc();
             }
         }
         if let Ok(mut st) = f.status.lock() {
@@ -249,11 +245,7 @@ impl Issuer {
         let n = merged.len();
         self.keys
             .store(Arc::new(KeySet::new(merged, Some(Instant::now()))));
-        f.metrics.set(
-            "credgate_jwks_keys",
-            &[("issuer", self.cfg.name.as_str())],
-            n as f64,
-        );
+        f.counters.keys.set(i64::try_from(n).unwrap_or(i64::MAX));
         if changed {
             tracing::info!(issuer = %self.cfg.name, keys = n, "issuer keys updated");
         }

@@ -18,7 +18,7 @@ use super::config::TokenSettings;
 use super::{Attachment, CredentialError, sensitive_value};
 use crate::config::secret::constant_time_eq;
 use crate::http_client::FetchError;
-use crate::metrics::Metrics;
+use crate::metrics::{CredentialCounters, Metrics};
 
 /// A token as a token endpoint or login call handed it out.
 pub struct FetchedToken {
@@ -146,7 +146,7 @@ pub struct TokenCache {
     settings: TokenSettings,
     cache: moka::sync::Cache<(), Arc<Issued>, BuildHasherDefault<OneKey>>,
     state: Mutex<State>,
-    metrics: Arc<Metrics>,
+    counters: CredentialCounters,
     weak: Weak<TokenCache>,
 }
 
@@ -177,7 +177,7 @@ impl TokenCache {
                 .expire_after(UntilUsable)
                 .build_with_hasher(BuildHasherDefault::default()),
             state: Mutex::new(State::default()),
-            metrics,
+            counters: metrics.credential(name),
             weak: weak.clone(),
         })
     }
@@ -234,10 +234,7 @@ impl TokenCache {
                 }
             }
         };
-        self.metrics.incr(
-            "credgate_credential_waits_total",
-            &[("credential", &self.name)],
-        );
+        self.counters.waits.inc();
         match fut.await {
             Some(t) if Instant::now() < t.usable_until => Ok(t.attachment.clone()),
             _ => Err(self.unavailable()),
@@ -381,10 +378,7 @@ impl TokenCache {
             }
         }
         self.cache.insert((), issued.clone());
-        self.metrics.incr(
-            "credgate_token_requests_total",
-            &[("credential", &self.name), ("result", "ok")],
-        );
+        self.counters.fetched.inc();
         let mut st = self.state();
         st.inflight = None;
         let next = if near_expiry {
@@ -405,10 +399,7 @@ impl TokenCache {
     }
 
     fn fail(&self, e: &TokenError) {
-        self.metrics.incr(
-            "credgate_token_requests_total",
-            &[("credential", &self.name), ("result", "error")],
-        );
+        self.counters.failed.inc();
         let mut st = self.state();
         st.inflight = None;
         st.failures = st.failures.saturating_add(1);

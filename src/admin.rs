@@ -1,12 +1,18 @@
 //! The admin listener: `/healthz` (process up), `/readyz` (every dependency ready, e.g. issuer keys loaded) and
-//! `/metrics` (Prometheus text). Plain HTTP; bind it to loopback. Exposes no secret.
+//! `/metrics` (OpenMetrics text). Plain HTTP; bind it to loopback. Exposes no secret.
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response, StatusCode};
 use serde_json::json;
 
+use prometheus_client::encoding::{EncodeLabelSet, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
 use crate::body::{self, Body};
 use crate::gateway::Gateway;
+use crate::metrics;
 
 /// Answer one admin request.
 pub(crate) fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
@@ -28,22 +34,46 @@ pub(crate) fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
         }
         "/metrics" => {
             let mut out = String::new();
-            for r in gw.routes.iter() {
-                for class in 1..=5 {
-                    let n = r.stats.count(class);
-                    if n > 0 {
-                        out.push_str(&format!(
-                            "credgate_responses_total{{route=\"{}\",class=\"{class}xx\"}} {n}\n",
-                            r.name.replace('"', "")
-                        ));
-                    }
-                }
-            }
+            // Writing to a String cannot fail.
+            let _ = text::encode_registry(&mut out, &route_responses(gw));
             gw.metrics.render(&mut out);
-            text(StatusCode::OK, out, "text/plain; version=0.0.4")
+            text(StatusCode::OK, out, metrics::CONTENT_TYPE)
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResponseLabels {
+    route: String,
+    class: &'static str,
+}
+
+/// `credgate_responses_total` from the per-route stats, which live on the hot path as plain atomics: a snapshot
+/// per scrape, so a scrape renders them with the same encoder as the registry.
+fn route_responses(gw: &Gateway) -> Registry {
+    const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let family = Family::<ResponseLabels, Counter>::default();
+    for r in gw.routes.iter() {
+        for (i, class) in CLASSES.into_iter().enumerate() {
+            let n = r.stats.count(i + 1);
+            if n > 0 {
+                family
+                    .get_or_create(&ResponseLabels {
+                        route: r.name.clone(),
+                        class,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+    let mut reg = Registry::default();
+    reg.register(
+        "credgate_responses",
+        "Responses by route and status class.",
+        family,
+    );
+    reg
 }
 
 fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<Body> {

@@ -13,11 +13,15 @@ pub(crate) mod keys;
 pub(crate) mod token;
 pub(crate) mod verified;
 
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
@@ -165,31 +169,120 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// Stable reason code, used in the problem body and the rejection counter.
-    pub fn reason(&self) -> &'static str {
+    /// Why, as one of a closed set (the rejection counter's `reason` label).
+    pub fn kind(&self) -> Reason {
         match self {
-            AuthError::Missing => "missing_token",
-            AuthError::MultipleAuthorization => "multiple_authorization",
-            AuthError::TokenInQuery => "token_in_query",
-            AuthError::Malformed(_) => "malformed_token",
-            AuthError::TooLarge => "token_too_large",
-            AuthError::AlgNotAllowed { .. } => "alg_not_allowed",
-            AuthError::UnsupportedCrit => "unsupported_crit",
-            AuthError::UnknownIssuer => "unknown_issuer",
-            AuthError::IssuerNotAccepted => "issuer_not_accepted",
-            AuthError::WrongAudience => "wrong_audience",
-            AuthError::MissingExp => "missing_exp",
-            AuthError::Expired => "expired",
-            AuthError::NotYetValid => "not_yet_valid",
-            AuthError::IssuedInFuture => "issued_in_future",
-            AuthError::UnknownKey => "unknown_key",
-            AuthError::AlgKeyMismatch => "alg_key_mismatch",
-            AuthError::BadSignature => "bad_signature",
-            AuthError::KeysUnavailable { .. } => "issuer_keys_unavailable",
-            AuthError::InsufficientScope { .. } => "insufficient_scope",
-            AuthError::ClaimNotAllowed { .. } => "claim_not_allowed",
+            AuthError::Missing => Reason::MissingToken,
+            AuthError::MultipleAuthorization => Reason::MultipleAuthorization,
+            AuthError::TokenInQuery => Reason::TokenInQuery,
+            AuthError::Malformed(_) => Reason::MalformedToken,
+            AuthError::TooLarge => Reason::TokenTooLarge,
+            AuthError::AlgNotAllowed { .. } => Reason::AlgNotAllowed,
+            AuthError::UnsupportedCrit => Reason::UnsupportedCrit,
+            AuthError::UnknownIssuer => Reason::UnknownIssuer,
+            AuthError::IssuerNotAccepted => Reason::IssuerNotAccepted,
+            AuthError::WrongAudience => Reason::WrongAudience,
+            AuthError::MissingExp => Reason::MissingExp,
+            AuthError::Expired => Reason::Expired,
+            AuthError::NotYetValid => Reason::NotYetValid,
+            AuthError::IssuedInFuture => Reason::IssuedInFuture,
+            AuthError::UnknownKey => Reason::UnknownKey,
+            AuthError::AlgKeyMismatch => Reason::AlgKeyMismatch,
+            AuthError::BadSignature => Reason::BadSignature,
+            AuthError::KeysUnavailable { .. } => Reason::IssuerKeysUnavailable,
+            AuthError::InsufficientScope { .. } => Reason::InsufficientScope,
+            AuthError::ClaimNotAllowed { .. } => Reason::ClaimNotAllowed,
         }
     }
+
+    /// Stable reason code, used in the problem body and the rejection counter.
+    pub fn reason(&self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+/// A rejection reason: one per [`AuthError`] kind, so the `reason` label set is fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// `missing_token`.
+    MissingToken,
+    /// `multiple_authorization`.
+    MultipleAuthorization,
+    /// `token_in_query`.
+    TokenInQuery,
+    /// `malformed_token`.
+    MalformedToken,
+    /// `token_too_large`.
+    TokenTooLarge,
+    /// `alg_not_allowed`.
+    AlgNotAllowed,
+    /// `unsupported_crit`.
+    UnsupportedCrit,
+    /// `unknown_issuer`.
+    UnknownIssuer,
+    /// `issuer_not_accepted`.
+    IssuerNotAccepted,
+    /// `wrong_audience`.
+    WrongAudience,
+    /// `missing_exp`.
+    MissingExp,
+    /// `expired`.
+    Expired,
+    /// `not_yet_valid`.
+    NotYetValid,
+    /// `issued_in_future`.
+    IssuedInFuture,
+    /// `unknown_key`.
+    UnknownKey,
+    /// `alg_key_mismatch`.
+    AlgKeyMismatch,
+    /// `bad_signature`.
+    BadSignature,
+    /// `issuer_keys_unavailable`.
+    IssuerKeysUnavailable,
+    /// `insufficient_scope`.
+    InsufficientScope,
+    /// `claim_not_allowed`.
+    ClaimNotAllowed,
+}
+
+impl Reason {
+    /// The stable code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "missing_token",
+            Reason::MultipleAuthorization => "multiple_authorization",
+            Reason::TokenInQuery => "token_in_query",
+            Reason::MalformedToken => "malformed_token",
+            Reason::TokenTooLarge => "token_too_large",
+            Reason::AlgNotAllowed => "alg_not_allowed",
+            Reason::UnsupportedCrit => "unsupported_crit",
+            Reason::UnknownIssuer => "unknown_issuer",
+            Reason::IssuerNotAccepted => "issuer_not_accepted",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::MissingExp => "missing_exp",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::IssuedInFuture => "issued_in_future",
+            Reason::UnknownKey => "unknown_key",
+            Reason::AlgKeyMismatch => "alg_key_mismatch",
+            Reason::BadSignature => "bad_signature",
+            Reason::IssuerKeysUnavailable => "issuer_keys_unavailable",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::ClaimNotAllowed => "claim_not_allowed",
+        }
+    }
+}
+
+impl EncodeLabelValue for Reason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectionLabels {
+    reason: Reason,
 }
 
 const REALM: &str = "credgate";
@@ -291,7 +384,8 @@ pub struct StartError {
 pub struct CallerAuth {
     issuers: Vec<Arc<Issuer>>,
     cache: VerifiedCache,
-    metrics: Arc<Metrics>,
+    /// `credgate_auth_rejections_total` by reason: a `Copy` key, so counting allocates nothing.
+    rejections: Family<RejectionLabels, Counter>,
     /// Claims some route forwards: the only ones prepared as header values when a token is verified.
     forwarded: Box<[Box<str>]>,
 }
@@ -311,13 +405,19 @@ impl CallerAuth {
                 forwarded.push(claim.into());
             }
         }
+        let rejections = Family::default();
+        metrics.register(
+            "credgate_auth_rejections",
+            "Requests refused by caller authentication, by reason.",
+            rejections.clone(),
+        );
         Self {
             issuers: issuers
                 .iter()
                 .map(|c| Arc::new(Issuer::new(c.clone(), http, &metrics)))
                 .collect(),
             cache: VerifiedCache::default(),
-            metrics,
+            rejections,
             forwarded: forwarded.into_boxed_slice(),
         }
     }
@@ -367,8 +467,9 @@ impl CallerAuth {
             None => Box::pin(self.check_uncached(p, headers)).await,
         };
         if let Err(e) = &result {
-            self.metrics
-                .incr("credgate_auth_rejections_total", &[("reason", e.reason())]);
+            self.rejections
+                .get_or_create(&RejectionLabels { reason: e.kind() })
+                .inc();
         }
         result
     }
@@ -631,7 +732,65 @@ fn has_access_token(query: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+
+    #[tokio::test]
+    async fn rejections_are_counted_by_a_fixed_reason_never_by_what_was_sent() {
+        let metrics = Arc::new(Metrics::default());
+        let http =
+            crate::http_client::build(&[], std::time::Duration::from_secs(1)).expect("client");
+        let auth = CallerAuth::new(&[], [], &http, metrics.clone());
+        let policy = RoutePolicy::new(RouteAuthConfig::Jwt {
+            issuers: vec![],
+            scopes: vec![],
+            require_claims: BTreeMap::new(),
+            forward_claims: vec![],
+        });
+        let uri: Uri = "/x".parse().expect("uri");
+        let mut reasons = Vec::new();
+        for sent in [
+            None,
+            Some("Bearer evil\"label"),
+            Some("Bearer other-evil-label"),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(v) = sent {
+                h.insert(AUTHORIZATION, HeaderValue::from_static(v));
+            }
+            let e = auth
+                .authenticate(&policy, &h, &uri)
+                .await
+                .expect_err("refused");
+            reasons.push(e.reason());
+        }
+        assert_eq!(reasons[0], "missing_token");
+        assert_eq!(reasons[1], reasons[2]);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(
+            out.contains("# TYPE credgate_auth_rejections counter\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("credgate_auth_rejections_total{reason=\"missing_token\"} 1\n"),
+            "{out}"
+        );
+        let line = format!(
+            "credgate_auth_rejections_total{{reason=\"{}\"}} 2\n",
+            reasons[1]
+        );
+        assert!(out.contains(&line), "{out}");
+        assert!(!out.contains("evil"), "{out}");
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with("credgate_auth_rejections_total"))
+                .count(),
+            2,
+            "{out}"
+        );
+    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_single() {

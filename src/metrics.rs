@@ -1,69 +1,266 @@
-//! Counters and gauges in Prometheus text format. Hot-path counters live next to what they count (per-route stats);
-//! this registry holds the labelled, less frequent ones (rejections by reason, token fetches, key refreshes).
+//! The metrics registry, rendered in OpenMetrics text by `prometheus-client`. Hot-path counters live next to what
+//! they count (per-route stats); this registry holds the labelled ones. Every label value is a configured name
+//! (credential, issuer, route) or a closed enum, never caller input, so every label set is bounded by the config.
+//! Owners resolve their series once at build time and then only touch an atomic.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::fmt::{self, Write as _};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A registry of labelled counters and gauges.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    series: Mutex<BTreeMap<String, f64>>,
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Metric, Registry};
+
+/// Content type of [`Metrics::render`]'s output.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How a fetch ended, as the `result` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Outcome {
+    /// `result="ok"`.
+    Ok,
+    /// `result="error"`.
+    Error,
 }
 
-fn series_key(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut key = String::from(name);
-    if !labels.is_empty() {
-        key.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                key.push(',');
-            }
-            let v = v
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = write!(key, "{k}=\"{v}\"");
-        }
-        key.push('}');
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        encoder.write_str(match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+        })
     }
-    key
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CredentialResultLabels {
+    credential: Arc<str>,
+    result: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IssuerResultLabels {
+    issuer: Arc<str>,
+    result: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: Arc<str>,
+}
+
+/// One credential's series.
+#[derive(Clone, Debug, Default)]
+pub struct CredentialCounters {
+    /// `credgate_credential_waits_total`: requests that waited for a token request.
+    pub waits: Counter,
+    /// `credgate_token_requests_total{result="ok"}`.
+    pub fetched: Counter,
+    /// `credgate_token_requests_total{result="error"}`.
+    pub failed: Counter,
+}
+
+/// One issuer's series.
+#[derive(Clone, Debug, Default)]
+pub struct IssuerCounters {
+    /// `credgate_jwks_fetches_total{result="ok"}`.
+    pub fetched: Counter,
+    /// `credgate_jwks_fetches_total{result="error"}`.
+    pub failed: Counter,
+    /// `credgate_jwks_keys`: keys in force after the last good fetch.
+    pub keys: Gauge,
+}
+
+/// The registry, built once per gateway and shared by `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Locked only to register (at build time) and to render (a scrape); never on a request.
+    registry: Mutex<Registry>,
+    credential_waits: Family<CredentialLabels, Counter>,
+    token_requests: Family<CredentialResultLabels, Counter>,
+    credential_retries: Family<RouteLabels, Counter>,
+    jwks_fetches: Family<IssuerResultLabels, Counter>,
+    jwks_keys: Family<IssuerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Self {
+            registry: Mutex::default(),
+            credential_waits: Family::default(),
+            token_requests: Family::default(),
+            credential_retries: Family::default(),
+            jwks_fetches: Family::default(),
+            jwks_keys: Family::default(),
+            connections_refused: Family::default(),
+        };
+        // Counters are registered under their base name: the encoder appends `_total`.
+        m.register(
+            "credgate_credential_waits",
+            "Requests that had to wait for a token request.",
+            m.credential_waits.clone(),
+        );
+        m.register(
+            "credgate_token_requests",
+            "Token requests by credential and result.",
+            m.token_requests.clone(),
+        );
+        m.register(
+            "credgate_credential_retries",
+            "Requests replayed with a fresh token after a rejection.",
+            m.credential_retries.clone(),
+        );
+        m.register(
+            "credgate_jwks_fetches",
+            "JWKS fetches by issuer and result.",
+            m.jwks_fetches.clone(),
+        );
+        m.register(
+            "credgate_jwks_keys",
+            "Keys in force per issuer.",
+            m.jwks_keys.clone(),
+        );
+        m.register(
+            "credgate_connections_refused",
+            "Connections closed at once for being over their listener's max_connections.",
+            m.connections_refused.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
-    /// Add one to counter `name` with `labels`.
-    pub fn incr(&self, name: &str, labels: &[(&str, &str)]) {
-        let key = series_key(name, labels);
-        if let Ok(mut s) = self.series.lock() {
-            *s.entry(key).or_insert(0.0) += 1.0;
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Registering and encoding leave the registry whole even if a panic interrupts them.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a metric a module owns (its label type is that module's), e.g. rejections by reason. A counter is
+    /// named without `_total`.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry().register(name, help, metric);
+    }
+
+    /// The series of credential `name`, resolved once so counting is one atomic add.
+    pub fn credential(&self, name: &str) -> CredentialCounters {
+        let credential: Arc<str> = name.into();
+        let result = |result| CredentialResultLabels {
+            credential: credential.clone(),
+            result,
+        };
+        // One `let` each: `get_or_create` holds a read lock until its statement ends, and the next may need to write.
+        let waits = self
+            .credential_waits
+            .get_or_create(&CredentialLabels {
+                credential: credential.clone(),
+            })
+            .clone();
+        let fetched = self
+            .token_requests
+            .get_or_create(&result(Outcome::Ok))
+            .clone();
+        let failed = self
+            .token_requests
+            .get_or_create(&result(Outcome::Error))
+            .clone();
+        CredentialCounters {
+            waits,
+            fetched,
+            failed,
         }
     }
 
-    /// Set gauge `name` with `labels` to `value`.
-    pub fn set(&self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let key = series_key(name, labels);
-        if let Ok(mut s) = self.series.lock() {
-            s.insert(key, value);
+    /// The series of issuer `name`, resolved once.
+    pub fn issuer(&self, name: &str) -> IssuerCounters {
+        let issuer: Arc<str> = name.into();
+        let result = |result| IssuerResultLabels {
+            issuer: issuer.clone(),
+            result,
+        };
+        let fetched = self
+            .jwks_fetches
+            .get_or_create(&result(Outcome::Ok))
+            .clone();
+        let failed = self
+            .jwks_fetches
+            .get_or_create(&result(Outcome::Error))
+            .clone();
+        let keys = self
+            .jwks_keys
+            .get_or_create(&IssuerLabels {
+                issuer: issuer.clone(),
+            })
+            .clone();
+        IssuerCounters {
+            fetched,
+            failed,
+            keys,
         }
     }
 
-    /// Current value of a series (0 when never set).
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let key = series_key(name, labels);
-        self.series
-            .lock()
-            .ok()
-            .and_then(|s| s.get(&key).copied())
-            .unwrap_or(0.0)
+    /// `credgate_credential_retries_total` of route `name`, resolved once.
+    pub fn route_retries(&self, name: &str) -> Counter {
+        self.credential_retries
+            .get_or_create(&RouteLabels { route: name.into() })
+            .clone()
     }
 
-    /// Render every series, one per line.
+    /// `credgate_connections_refused_total` of the listener bound at `listener`, resolved once.
+    pub fn connections_refused(&self, listener: &str) -> Counter {
+        self.connections_refused
+            .get_or_create(&ListenerLabels {
+                listener: listener.into(),
+            })
+            .clone()
+    }
+
+    /// Append the exposition of every registered metric, ending with `# EOF`.
     pub fn render(&self, out: &mut String) {
-        if let Ok(s) = self.series.lock() {
-            for (k, v) in s.iter() {
-                let _ = writeln!(out, "{k} {v}");
+        // Writing to a String cannot fail.
+        let _ = text::encode(out, &self.registry());
+    }
+
+    /// Current value of one series as rendered, e.g. `get("x_total", &[("reason", "expired")])`; 0 when absent.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut key = String::from(name);
+        if !labels.is_empty() {
+            key.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    key.push(',');
+                }
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(key, "{k}=\"{v}\"");
             }
+            key.push('}');
         }
+        key.push(' ');
+        let mut out = String::new();
+        self.render(&mut out);
+        out.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 }
 
@@ -72,14 +269,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_accumulate_per_label_set() {
+    fn resolved_series_count_and_render_in_openmetrics_text() {
         let m = Metrics::default();
-        m.incr("x_total", &[("reason", "expired")]);
-        m.incr("x_total", &[("reason", "expired")]);
-        m.incr("x_total", &[("reason", "a\"b")]);
-        assert_eq!(m.get("x_total", &[("reason", "expired")]), 2.0);
+        let c = m.credential("a\"b");
+        c.waits.inc();
+        c.waits.inc();
+        m.credential("a\"b").failed.inc();
+        m.issuer("idp").keys.set(3);
+        assert_eq!(
+            m.get("credgate_credential_waits_total", &[("credential", "a\"b")]),
+            2.0
+        );
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("x_total{reason=\"a\\\"b\"} 1"), "{out}");
+        assert!(
+            out.contains("# TYPE credgate_credential_waits counter\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "credgate_token_requests_total{credential=\"a\\\"b\",result=\"error\"} 1\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("credgate_jwks_keys{issuer=\"idp\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 }

@@ -286,10 +286,8 @@ async fn after_rejection(
         return Ok(rsp);
     };
     drop(rsp);
-    gw.metrics.incr(
-        "credgate_credential_retries_total",
-        &[("route", &route.name)],
-    );
+    // Resolved here, not per route at build time: replays are rare (an upstream rejection each).
+    gw.metrics.route_retries(&route.name).inc();
     let out = Outgoing {
         attachment: Some(&fresh),
         ..out

@@ -248,24 +248,15 @@ fn settings(l: &ListenerConfig) -> ConnSettings {
 }
 
 /// Counts connections a listener closed at once for being over its limit.
-struct Refusals {
-    metrics: Arc<Metrics>,
-    listener: String,
-}
+struct Refusals(prometheus_client::metrics::counter::Counter);
 
 impl Refusals {
-    fn new(metrics: &Arc<Metrics>, addr: SocketAddr) -> Self {
-        Self {
-            metrics: metrics.clone(),
-            listener: addr.to_string(),
-        }
+    fn new(metrics: &Metrics, addr: SocketAddr) -> Self {
+        Self(metrics.connections_refused(&addr.to_string()))
     }
 
     fn count(&self) {
-        self.metrics.incr(
-            "credgate_connections_refused_total",
-            &[("listener", &self.listener)],
-        );
+        self.0.inc();
     }
 }
 

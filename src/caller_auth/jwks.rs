@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::header::{ACCEPT, CACHE_CONTROL};
+use headers::{CacheControl, HeaderMapExt as _};
+use http::header::ACCEPT;
 use http::{HeaderValue, Request, StatusCode};
 use jsonwebtoken::jwk::JwkSet;
 use tokio::sync::watch;
@@ -17,7 +18,7 @@ use super::config::{IssuerConfig, JwksConfig};
 use super::keys::{self, KeySet};
 use crate::body;
 use crate::http_client::{self, FetchError, HttpClient};
-use crate::metrics::Metrics;
+use crate::metrics::{IssuerCounters, Metrics};
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -71,7 +72,7 @@ pub(crate) struct Issuer {
 struct Fetcher {
     cfg: JwksConfig,
     http: HttpClient,
-    metrics: Arc<Metrics>,
+    counters: IssuerCounters,
     flight: Mutex<Flight>,
     done: watch::Sender<u64>,
     status: Mutex<Status>,
@@ -98,7 +99,7 @@ impl Issuer {
                 .build(),
             cfg: j,
             http: http.clone(),
-            metrics: metrics.clone(),
+            counters: metrics.issuer(&cfg.name),
             flight: Mutex::default(),
             done: watch::channel(0).0,
             status: Mutex::default(),
@@ -195,16 +196,12 @@ impl Issuer {
         let Some(f) = &self.fetcher else { return };
         let name = self.cfg.name.as_str();
         match &result {
-            Ok(_) => f.metrics.incr(
-                "credgate_jwks_fetches_total",
-                &[("issuer", name), ("result", "ok")],
-            ),
+            Ok(_) => {
+                f.counters.fetched.inc();
+            }
             Err(e) => {
                 tracing::warn!(issuer = name, url = %f.cfg.url, error = %e, "JWKS fetch failed; keeping the last good keys");
-                f.metrics.incr(
-                    "credgate_jwks_fetches_total",
-                    &[("issuer", name), ("result", "error")],
-                );
+                f.counters.failed.inc();
             }
         }
         if let Ok(mut st) = f.status.lock() {
@@ -248,11 +245,7 @@ impl Issuer {
         let n = merged.len();
         self.keys
             .store(Arc::new(KeySet::new(merged, Some(Instant::now()))));
-        f.metrics.set(
-            "credgate_jwks_keys",
-            &[("issuer", self.cfg.name.as_str())],
-            n as f64,
-        );
+        f.counters.keys.set(i64::try_from(n).unwrap_or(i64::MAX));
         if changed {
             tracing::info!(issuer = %self.cfg.name, keys = n, "issuer keys updated");
         }
@@ -339,26 +332,17 @@ impl Issuer {
 
 /// `Cache-Control: max-age` of a response, unless `no-cache`/`no-store` (then zero, clamped up by the caller).
 fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get(CACHE_CONTROL)?.to_str().ok()?;
-    let mut age = None;
-    for d in v.split(',').map(str::trim) {
-        let lower = d.to_ascii_lowercase();
-        if lower == "no-cache" || lower == "no-store" {
-            return Some(Duration::ZERO);
-        }
-        if let Some(n) = lower.strip_prefix("max-age=") {
-            age = n
-                .trim_matches('"')
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_secs);
-        }
+    let cc = headers.typed_get::<CacheControl>()?;
+    if cc.no_cache() || cc.no_store() {
+        return Some(Duration::ZERO);
     }
-    age
+    cc.max_age()
 }
 
 #[cfg(test)]
 mod tests {
+    use http::header::CACHE_CONTROL;
+
     use super::*;
 
     #[test]

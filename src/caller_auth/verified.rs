@@ -18,6 +18,7 @@ use moka::sync::Cache;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::keys::Key;
+use crate::config::secret::constant_time_eq;
 
 /// What a successful verification established, shared by every later hit of the same token.
 #[derive(Debug)]
@@ -60,7 +61,7 @@ impl Hash for TokenKey {
 
 impl PartialEq for TokenKey {
     fn eq(&self, other: &Self) -> bool {
-        self.0.expose_secret() == other.0.expose_secret()
+        constant_time_eq(&self.0, other.0.expose_secret().as_bytes())
     }
 }
 
@@ -77,7 +78,8 @@ impl Hash for Presented<'_> {
 
 impl Equivalent<TokenKey> for Presented<'_> {
     fn equivalent(&self, key: &TokenKey) -> bool {
-        self.0 == key.0.expose_secret().as_bytes()
+        // A presented token against another caller's cached one: no early exit to time.
+        constant_time_eq(&key.0, self.0)
     }
 }
 

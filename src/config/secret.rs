@@ -84,10 +84,9 @@ pub fn resolve(
     }
 }
 
-/// True when two secrets hold the same bytes, compared in constant time.
+/// True when a secret and presented bytes are equal, compared in constant time (only the length may leak).
 pub fn constant_time_eq(a: &SecretString, b: &[u8]) -> bool {
-    let a = a.expose_secret().as_bytes();
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.expose_secret().as_bytes(), b).is_ok()
 }
 
 #[cfg(test)]

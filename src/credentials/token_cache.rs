@@ -16,8 +16,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::config::TokenSettings;
 use super::{Attachment, CredentialError, sensitive_value};
+use crate::config::secret::constant_time_eq;
 use crate::http_client::FetchError;
-use crate::metrics::Metrics;
+use crate::metrics::{CredentialCounters, Metrics};
 
 /// A token as a token endpoint or login call handed it out.
 pub(crate) struct FetchedToken {
@@ -145,7 +146,7 @@ pub(crate) struct TokenCache {
     settings: TokenSettings,
     cache: moka::sync::Cache<(), Arc<Issued>, BuildHasherDefault<OneKey>>,
     state: Mutex<State>,
-    metrics: Arc<Metrics>,
+    counters: CredentialCounters,
     weak: Weak<TokenCache>,
 }
 
@@ -176,7 +177,7 @@ impl TokenCache {
                 .expire_after(UntilUsable)
                 .build_with_hasher(BuildHasherDefault::default()),
             state: Mutex::new(State::default()),
-            metrics,
+            counters: metrics.credential(name),
             weak: weak.clone(),
         })
     }
@@ -223,10 +224,7 @@ impl TokenCache {
                 }
             }
         };
-        self.metrics.incr(
-            "credgate_credential_waits_total",
-            &[("credential", &self.name)],
-        );
+        self.counters.waits.inc();
         match fut.await {
             Some(t) if Instant::now() < t.usable_until => Ok(t.attachment.clone()),
             _ => Err(self.unavailable()),
@@ -293,7 +291,7 @@ impl TokenCache {
         let same = st
             .current
             .as_ref()
-            .is_some_and(|c| c.token.expose_secret() == t.token.expose_secret());
+            .is_some_and(|c| constant_time_eq(&c.token, t.token.expose_secret().as_bytes()));
         // The same token handed back keeps its earlier expiry and safety margin: it is not fresh just because it was
         // returned again, and a margin recomputed from the shrinking remainder would let it be sent ever closer to
         // its real expiry.
@@ -370,10 +368,7 @@ impl TokenCache {
             }
         }
         self.cache.insert((), issued.clone());
-        self.metrics.incr(
-            "credgate_token_requests_total",
-            &[("credential", &self.name), ("result", "ok")],
-        );
+        self.counters.fetched.inc();
         let mut st = self.state();
         st.inflight = None;
         let next = if near_expiry {
@@ -394,10 +389,7 @@ impl TokenCache {
     }
 
     fn fail(&self, e: &TokenError) {
-        self.metrics.incr(
-            "credgate_token_requests_total",
-            &[("credential", &self.name), ("result", "error")],
-        );
+        self.counters.failed.inc();
         let mut st = self.state();
         st.inflight = None;
         st.failures = st.failures.saturating_add(1);

@@ -4,8 +4,10 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use base64::Engine as _;
+use headers::authorization::Basic;
+use headers::{Authorization, HeaderMapExt as _};
 use http::{HeaderMap, HeaderName};
+use ipnet::{IpNet, Ipv4Net};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -39,7 +41,7 @@ pub struct RawWebhookAuth {
 pub struct WebhookAuth {
     secret: Option<(HeaderName, SecretString)>,
     basic: Option<(SecretString, SecretString)>,
-    allow: Vec<(IpAddr, u8)>,
+    allow: Vec<IpNet>,
 }
 
 /// Validate a webhook table; `key` is its dotted path, e.g. `flows.incode.webhook`.
@@ -102,34 +104,28 @@ pub(crate) fn validate(
     })
 }
 
-fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
-        None => (s.parse::<IpAddr>().ok()?, None),
-    };
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = len.unwrap_or(max);
-    (len <= max).then_some((addr.to_canonical(), len))
+/// An address or CIDR block; an IPv4-mapped IPv6 block is taken as the IPv4 block it maps, as peers are.
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    let net = s
+        .parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .ok()?;
+    Some(match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => n.addr().to_ipv4_mapped().map_or(net, |a| {
+            Ipv4Net::new(a, n.prefix_len() - 96).map_or(net, IpNet::V4)
+        }),
+        _ => net,
+    })
 }
 
-fn in_block(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
-    match (ip.to_canonical(), net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
+fn in_block(ip: IpAddr, net: &IpNet) -> bool {
+    net.contains(&ip.to_canonical())
 }
 
 impl WebhookAuth {
     /// Admit or refuse one webhook delivery from `peer` with `headers`.
     pub fn check(&self, headers: &HeaderMap, peer: IpAddr) -> Result<(), FlowError> {
-        if !self.allow.is_empty() && !self.allow.iter().any(|b| in_block(peer, *b)) {
+        if !self.allow.is_empty() && !self.allow.iter().any(|b| in_block(peer, b)) {
             return Err(FlowError::SourceNotAllowed);
         }
         if self.secret.is_none() && self.basic.is_none() {
@@ -141,10 +137,13 @@ impl WebhookAuth {
                 .is_some_and(|got| constant_time_eq(want, got.as_bytes()))
         });
         let basic_ok = self.basic.as_ref().is_some_and(|(user, pass)| {
-            basic_credentials(headers).is_some_and(|(u, p)| {
-                // Both halves are compared in full (`&`, not `&&`) so timing does not reveal which one failed.
-                constant_time_eq(user, u.as_bytes()) & constant_time_eq(pass, p.as_bytes())
-            })
+            headers
+                .typed_get::<Authorization<Basic>>()
+                .is_some_and(|Authorization(b)| {
+                    // Both halves are compared in full (`&`, not `&&`) so timing does not reveal which one failed.
+                    constant_time_eq(user, b.username().as_bytes())
+                        & constant_time_eq(pass, b.password().as_bytes())
+                })
         });
         if secret_ok || basic_ok {
             Ok(())
@@ -156,20 +155,6 @@ impl WebhookAuth {
     }
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, b64) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some((u.to_owned(), p.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,19 +162,30 @@ mod tests {
     #[test]
     fn cidr_blocks_match_on_prefix() {
         let b = parse_cidr("10.1.0.0/16").expect("cidr");
-        assert!(in_block("10.1.200.3".parse().expect("ip"), b));
-        assert!(!in_block("10.2.0.1".parse().expect("ip"), b));
+        assert!(in_block("10.1.200.3".parse().expect("ip"), &b));
+        assert!(!in_block("10.2.0.1".parse().expect("ip"), &b));
         let one = parse_cidr("127.0.0.1").expect("ip");
-        assert!(in_block("::ffff:127.0.0.1".parse().expect("ip"), one));
+        assert!(in_block("::ffff:127.0.0.1".parse().expect("ip"), &one));
         assert!(in_block(
             "2001:db8::1".parse().expect("ip"),
-            parse_cidr("2001:db8::/32").expect("cidr")
+            &parse_cidr("2001:db8::/32").expect("cidr")
         ));
         assert!(in_block(
             "8.8.8.8".parse().expect("ip"),
-            parse_cidr("0.0.0.0/0").expect("cidr")
+            &parse_cidr("0.0.0.0/0").expect("cidr")
         ));
         assert!(parse_cidr("10.0.0.0/33").is_none());
         assert!(parse_cidr("nope").is_none());
+    }
+
+    #[test]
+    fn an_ipv4_mapped_entry_allows_only_the_address_it_maps() {
+        let mapped = parse_cidr("::ffff:10.0.0.1").expect("ip");
+        assert!(in_block("10.0.0.1".parse().expect("ip"), &mapped));
+        assert!(in_block("::ffff:10.0.0.1".parse().expect("ip"), &mapped));
+        assert!(!in_block("10.0.0.2".parse().expect("ip"), &mapped));
+        let block = parse_cidr("::ffff:10.0.0.0/120").expect("cidr");
+        assert!(in_block("10.0.0.200".parse().expect("ip"), &block));
+        assert!(!in_block("10.0.1.1".parse().expect("ip"), &block));
     }
 }

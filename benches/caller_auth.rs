@@ -107,7 +107,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn token(c: &Case) -> String {
-    let now = credgate::caller_auth::now_secs();
+    let now = credgate::unix_time::now_secs();
     let header = json!({"alg": c.alg, "typ": "JWT", "kid": format!("k-{}", c.alg)});
     let claims = json!({"iss": ISS, "aud": AUD, "sub": "svc-a", "scope": "read payments", "azp": "billing",
         "iat": now, "exp": now + 3600, "jti": "0f8e7d6c5b4a"});

@@ -11,8 +11,9 @@
 //!
 //! Layers only point down. The leaves: [`config`] (the shared kit: errors naming the key, durations, secret
 //! references, PEM reading, listener and upstream sections), [`problem`], [`conn`], [`body`], [`metrics`],
-//! [`timer`]. Each domain module owns its config section and validation (`caller_auth::config`,
-//! `credentials::config`, `routes::config`, the flows' sections); [`gateway::config`] is the root TOML schema that
+//! [`timer`], and the shared mechanisms [`unix_time`], [`jwt_payload`] (JWT segments, unverified claims) and
+//! [`refresh`] (single flight, backoff). Each domain module owns its config section and validation
+//! (`caller_auth::config`, `credentials::config`, `routes::config`, the flows' sections); [`gateway::config`] is the root TOML schema that
 //! assembles them, and [`gateway::Gateway`] is built once from it and owns every shared part (the control-plane
 //! [`http_client`], credentials, routes, metrics; each upstream keeps its own connections in [`proxy`]). Vendor flows
 //! ([`flows`]) are users of that core, mounted on routes like any other handler; the core never names a vendor.
@@ -37,11 +38,14 @@ pub mod dev_certs;
 pub mod flows;
 pub mod gateway;
 pub mod http_client;
+pub mod jwt_payload;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;
 pub mod proxy;
+pub mod refresh;
 pub mod routes;
 pub mod server;
 pub mod timer;
 pub mod tls;
+pub mod unix_time;

@@ -335,7 +335,6 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
-    use crate::config::Ctx;
     use token_cache::{FetchedToken, TokenError};
 
     /// Hands out `t1`, `t2`, ... valid for an hour.
@@ -358,24 +357,10 @@ mod tests {
     }
 
     fn token_credential() -> TokenCredential {
-        let raw: config::RawCredential = toml::from_str(
-            r#"
-kind = "oauth2_client_credentials"
-allowed_hosts = ["api.example"]
-token_url = "http://127.0.0.1:9/token"
-client_id = "id"
-client_secret = "secret"
-"#,
-        )
-        .expect("toml");
-        let Ok(CredentialConfig::OAuth2(o)) = config::validate(&Ctx::new("<test>"), "v", raw)
-        else {
-            panic!("oauth2 credential");
-        };
         TokenCredential::new(
             "v",
             Box::new(Counting::default()),
-            o.token,
+            token_cache::tests::settings(),
             Arc::new(Metrics::default()),
         )
     }

@@ -486,7 +486,7 @@ pub fn earliest(now: Instant, lifetimes: &[Option<Duration>]) -> Option<Instant>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::UNIX_EPOCH;
 
     use base64::Engine as _;
@@ -508,7 +508,8 @@ mod tests {
         }
     }
 
-    fn cache() -> Arc<TokenCache> {
+    /// The token settings of a minimal OAuth2 credential, for tests that build a cache.
+    pub(crate) fn settings() -> TokenSettings {
         let raw: RawCredential = toml::from_str(
             r#"
 kind = "oauth2_client_credentials"
@@ -520,13 +521,17 @@ client_secret = "secret"
         )
         .expect("toml");
         let cfg = config::validate(&Ctx::new("<test>"), "v", raw).expect("config");
-        let CredentialConfig::OAuth2(o) = &cfg else {
+        let CredentialConfig::OAuth2(o) = cfg else {
             panic!("oauth2 credential");
         };
+        o.token
+    }
+
+    fn cache() -> Arc<TokenCache> {
         TokenCache::new(
             "v",
             Box::new(Unused),
-            o.token.clone(),
+            settings(),
             Arc::new(Metrics::default()),
         )
     }

@@ -15,7 +15,6 @@ pub(crate) mod verified;
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
@@ -26,18 +25,12 @@ use prometheus_client::metrics::family::Family;
 use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
+use crate::unix_time::now_secs;
 use config::IssuerConfig;
 pub(crate) use config::RouteAuthConfig;
 use jwks::{Issuer, Refetch};
 use keys::{Alg, Lookup};
 use verified::{Verified, VerifiedCache};
-
-/// Seconds since the Unix epoch, now.
-pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// A route's caller policy, compiled from config.
 #[derive(Debug, Clone)]

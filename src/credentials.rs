@@ -1,5 +1,6 @@
 //! Upstream credentials: what the gateway attaches to a forwarded request. Each kind implements [`Credential`]; the
-//! pipeline only asks for the current [`Attachment`] and reports upstream rejections. Kinds: `static` (fixed headers),
+//! pipeline only asks for the current [`Attachment`] and reports upstream rejections, through
+//! [`replay_on_rejection`], the one renewal mechanism the request path and the flows share. Kinds: `static` (fixed headers),
 //! `oauth2_client_credentials` ([`oauth2`]) and `login` ([`login`]), the last two behind a [`token_cache`]. Values
 //! are secret: they are marked sensitive in headers and never logged; logs name the credential only.
 
@@ -76,10 +77,10 @@ pub trait Credential: Send + Sync + fmt::Debug {
         None
     }
 
-    /// The upstream rejected `used` (e.g. 401). Returns true when a retry with a fresh attachment may succeed.
-    fn rejected(&self, used: &Attachment) -> bool {
+    /// The upstream rejected `used` (e.g. 401): drop it, so that the next attachment is a fresh one. Fixed kinds
+    /// have nothing to drop.
+    fn drop_rejected(&self, used: &Attachment) {
         let _ = used;
-        false
     }
 
     /// How an upstream answer rejecting this credential looks, for kinds that can renew it; `None` for fixed ones,
@@ -126,13 +127,47 @@ impl Credential for TokenCredential {
         self.cache.ready()
     }
 
-    fn rejected(&self, used: &Attachment) -> bool {
-        self.cache.rejected(used)
+    fn drop_rejected(&self, used: &Attachment) {
+        self.cache.drop_rejected(used);
     }
 
     fn reject_policy(&self) -> Option<&RejectPolicy> {
         Some(&self.reject)
     }
+}
+
+/// Renewal on rejection: `first` answers a request that carried `used`. When the credential can be renewed and
+/// `rejects` confirms that the answer rejects it, the attachment is dropped (so later requests get a fresh one too)
+/// and, when the request can be `replay`ed and a fresh attachment is at hand, it is sent once more with that one.
+/// Otherwise `first` is the answer.
+pub(crate) async fn replay_on_rejection<T, E, Check, Sent>(
+    cred: &dyn Credential,
+    used: &Attachment,
+    first: T,
+    rejects: impl FnOnce(T) -> Check,
+    replay: Option<impl FnOnce(Attachment) -> Sent>,
+) -> Result<T, E>
+where
+    Check: Future<Output = (bool, T)>,
+    Sent: Future<Output = Result<T, E>>,
+{
+    if cred.reject_policy().is_none() {
+        return Ok(first);
+    }
+    let (rejected, first) = rejects(first).await;
+    if !rejected {
+        return Ok(first);
+    }
+    // Dropped even when the request cannot be replayed: later requests then get a fresh token.
+    cred.drop_rejected(used);
+    let Some(replay) = replay else {
+        return Ok(first);
+    };
+    let Ok(fresh) = cred.attach().await else {
+        return Ok(first);
+    };
+    drop(first);
+    replay(fresh).await
 }
 
 /// Largest upstream error body read to look for a rejection marker.
@@ -292,5 +327,91 @@ impl Credentials {
     /// The credential named `name`.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Credential>> {
         self.by_name.get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    use secrecy::SecretString;
+
+    use super::*;
+    use token_cache::{FetchedToken, TokenError};
+
+    /// Hands out `t1`, `t2`, ... valid for an hour.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicU32);
+
+    impl TokenSource for Counting {
+        fn fetch<'a>(
+            &'a self,
+            _: Option<&'a SecretString>,
+        ) -> BoxFuture<'a, Result<FetchedToken, TokenError>> {
+            let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+            futures_util::future::ready(Ok(FetchedToken {
+                token: SecretString::from(format!("t{n}")),
+                expires_at: Instant::now() + Duration::from_secs(3600),
+                refresh_token: None,
+            }))
+            .boxed()
+        }
+    }
+
+    fn token_credential() -> TokenCredential {
+        TokenCredential::new(
+            "v",
+            Box::new(Counting::default()),
+            token_cache::tests::settings(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    /// Replays by answering with the generation of the attachment it was given.
+    async fn replay_answer(cred: &dyn Credential, rejected: bool) -> (u64, u64) {
+        let used = cred.attach().await.expect("token");
+        let answer = replay_on_rejection(
+            cred,
+            &used,
+            used.generation,
+            |first| async move { (rejected, first) },
+            Some(|fresh: Attachment| async move { Ok::<_, ()>(fresh.generation) }),
+        )
+        .await
+        .expect("answer");
+        (used.generation, answer)
+    }
+
+    #[tokio::test]
+    async fn a_rejection_drops_the_token_and_replays_once_with_a_fresh_one() {
+        let cred = token_credential();
+        let (used, answer) = replay_answer(&cred, true).await;
+        assert_eq!((used, answer), (1, 2), "replayed with the fresh token");
+        let (used, answer) = replay_answer(&cred, false).await;
+        assert_eq!(
+            (used, answer),
+            (2, 2),
+            "no rejection: the first answer, token kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fixed_credential_is_never_replayed() {
+        let cred = StaticCredential::new(&StaticConfig {
+            allowed_hosts: Vec::new(),
+            headers: Vec::new(),
+        })
+        .expect("static");
+        let used = cred.attach().await.expect("headers");
+        let answer = replay_on_rejection(
+            &cred,
+            &used,
+            "first",
+            |first| async move { (true, first) },
+            Some(|_: Attachment| async { Ok::<_, ()>("replayed") }),
+        )
+        .await;
+        assert_eq!(answer, Ok("first"));
     }
 }

@@ -11,8 +11,9 @@
 //!
 //! Layers only point down. The leaves: [`config`] (the shared kit: errors naming the key, durations, secret
 //! references, PEM reading, listener and upstream sections), [`problem`], [`conn`], [`body`], [`metrics`],
-//! [`timer`]. Each domain module owns its config section and validation (`caller_auth::config`,
-//! `credentials::config`, `routes::config`, the flows' sections); [`gateway::config`] is the root TOML schema that
+//! [`timer`], and the shared mechanisms [`unix_time`], [`jwt_payload`] (JWT segments, unverified claims) and
+//! [`refresh`] (single flight, backoff). Each domain module owns its config section and validation
+//! (`caller_auth::config`, `credentials::config`, `routes::config`, the flows' sections); [`gateway::config`] is the root TOML schema that
 //! assembles them, and [`gateway::Gateway`] is built once from it and owns every shared part (the control-plane
 //! [`http_client`], credentials, routes, metrics; each upstream keeps its own connections in [`proxy`]). Vendor flows
 //! ([`flows`]) are users of that core, mounted on routes like any other handler; the core never names a vendor.
@@ -37,14 +38,17 @@ pub mod dev_certs;
 pub(crate) mod flows;
 pub mod gateway;
 pub(crate) mod http_client;
+pub(crate) mod jwt_payload;
 pub(crate) mod metrics;
 pub(crate) mod path;
 pub mod pipeline;
 pub mod problem;
 pub(crate) mod proxy;
+pub(crate) mod refresh;
 pub(crate) mod routes;
 pub mod server;
 #[doc(hidden)]
 pub mod testing;
 pub(crate) mod timer;
 pub(crate) mod tls;
+pub(crate) mod unix_time;

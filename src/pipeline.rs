@@ -274,30 +274,31 @@ async fn after_rejection(
         out,
         conn,
     } = r;
-    let (rejected, rsp) = credentials::is_rejection(policy, rsp).await;
-    // `rejected()` runs even when the request cannot be replayed: later requests then get a fresh token.
-    if !rejected || !cred.rejected(used) {
-        return Ok(rsp);
-    }
-    let Some(replay) = replay else {
-        return Ok(rsp);
-    };
-    let Ok(fresh) = cred.attach().await else {
-        return Ok(rsp);
-    };
-    drop(rsp);
-    // Resolved here, not per route at build time: replays are rare (an upstream rejection each).
-    gw.metrics.route_retries(&route.name).inc();
-    let out = Outgoing {
-        attachment: Some(&fresh),
-        ..out
-    };
-    Ok(proxy::forward(
-        up,
-        replay.into_request(up, &out, conn),
-        route.max_body_bytes,
+    let replay = replay.map(|replay| {
+        move |fresh: Attachment| async move {
+            // Resolved here, not per route at build time: replays are rare (an upstream rejection each).
+            gw.metrics.route_retries(&route.name).inc();
+            let out = Outgoing {
+                attachment: Some(&fresh),
+                ..out
+            };
+            let rsp = proxy::forward(
+                up,
+                replay.into_request(up, &out, conn),
+                route.max_body_bytes,
+            )
+            .await?;
+            Ok::<_, Error>(rsp)
+        }
+    });
+    credentials::replay_on_rejection(
+        cred,
+        used,
+        rsp,
+        |rsp| credentials::is_rejection(policy, rsp),
+        replay,
     )
-    .await?)
+    .await
 }
 
 /// What a replay starts from: the caller's request once stripped, without the headers the gateway sets anyway (so

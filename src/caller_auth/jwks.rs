@@ -1,8 +1,8 @@
 //! One issuer at run time: its key set (published by [`ArcSwap`], read lock-free on the request path), and the JWKS
 //! fetching that feeds it — at startup, on a refresh schedule honouring `Cache-Control: max-age` within bounds, and on
 //! an unknown `kid` (single flight, at most one per interval, unknown kids remembered). A failed fetch keeps the last
-//! good keys until `max_staleness`. Requests never wait on a lock: a fetch runs in its own task and waiters watch a
-//! channel.
+//! good keys until `max_staleness`, and is retried with [`Backoff`]. Requests never wait on a lock: a fetch runs in
+//! its own task ([`Flight`]) and waiters await its landing.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -12,17 +12,17 @@ use headers::{CacheControl, HeaderMapExt as _};
 use http::header::ACCEPT;
 use http::{HeaderValue, Request, StatusCode};
 use jsonwebtoken::jwk::JwkSet;
-use tokio::sync::watch;
 
 use super::config::{IssuerConfig, JwksConfig};
 use super::keys::{self, KeySet};
 use crate::body;
 use crate::http_client::{self, FetchError, HttpClient};
 use crate::metrics::{IssuerCounters, Metrics};
+use crate::refresh::{Backoff, Flight, Landing};
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
-/// First retry delay after a failed fetch; doubles up to [`MAX_BACKOFF`].
+/// First retry delay after a failed fetch; doubles up to [`MAX_BACKOFF`] (or the refresh interval, when shorter).
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -46,9 +46,12 @@ pub(crate) enum JwksError {
     Request,
 }
 
+/// What a fetch hands its waiters: the response's `max-age`, or the error text.
+type FetchResult = Result<Option<Duration>, String>;
+
 #[derive(Debug, Default)]
-struct Flight {
-    in_flight: bool,
+struct Fetches {
+    flight: Flight<FetchResult>,
     last_unknown_kid_fetch: Option<Instant>,
 }
 
@@ -56,7 +59,6 @@ struct Flight {
 struct Status {
     last_ok: Option<Instant>,
     last_error: Option<String>,
-    last_max_age: Option<Duration>,
 }
 
 /// An issuer's config and live key set.
@@ -73,8 +75,7 @@ struct Fetcher {
     cfg: JwksConfig,
     http: HttpClient,
     counters: IssuerCounters,
-    flight: Mutex<Flight>,
-    done: watch::Sender<u64>,
+    fetches: Mutex<Fetches>,
     status: Mutex<Status>,
     unknown_kids: moka::sync::Cache<Box<str>, ()>,
 }
@@ -100,8 +101,7 @@ impl Issuer {
             cfg: j,
             http: http.clone(),
             counters: metrics.issuer(&cfg.name),
-            flight: Mutex::default(),
-            done: watch::channel(0).0,
+            fetches: Mutex::default(),
             status: Mutex::default(),
         });
         Self { cfg, keys, fetcher }
@@ -144,13 +144,12 @@ impl Issuer {
         {
             return Refetch::Skipped;
         }
-        let Some(mut rx) = self.join_or_start(true) else {
+        let Some(landing) = self.join_or_start(true) else {
             return Refetch::Skipped;
         };
-        let waited =
-            tokio::time::timeout(f.cfg.fetch_timeout + Duration::from_secs(1), rx.changed())
-                .await
-                .is_ok();
+        let waited = tokio::time::timeout(f.cfg.fetch_timeout + Duration::from_secs(1), landing)
+            .await
+            .is_ok();
         if !waited {
             return Refetch::Skipped;
         }
@@ -164,60 +163,58 @@ impl Issuer {
         }
     }
 
-    /// Subscribe to the fetch in flight, or start one. `None` when `rate_limited` and the interval has not passed.
-    fn join_or_start(self: &Arc<Self>, rate_limited: bool) -> Option<watch::Receiver<u64>> {
+    /// Join the fetch in flight, or start one. `None` when `rate_limited` and the interval has not passed.
+    fn join_or_start(self: &Arc<Self>, rate_limited: bool) -> Option<Landing<FetchResult>> {
         let f = self.fetcher.as_ref()?;
-        let mut flight = f.flight.lock().ok()?;
-        if flight.in_flight {
-            return Some(f.done.subscribe());
+        let mut fetches = f.fetches.lock().ok()?;
+        if let Some(landing) = fetches.flight.in_flight() {
+            return Some(landing);
         }
         if rate_limited {
             let now = Instant::now();
-            if flight
+            if fetches
                 .last_unknown_kid_fetch
                 .is_some_and(|t| now.duration_since(t) < f.cfg.unknown_kid_refetch_interval)
             {
                 return None;
             }
-            flight.last_unknown_kid_fetch = Some(now);
+            fetches.last_unknown_kid_fetch = Some(now);
         }
-        flight.in_flight = true;
-        // Subscribed under the same lock the fetch task takes to report, so the completion cannot be missed.
-        let rx = f.done.subscribe();
         let me = self.clone();
-        tokio::spawn(async move {
+        Some(fetches.flight.join_or_start(async move {
             let result = me.fetch_and_publish().await;
-            me.finish(result);
-        });
-        Some(rx)
+            me.finish(result)
+        }))
     }
 
-    fn finish(&self, result: Result<Option<Duration>, JwksError>) {
-        let Some(f) = &self.fetcher else { return };
+    fn finish(&self, result: Result<Option<Duration>, JwksError>) -> FetchResult {
+        let result = result.map_err(|e| e.to_string());
+        let Some(f) = &self.fetcher else {
+            return result;
+        };
         let name = self.cfg.name.as_str();
         match &result {
             Ok(_) => {
                 f.counters.fetched.inc();
             }
             Err(e) => {
-                tracing::warn!(issuer = name, url = %f.cfg.url, error = %e, "JWKS fetch failed; keeping the last good keys");
+                tracing::warn!(issuer = name, url = %f.cfg.url, error = e, "JWKS fetch failed; keeping the last good keys");
                 f.counters.failed.inc();
             }
         }
         if let Ok(mut st) = f.status.lock() {
-            match result {
-                Ok(max_age) => {
+            match &result {
+                Ok(_) => {
                     st.last_ok = Some(Instant::now());
                     st.last_error = None;
-                    st.last_max_age = max_age;
                 }
-                Err(e) => st.last_error = Some(e.to_string()),
+                Err(e) => st.last_error = Some(e.clone()),
             }
         }
-        if let Ok(mut flight) = f.flight.lock() {
-            flight.in_flight = false;
-            f.done.send_modify(|n| *n = n.wrapping_add(1));
+        if let Ok(mut fetches) = f.fetches.lock() {
+            fetches.flight.land();
         }
+        result
     }
 
     async fn fetch_and_publish(&self) -> Result<Option<Duration>, JwksError> {
@@ -253,22 +250,16 @@ impl Issuer {
     }
 
     /// Fetch now (joining a fetch in flight) and wait for the outcome.
-    async fn fetch_now(self: &Arc<Self>) -> Result<Option<Duration>, String> {
+    async fn fetch_now(self: &Arc<Self>) -> FetchResult {
         let Some(f) = &self.fetcher else {
             return Ok(None);
         };
-        let Some(mut rx) = self.join_or_start(false) else {
+        let Some(landing) = self.join_or_start(false) else {
             return Err("fetch state poisoned".into());
         };
-        let waited =
-            tokio::time::timeout(f.cfg.fetch_timeout + Duration::from_secs(1), rx.changed()).await;
-        if waited.is_err() {
-            return Err("fetch did not finish".into());
-        }
-        let st = f.status.lock().map_err(|_| "status poisoned".to_owned())?;
-        match &st.last_error {
-            Some(e) => Err(e.clone()),
-            None => Ok(st.last_max_age),
+        match tokio::time::timeout(f.cfg.fetch_timeout + Duration::from_secs(1), landing).await {
+            Ok(Some(result)) => result,
+            Ok(None) | Err(_) => Err("fetch did not finish".into()),
         }
     }
 
@@ -295,7 +286,11 @@ impl Issuer {
         let cfg = f.cfg.clone();
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut backoff = FIRST_BACKOFF;
+            let backoff = Backoff {
+                first: FIRST_BACKOFF,
+                max: MAX_BACKOFF.min(cfg.refresh_interval),
+            };
+            let mut failures = 0u32;
             let mut next = if fetched {
                 Some(cfg.refresh_interval)
             } else {
@@ -308,14 +303,13 @@ impl Issuer {
                 let Some(me) = weak.upgrade() else { return };
                 let wait = match me.fetch_now().await {
                     Ok(age) => {
-                        backoff = FIRST_BACKOFF;
+                        failures = 0;
                         age.unwrap_or(cfg.refresh_interval)
                             .clamp(cfg.min_refresh_interval, cfg.max_refresh_interval)
                     }
                     Err(_) => {
-                        let w = backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF).min(cfg.refresh_interval);
-                        w
+                        failures = failures.saturating_add(1);
+                        backoff.delay(failures)
                     }
                 };
                 me.expire_stale(cfg.max_staleness);

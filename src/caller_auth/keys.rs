@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents, VerificationAlgorithm};
-use base64::Engine as _;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
@@ -326,9 +325,7 @@ fn trim_zeros(b: &[u8]) -> &[u8] {
 
 /// base64url, padded or not (IdPs differ).
 fn b64(s: &str) -> Result<Vec<u8>, KeyError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .map_err(|_| KeyError::Malformed)
+    crate::jwt_payload::decode_padded_or_not(s).ok_or(KeyError::Malformed)
 }
 
 /// Keys of a JWKS that were not taken, by kid, with the reason.

@@ -4,13 +4,12 @@
 
 use std::borrow::Cow;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::AuthError;
 use super::keys::Alg;
+use crate::jwt_payload;
 
 /// Longest accepted token, in bytes.
 pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -66,16 +65,13 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::TooLarge);
     }
-    let mut it = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (it.next(), it.next(), it.next(), it.next()) else {
-        return Err(AuthError::Malformed("not three dot-separated segments"));
-    };
+    let (h, p, s) = jwt_payload::segments(token)
+        .ok_or(AuthError::Malformed("not three dot-separated segments"))?;
     if h.len() > MAX_HEADER_BYTES {
         return Err(AuthError::TooLarge);
     }
-    let header_json = URL_SAFE_NO_PAD
-        .decode(h)
-        .map_err(|_| AuthError::Malformed("header is not base64url"))?;
+    let header_json =
+        jwt_payload::decode(h).ok_or(AuthError::Malformed("header is not base64url"))?;
     let header: Header<'_> = serde_json::from_slice(&header_json)
         .map_err(|_| AuthError::Malformed("header is not a JSON object"))?;
     let alg = match header.alg.as_deref() {
@@ -88,12 +84,9 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, AuthError> {
     if s.is_empty() {
         return Err(AuthError::Malformed("signature is empty"));
     }
-    let signature = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
-    let payload = URL_SAFE_NO_PAD
-        .decode(p)
-        .map_err(|_| AuthError::Malformed("payload is not base64url"))?;
+    let signature =
+        jwt_payload::decode(s).ok_or(AuthError::Malformed("signature is not base64url"))?;
+    let payload = jwt_payload::decode(p).ok_or(AuthError::Malformed("payload is not base64url"))?;
     let all: Map<String, Value> = serde_json::from_slice(&payload)
         .map_err(|_| AuthError::Malformed("payload is not a JSON object"))?;
     let claims = Claims::from_map(all)?;

@@ -92,7 +92,7 @@ impl moka::Expiry<TokenKey, Arc<Verified>> for UntilExp {
         value: &Arc<Verified>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let left = value.exp.saturating_sub(super::now_secs());
+        let left = value.exp.saturating_sub(crate::unix_time::now_secs());
         Some(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
     }
 }

@@ -57,15 +57,8 @@ impl LoginSource {
         if !rsp.status.is_success() {
             return Err(TokenError::Status(rsp.status));
         }
-        let doc: serde_json::Value =
-            serde_json::from_slice(&rsp.body).map_err(|_| TokenError::Garbage {
-                status,
-                what: match rsp.body.iter().find(|b| !b.is_ascii_whitespace()) {
-                    Some(b'<') => "an HTML or XML page, not JSON".into(),
-                    Some(_) => "not JSON".into(),
-                    None => "an empty body".into(),
-                },
-            })?;
+        let doc: serde_json::Value = serde_json::from_slice(&rsp.body)
+            .map_err(|_| TokenError::not_a_token_answer(status, &rsp.body, None))?;
         let token = doc
             .pointer(&self.cfg.token_pointer)
             .and_then(serde_json::Value::as_str)

@@ -3,7 +3,7 @@
 //! `expires_in` that is a Unix time or a duration string, and renewal through the `refresh_token` grant.
 
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::{BoxFuture, FutureExt};
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -19,6 +19,7 @@ use super::config::{ClientAuthMethod, ExpiresInMode, OAuth2Config, RequestFormat
 use super::token_cache::{FetchedToken, TokenError, TokenSource, earliest, jwt_remaining, later};
 use crate::body;
 use crate::http_client::{self, FetchError, HttpClient};
+use crate::unix_time;
 
 /// Largest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -233,8 +234,7 @@ pub(crate) fn expires_in(
         ExpiresInMode::Auto => number >= 1e9,
     };
     if absolute {
-        let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-        Duration::try_from_secs_f64((number - now).max(0.0)).ok()
+        unix_time::until(number, now)
     } else {
         Duration::try_from_secs_f64(number).ok()
     }
@@ -259,16 +259,7 @@ fn token_error(e: RequestTokenError<FetchError, BasicErrorResponse>, status: u16
             http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
         ),
         RequestTokenError::Parse(err, body) => {
-            let shape = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-                Some(b'<') => "an HTML or XML page, not JSON".to_owned(),
-                Some(b'{') => format!("a JSON object without a usable token (at `{}`)", err.path()),
-                Some(_) => "not JSON".to_owned(),
-                None => "an empty body".to_owned(),
-            };
-            TokenError::Garbage {
-                status,
-                what: shape,
-            }
+            TokenError::not_a_token_answer(status, &body, Some(&err.path().to_string()))
         }
         RequestTokenError::Other(msg) => TokenError::Garbage { status, what: msg },
     }
@@ -329,6 +320,8 @@ impl<'c> AsyncHttpClient<'c> for Adapter {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use serde_json::json;
 

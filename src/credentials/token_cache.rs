@@ -1,15 +1,14 @@
 //! The token cache behind the token-based credential kinds: a moka entry per credential that expires with its token,
-//! one in-flight fetch at a time (single flight), refresh ahead of expiry on a timer, exponential backoff with jitter
+//! one in-flight fetch at a time ([`Flight`]), refresh ahead of expiry on a timer, exponential [`Backoff`] with jitter
 //! on failure, and generation-checked invalidation when an upstream rejects a token. It never logs a token or secret;
 //! log lines name the credential.
 
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine as _;
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::{BoxFuture, FutureExt};
 use http::HeaderValue;
 use rand::Rng as _;
 use secrecy::{ExposeSecret, SecretString};
@@ -18,7 +17,10 @@ use super::config::TokenSettings;
 use super::{Attachment, CredentialError, sensitive_value};
 use crate::config::secret::constant_time_eq;
 use crate::http_client::FetchError;
+use crate::jwt_payload;
 use crate::metrics::{CredentialCounters, Metrics};
+use crate::refresh::{Backoff, Flight, Landing};
+use crate::unix_time;
 
 /// A token as a token endpoint or login call handed it out.
 pub(crate) struct FetchedToken {
@@ -69,6 +71,20 @@ pub(crate) enum TokenError {
     BadHeaderValue,
 }
 
+impl TokenError {
+    /// A `status` answer whose `body` is not the JSON token answer wanted, described by its shape and never its
+    /// content. `object_error` says where a JSON object failed to be a token answer, when the parser knows.
+    pub(crate) fn not_a_token_answer(status: u16, body: &[u8], object_error: Option<&str>) -> Self {
+        let what = match (body.iter().find(|b| !b.is_ascii_whitespace()), object_error) {
+            (Some(b'<'), _) => "an HTML or XML page, not JSON".to_owned(),
+            (Some(b'{'), Some(at)) => format!("a JSON object without a usable token (at `{at}`)"),
+            (Some(_), _) => "not JSON".to_owned(),
+            (None, _) => "an empty body".to_owned(),
+        };
+        Self::Garbage { status, what }
+    }
+}
+
 /// Where tokens come from: one call to a token endpoint or login URL.
 pub(crate) trait TokenSource: Send + Sync + fmt::Debug {
     /// Obtain a token; `refresh` is the refresh token from the previous answer, when there was one.
@@ -89,11 +105,12 @@ pub(crate) struct Issued {
     usable_until: Instant,
 }
 
-type SharedFetch = Shared<BoxFuture<'static, Option<Arc<Issued>>>>;
+/// What a fetch hands its waiters: the token issued, or nothing when the fetch failed.
+type Fetch = Landing<Option<Arc<Issued>>>;
 
 #[derive(Default)]
 struct State {
-    inflight: Option<SharedFetch>,
+    flight: Flight<Option<Arc<Issued>>>,
     failures: u32,
     /// During backoff no request starts a fetch; requests without a valid token fail fast.
     retry_at: Option<Instant>,
@@ -213,8 +230,8 @@ impl TokenCache {
     async fn attach_slow(&self) -> Result<Attachment, CredentialError> {
         let fut = {
             let st = self.state();
-            match &st.inflight {
-                Some(f) => f.clone(),
+            match st.flight.in_flight() {
+                Some(f) => f,
                 None if st.retry_at.is_some_and(|t| Instant::now() < t) => {
                     return Err(self.unavailable());
                 }
@@ -225,15 +242,15 @@ impl TokenCache {
             }
         };
         self.counters.waits.inc();
-        match fut.await {
+        match fut.await.flatten() {
             Some(t) if Instant::now() < t.usable_until => Ok(t.attachment.clone()),
             _ => Err(self.unavailable()),
         }
     }
 
-    /// The upstream rejected `used`: drop it if it is still the current token (a newer one is kept). True when a
-    /// retry may get a different token.
-    pub(crate) fn rejected(&self, used: &Attachment) -> bool {
+    /// The upstream rejected `used`: drop it if it is still the current token (a newer one is kept), so that the next
+    /// attachment comes from a fresh fetch.
+    pub(crate) fn drop_rejected(&self, used: &Attachment) {
         let mut st = self.state();
         let current = st.current.as_ref().map(|c| c.attachment.generation);
         if current == Some(used.generation) {
@@ -243,22 +260,18 @@ impl TokenCache {
             // has a newer generation and is never dropped here.
             self.cache.invalidate_all();
         }
-        true
     }
 
     /// Join the in-flight fetch or start one; the fetch runs as its own task so a caller going away does not cancel it.
-    fn start_fetch(&self) -> SharedFetch {
+    fn start_fetch(&self) -> Fetch {
         let mut st = self.state();
-        if let Some(f) = &st.inflight {
-            return f.clone();
+        if let Some(f) = st.flight.in_flight() {
+            return f;
         }
         let Some(this) = self.weak.upgrade() else {
             return futures_util::future::ready(None).boxed().shared();
         };
-        let task = tokio::spawn(async move { this.run_fetch().await });
-        let fut = async move { task.await.ok().flatten() }.boxed().shared();
-        st.inflight = Some(fut.clone());
-        fut
+        st.flight.join_or_start(this.run_fetch())
     }
 
     async fn run_fetch(self: Arc<Self>) -> Option<Arc<Issued>> {
@@ -370,7 +383,7 @@ impl TokenCache {
         self.cache.insert((), issued.clone());
         self.counters.fetched.inc();
         let mut st = self.state();
-        st.inflight = None;
+        st.flight.land();
         let next = if near_expiry {
             // Valid, so it is served, but renewal is due already: retry after a backoff, not in a tight loop.
             st.failures = st.failures.saturating_add(1);
@@ -391,7 +404,7 @@ impl TokenCache {
     fn fail(&self, e: &TokenError) {
         self.counters.failed.inc();
         let mut st = self.state();
-        st.inflight = None;
+        st.flight.land();
         st.failures = st.failures.saturating_add(1);
         let delay = self.backoff(st.failures);
         let valid = st
@@ -406,13 +419,11 @@ impl TokenCache {
 
     /// Exponential backoff from `backoff_min` to `backoff_max`, with jitter over the upper half.
     fn backoff(&self, failures: u32) -> Duration {
-        let exp = failures.saturating_sub(1).min(20);
-        let base = self
-            .settings
-            .backoff_min
-            .saturating_mul(1 << exp)
-            .min(self.settings.backoff_max);
-        base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+        Backoff {
+            first: self.settings.backoff_min,
+            max: self.settings.backoff_max,
+        }
+        .jittered(failures)
     }
 
     /// Fetch in the background at `at`, unless a newer timer replaces this one. The timer holds a weak reference:
@@ -437,18 +448,10 @@ impl TokenCache {
 /// Seconds from `now` until the `exp` claim of `token` when it is a JWT, read without verifying: the token is ours to
 /// send, not a caller's to trust, and its signature key is the vendor's.
 pub(crate) fn jwt_remaining(token: &str, now: SystemTime) -> Option<Duration> {
-    let mut parts = token.split('.');
-    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp")?.as_f64()?;
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    Duration::try_from_secs_f64((exp - now).max(0.0)).ok()
+    let exp = jwt_payload::unverified_claims(token)?
+        .get("exp")?
+        .as_f64()?;
+    unix_time::until(exp, now)
 }
 
 /// Longest lifetime believed: a vendor's absurd value must not overflow the clock.
@@ -465,7 +468,11 @@ pub(crate) fn earliest(now: Instant, lifetimes: &[Option<Duration>]) -> Option<I
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use base64::Engine as _;
+
     use super::*;
     use crate::config::Ctx;
     use crate::credentials::config::{self, CredentialConfig, RawCredential};
@@ -483,7 +490,8 @@ mod tests {
         }
     }
 
-    fn cache() -> Arc<TokenCache> {
+    /// The token settings of a minimal OAuth2 credential, for tests that build a cache.
+    pub(crate) fn settings() -> TokenSettings {
         let raw: RawCredential = toml::from_str(
             r#"
 kind = "oauth2_client_credentials"
@@ -495,13 +503,17 @@ client_secret = "secret"
         )
         .expect("toml");
         let cfg = config::validate(&Ctx::new("<test>"), "v", raw).expect("config");
-        let CredentialConfig::OAuth2(o) = &cfg else {
+        let CredentialConfig::OAuth2(o) = cfg else {
             panic!("oauth2 credential");
         };
+        o.token
+    }
+
+    fn cache() -> Arc<TokenCache> {
         TokenCache::new(
             "v",
             Box::new(Unused),
-            o.token.clone(),
+            settings(),
             Arc::new(Metrics::default()),
         )
     }

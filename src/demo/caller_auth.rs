@@ -50,7 +50,7 @@ impl DevIssuer {
 }
 
 fn mint(key: &EncodingKey, sub: &str) -> Result<String, DevIssuerError> {
-    let now = crate::caller_auth::now_secs();
+    let now = crate::unix_time::now_secs();
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(KID.into());
     let claims = json!({

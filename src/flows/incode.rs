@@ -26,7 +26,7 @@ use super::webhook_auth::{self, RawWebhookAuth, WebhookAuth};
 use super::{FlowDeps, FlowError, FlowRequest, Handler, json_response, query_param, read_body};
 use crate::body::{self, Body};
 use crate::config::{ConfigError, Ctx, secret};
-use crate::credentials::{Credential, sensitive_value};
+use crate::credentials::{self, Attachment, Credential, sensitive_value};
 use crate::http_client::{Fetched, HttpClient};
 
 /// Name of the caller-facing flow.
@@ -501,7 +501,7 @@ impl Inner {
         relay(step, f)
     }
 
-    /// A call with the admin credential's headers; on 401 the credential is told and the call is made once more.
+    /// A call with the admin credential's headers; a 401 renews the credential and the call is made once more.
     async fn admin_call(
         &self,
         step: Step<'_>,
@@ -509,19 +509,21 @@ impl Inner {
         url: &str,
         body: Option<Bytes>,
     ) -> Result<Fetched, FlowError> {
-        let cred = self.admin.as_ref().ok_or(FlowError::NotFound)?;
-        let mut att = cred.attach().await?;
-        let mut retried = false;
-        loop {
-            let req = self.request(method.clone(), url, &att.headers, body.clone())?;
-            let f = vendor::send(&self.http, step, req, self.timeout).await?;
-            if f.status == StatusCode::UNAUTHORIZED && !retried && cred.rejected(&att) {
-                retried = true;
-                att = cred.attach().await?;
-                continue;
-            }
-            return Ok(f);
-        }
+        let cred = self.admin.as_deref().ok_or(FlowError::NotFound)?;
+        let send = async |att: &Attachment, body: Option<Bytes>| {
+            let req = self.request(method.clone(), url, &att.headers, body)?;
+            vendor::send(&self.http, step, req, self.timeout).await
+        };
+        let used = cred.attach().await?;
+        let first = send(&used, body.clone()).await?;
+        credentials::replay_on_rejection(
+            cred,
+            &used,
+            first,
+            |f: Fetched| async move { (f.status == StatusCode::UNAUTHORIZED, f) },
+            Some(async |fresh: Attachment| send(&fresh, body).await),
+        )
+        .await
     }
 
     /// Decide one delivery for approval, at most once per interview.

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::unix_time::now_secs;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &["CREATE TABLE incode_events (
@@ -113,13 +114,6 @@ pub(crate) struct TokenRecord {
     pub expires_at: i64,
     /// Hex SHA-256 of the token.
     pub token_sha256: String,
-}
-
-/// Unix seconds now.
-pub(crate) fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Store {

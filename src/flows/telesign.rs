@@ -19,12 +19,13 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::store::{Store, TokenRecord, now_secs};
+use super::store::{Store, TokenRecord};
 use super::{FlowError, FlowRequest, Handler, bytes_response, json_response, query_param};
 use crate::body::Body;
 use crate::caller_auth::Caller;
 use crate::config::{ConfigError, Ctx, secret};
 use crate::conn::ConnInfo;
+use crate::unix_time::now_secs;
 
 /// Name of the flow.
 pub(crate) const FLOW: &str = "telesign";

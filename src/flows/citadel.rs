@@ -239,12 +239,7 @@ impl Citadel {
                 });
             }
         };
-        if public_token.is_empty()
-            || public_token.len() > 256
-            || !public_token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
+        if !vendor::is_plain_id(public_token, 256, &[]) {
             return Err(FlowError::Invalid {
                 detail: "public token is not a token".into(),
             });

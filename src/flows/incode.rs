@@ -349,10 +349,7 @@ fn parse_event(body: &[u8]) -> Result<IncodeEvent, FlowError> {
 
 /// Ids are short and plain; anything else is refused before it reaches a log line, the database or a URL.
 fn is_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    vendor::is_plain_id(s, 128, b":")
 }
 
 struct Session {

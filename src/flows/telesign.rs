@@ -249,12 +249,7 @@ fn e164(raw: &str) -> Result<String, FlowError> {
 }
 
 fn check_xid(xid: &str) -> Result<(), FlowError> {
-    let ok = !xid.is_empty()
-        && xid.len() <= 128
-        && xid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if super::vendor::is_plain_id(xid, 128, &[]) {
         Ok(())
     } else {
         Err(FlowError::Invalid {

@@ -128,6 +128,16 @@ pub(crate) async fn send(
     }
 }
 
+/// Whether `s` is a plain identifier or token of at most `max` bytes: letters, digits, `-`, `_`, `.` and any of
+/// `extra`. Ids from callers and vendors are checked with it before they reach a log line, the database or a URL.
+pub(crate) fn is_plain_id(s: &str, max: usize, extra: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') || extra.contains(&b)
+        })
+}
+
 /// A 2xx answer's body as JSON; any other status or a non-JSON body is a vendor failure.
 pub(crate) fn json_ok(step: Step<'_>, fetched: &Fetched) -> Result<Value, FlowError> {
     if !fetched.status.is_success() {

@@ -315,6 +315,16 @@ pub fn validate_listener(
     })
 }
 
+/// Whether `host` (as a URL spells it, IPv6 in brackets or not) names this machine: plain `http://` is allowed there
+/// only, since anything else would carry secrets and tokens in clear over a network.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Split a base URL into the parts the proxy needs; `key` names it in errors.
 pub fn parse_base_url(
     ctx: &Ctx,

@@ -530,3 +530,33 @@ fn an_admin_listener_off_loopback_needs_an_explicit_allow() {
     let local = format!("{BASE}\n[admin]\naddress = \"[::1]:9090\"\n");
     Config::from_toml(&local, "<test>").expect("loopback needs no allow");
 }
+
+#[test]
+fn a_token_endpoint_in_plain_http_off_loopback_is_refused() {
+    let oauth2 = |url: &str| {
+        format!(
+            r#"[credentials.c]
+kind = "oauth2_client_credentials"
+allowed_hosts = ["api.example"]
+token_url = "{url}"
+client_id = "id"
+client_secret = "literal-secret"
+"#
+        )
+    };
+    assert_names(
+        &oauth2("http://idp.example/token"),
+        &["credentials.c.token_url", "plain http only on loopback"],
+    );
+    let login = r#"[credentials.c]
+kind = "login"
+allowed_hosts = ["api.example"]
+url = "http://vendor.example/login"
+body = '{"password": "literal-secret"}'
+headers = { "X-Token" = "{token}" }
+"#;
+    assert_names(login, &["credentials.c.url", "plain http only on loopback"]);
+    for local in ["http://127.0.0.1:9/token", "http://localhost:9/token", "http://[::1]:9/token"] {
+        Config::from_toml(&oauth2(local), "<test>").unwrap_or_else(|e| panic!("{local}: {e}"));
+    }
+}

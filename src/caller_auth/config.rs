@@ -191,7 +191,7 @@ fn jwks_config(ctx: &Ctx, i: usize, url: &str, r: &RawIssuer) -> Result<JwksConf
         .parse()
         .map_err(|e| ctx.invalid(k("jwks_url"), format!("bad URL {url:?}: {e}")))?;
     let host = uri.host().unwrap_or("");
-    let loopback = matches!(host, "127.0.0.1" | "[::1]" | "::1" | "localhost");
+    let loopback = crate::config::is_loopback_host(host);
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") if loopback => {}

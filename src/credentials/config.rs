@@ -403,6 +403,19 @@ fn oauth2_config(
                 format!("{:?} is not an http(s) URL", raw.token_url),
             )
         })?;
+    if token_url.scheme() == "http"
+        && !token_url
+            .host_str()
+            .is_some_and(crate::config::is_loopback_host)
+    {
+        return Err(ctx.invalid(
+            k("token_url"),
+            format!(
+                "{:?} must be https:// (plain http only on loopback): it carries the client secret",
+                raw.token_url
+            ),
+        ));
+    }
     let headers = raw.headers.unwrap_or_else(|| {
         BTreeMap::from([("Authorization".to_owned(), "Bearer {token}".to_owned())])
     });
@@ -489,6 +502,16 @@ fn login_config(
         .ok()
         .filter(|u: &Uri| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
         .ok_or_else(|| ctx.invalid(k("url"), format!("{:?} is not an http(s) URL", raw.url)))?;
+    if url.scheme_str() == Some("http") && !url.host().is_some_and(crate::config::is_loopback_host)
+    {
+        return Err(ctx.invalid(
+            k("url"),
+            format!(
+                "{:?} must be https:// (plain http only on loopback): it carries the login secret",
+                raw.url
+            ),
+        ));
+    }
     let token_pointer = raw.token_pointer.unwrap_or_else(|| "/token".to_owned());
     if !token_pointer.starts_with('/') {
         return Err(ctx.invalid(

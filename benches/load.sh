@@ -19,6 +19,7 @@
 #   hyper-based proxy can cost (NAME default hyper-floor).
 # PGO=1 (default): bench the profile-guided build from scripts/build-pgo.sh, the production build; it is rebuilt
 #   when a source is newer than it. PGO=0: a plain `cargo build --release`.
+# POOL=hyper_util, TIMER=tokio: the standard fallbacks for the upstream pool and the timer ([server] keys).
 # CREDGATE_BIN=path: bench that binary as is (no build), e.g. to compare two builds in one sitting.
 # CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead
 #   (CACHESIM=1 as well: and its L1 instruction and data cache misses per request).
@@ -121,6 +122,8 @@ name=${NAME:-$label$suffix}
 cat > "$work/config.toml" <<EOF
 [server]
 shutdown_grace = "2s"
+upstream_pool = "${POOL:-credgate}"
+timer = "${TIMER:-credgate}"
 
 [[listeners]]
 address = "127.0.0.1:$port"

@@ -27,7 +27,7 @@ use http_body_util::Full;
 use credgate::conn::ConnInfo;
 use credgate::gateway::Config;
 use credgate::gateway::Gateway;
-use credgate::testing::Timer;
+use credgate::testing::{Timer, TimerKind};
 use credgate::testing::{self as proxy, Outgoing};
 use credgate::testing::{Route, Target};
 
@@ -201,7 +201,8 @@ fn deadlines(c: &mut Criterion) {
     let _in_rt = rt.enter();
     let mut cx = Context::from_waker(Waker::noop());
     let timeout = Duration::from_secs(10);
-    let timer = Timer::new();
+    // The gateway's own timer, whatever the build's default: this row compares it with tokio's.
+    let timer = Timer::of_kind(TimerKind::Credgate);
     // A server's worth of idle connections, each with its own deadline armed.
     let mut ours: Vec<_> = (0..64).map(|_| timer.sleep(timeout)).collect();
     let mut theirs: Vec<_> = (0..64)

@@ -27,9 +27,9 @@ use http_body_util::Full;
 use credgate::conn::ConnInfo;
 use credgate::gateway::Config;
 use credgate::gateway::Gateway;
-use credgate::testing::{Timer, TimerKind};
 use credgate::testing::{self as proxy, Outgoing};
 use credgate::testing::{Route, Target};
+use credgate::testing::{Timer, TimerKind};
 
 /// 50 routes: 45 path-only prefixes of varying depth and 5 host-bound ones, each with a static credential.
 fn config() -> String {

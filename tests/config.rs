@@ -556,7 +556,11 @@ body = '{"password": "literal-secret"}'
 headers = { "X-Token" = "{token}" }
 "#;
     assert_names(login, &["credentials.c.url", "plain http only on loopback"]);
-    for local in ["http://127.0.0.1:9/token", "http://localhost:9/token", "http://[::1]:9/token"] {
+    for local in [
+        "http://127.0.0.1:9/token",
+        "http://localhost:9/token",
+        "http://[::1]:9/token",
+    ] {
         Config::from_toml(&oauth2(local), "<test>").unwrap_or_else(|e| panic!("{local}: {e}"));
     }
 }

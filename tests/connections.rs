@@ -41,10 +41,13 @@ type H2Client = (
     tokio::task::JoinHandle<Result<(), hyper::Error>>,
 );
 
-/// One HTTP/2 (prior knowledge) request for a path no route serves, on `tcp`.
-async fn one_h2_request(tcp: TcpStream) -> H2Client {
+/// One HTTP/2 (prior knowledge) request for a path no route serves, on `io`.
+async fn one_h2_request<T>(io: T) -> H2Client
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .expect("h2 handshake");
     let driver = tokio::spawn(conn);
@@ -133,21 +136,7 @@ http2_keepalive_timeout = "100ms""#,
         inner: TcpStream::from_std(std_tcp).expect("tokio stream"),
         frozen: frozen.clone(),
     };
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-            .await
-            .expect("h2 handshake");
-    let _driver = tokio::spawn(conn);
-    let rsp = send
-        .send_request(
-            Request::get("http://localhost/nowhere")
-                .body(Empty::<Bytes>::new())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
-    rsp.into_body().collect().await.expect("body");
+    let (_send, _driver) = one_h2_request(io).await;
     frozen.store(true, Ordering::Relaxed);
     let closed = tokio::time::timeout(NEVER, async {
         let mut buf = [0u8; 4096];

@@ -466,18 +466,23 @@ mod tests {
         rsp.into_body().collect().await.expect("body").to_bytes()
     }
 
+    /// A pool to `uri` with room for a few idle connections.
+    fn test_pool(uri: Uri) -> Arc<ConnPool> {
+        Arc::new(ConnPool::new(
+            uri,
+            Duration::from_secs(5),
+            8,
+            Duration::from_secs(60),
+        ))
+    }
+
     /// Should this fail after a hyper upgrade, see the next test: switch `upstream_pool = "hyper_util"` and
     /// investigate.
     #[tokio::test]
     async fn an_exchange_wakes_its_task_once_per_wait_and_no_other_task() {
         let (uri, accepted) = upstream().await;
         let host = uri.authority().expect("authority").to_string();
-        let pool = Arc::new(ConnPool::new(
-            uri,
-            Duration::from_secs(5),
-            8,
-            Duration::from_secs(60),
-        ));
+        let pool = test_pool(uri);
 
         let first = Arc::new(Task::default());
         let (body, waits) = first.run(exchange(&pool, &host)).await;
@@ -515,12 +520,7 @@ mod tests {
     async fn hypers_wake_order_on_a_reused_connection_is_the_one_the_pool_relies_on() {
         let (uri, accepted) = upstream().await;
         let host = uri.authority().expect("authority").to_string();
-        let pool = Arc::new(ConnPool::new(
-            uri,
-            Duration::from_secs(5),
-            8,
-            Duration::from_secs(60),
-        ));
+        let pool = test_pool(uri);
         assert_eq!(&exchange(&pool, &host).await[..], b"ok");
         let mut p = pool
             .checkout(Instant::now())

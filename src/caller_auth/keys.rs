@@ -11,8 +11,9 @@ use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
 
-/// A JWS algorithm credgate verifies. Symmetric (HS*) and `none` are deliberately absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A JWS algorithm credgate verifies. Symmetric (HS*) and `none` are deliberately absent, so config naming them is
+/// refused by serde with the list of these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum Alg {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
     RS256,

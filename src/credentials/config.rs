@@ -81,7 +81,7 @@ pub(crate) struct RawLogin {
     /// Upstream hosts this credential may be sent to.
     pub allowed_hosts: Vec<String>,
     /// HTTP method of the login call (default `POST`).
-    pub method: Option<String>,
+    pub method: Option<LoginMethod>,
     /// Login URL.
     pub url: String,
     /// Headers sent to the login call; values may use `${ENV}` and `${file:PATH}`.
@@ -204,6 +204,35 @@ pub struct OAuth2Config {
     pub use_refresh_token: bool,
     /// Cache, injection and rejection settings.
     pub token: TokenSettings,
+}
+
+/// The methods a login call can use; upper or lower case.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub(crate) enum LoginMethod {
+    /// `GET`.
+    #[serde(alias = "get")]
+    Get,
+    /// `POST`.
+    #[serde(alias = "post")]
+    Post,
+    /// `PUT`.
+    #[serde(alias = "put")]
+    Put,
+    /// `PATCH`.
+    #[serde(alias = "patch")]
+    Patch,
+}
+
+impl From<LoginMethod> for Method {
+    fn from(m: LoginMethod) -> Method {
+        match m {
+            LoginMethod::Get => Method::GET,
+            LoginMethod::Post => Method::POST,
+            LoginMethod::Put => Method::PUT,
+            LoginMethod::Patch => Method::PATCH,
+        }
+    }
 }
 
 /// Validated `kind = "login"`.
@@ -491,11 +520,7 @@ fn login_config(
     raw: RawLogin,
     token: RawTokenSettings,
 ) -> Result<LoginConfig, ConfigError> {
-    let method = match raw.method.as_deref() {
-        None => Method::POST,
-        Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-            .map_err(|_| ctx.invalid(k("method"), format!("{m:?} is not a method")))?,
-    };
+    let method = raw.method.map_or(Method::POST, Method::from);
     let url: Uri = raw
         .url
         .parse()
@@ -788,6 +813,24 @@ client_id = "id"
             err.to_string().contains("credentials.c.client_secret"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn login_method_is_one_of_the_login_verbs_in_either_case() {
+        let login = |method: &str| {
+            parse(&format!(
+                "kind = \"login\"\nallowed_hosts = [\"h\"]\nmethod = \"{method}\"\nurl = \"https://h/login\"\nheaders = {{ \"x-token\" = \"{{token}}\" }}\n"
+            ))
+        };
+        for (written, method) in [("put", Method::PUT), ("GET", Method::GET)] {
+            let cfg = login(written).unwrap_or_else(|e| panic!("{written}: {e}"));
+            let CredentialConfig::Login(l) = cfg else {
+                panic!("login expected")
+            };
+            assert_eq!(l.method, method);
+        }
+        let err = login("DELETE").expect_err("not a login verb");
+        assert!(err.to_string().contains("credentials.c.method"), "{err}");
     }
 
     #[test]

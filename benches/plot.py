@@ -27,6 +27,8 @@ SYSTEMS = {
     "haproxy": ("HAProxy with jwt_verify", "#d9822b"),
     "credgate-pgo": ("credgate, profile-guided build", "#1f5fa8"),
     "credgate-plain": ("credgate, plain release build", "#8fb3de"),
+    "credgate-pgo-std-pool": ("credgate, hyper-util pool (fallback)", "#6a4c93"),
+    "credgate-pgo-std-timer": ("credgate, tokio timer (fallback)", "#b07cc6"),
 }
 FONT = "font-family:Helvetica,Arial,sans-serif"
 

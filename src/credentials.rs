@@ -77,10 +77,11 @@ pub trait Credential: Send + Sync + fmt::Debug {
         None
     }
 
-    /// The upstream rejected `used` (e.g. 401): drop it, so that the next attachment is a fresh one. Fixed kinds
-    /// have nothing to drop.
-    fn drop_rejected(&self, used: &Attachment) {
+    /// The upstream rejected `used` (e.g. 401): drop it, so that the next attachment is a fresh one. Returns
+    /// whether a replay may carry another attachment; fixed kinds have nothing to drop and never replay.
+    fn drop_rejected(&self, used: &Attachment) -> bool {
         let _ = used;
+        false
     }
 
     /// How an upstream answer rejecting this credential looks, for kinds that can renew it; `None` for fixed ones,
@@ -127,8 +128,8 @@ impl Credential for TokenCredential {
         self.cache.ready()
     }
 
-    fn drop_rejected(&self, used: &Attachment) {
-        self.cache.drop_rejected(used);
+    fn drop_rejected(&self, used: &Attachment) -> bool {
+        self.cache.drop_rejected(used)
     }
 
     fn reject_policy(&self) -> Option<&RejectPolicy> {
@@ -137,9 +138,9 @@ impl Credential for TokenCredential {
 }
 
 /// Renewal on rejection: `first` answers a request that carried `used`. When the credential can be renewed and
-/// `rejects` confirms that the answer rejects it, the attachment is dropped (so later requests get a fresh one too)
-/// and, when the request can be `replay`ed and a fresh attachment is at hand, it is sent once more with that one.
-/// Otherwise `first` is the answer.
+/// `rejects` confirms that the answer rejects it, the attachment is dropped if it is old enough (so later requests
+/// get a fresh one too) and, when the request can be `replay`ed and a fresh attachment is at hand, it is sent once
+/// more with that one. Otherwise `first` is the answer.
 pub(crate) async fn replay_on_rejection<T, E, Check, Sent>(
     cred: &dyn Credential,
     used: &Attachment,
@@ -158,9 +159,10 @@ where
     if !rejected {
         return Ok(first);
     }
-    // Dropped even when the request cannot be replayed: later requests then get a fresh token.
-    cred.drop_rejected(used);
-    let Some(replay) = replay else {
+    // Dropped even when the request cannot be replayed: later requests then get a fresh token. A token kept
+    // (too young to drop) is not replayed either: the same token would be rejected again.
+    let renewed = cred.drop_rejected(used);
+    let (true, Some(replay)) = (renewed, replay) else {
         return Ok(first);
     };
     let Ok(fresh) = cred.attach().await else {
@@ -359,11 +361,14 @@ mod tests {
         }
     }
 
-    fn token_credential() -> TokenCredential {
+    /// A token credential whose rejections drop tokens at least `min_token_age` old.
+    fn token_credential(min_token_age: Duration) -> TokenCredential {
+        let mut settings = token_cache::tests::settings();
+        settings.min_token_age = min_token_age;
         TokenCredential::new(
             "v",
             Box::new(Counting::default()),
-            token_cache::tests::settings(),
+            settings,
             Arc::new(Metrics::default()),
         )
     }
@@ -385,7 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rejection_drops_the_token_and_replays_once_with_a_fresh_one() {
-        let cred = token_credential();
+        let cred = token_credential(Duration::ZERO);
         let (used, answer) = replay_answer(&cred, true).await;
         assert_eq!((used, answer), (1, 2), "replayed with the fresh token");
         let (used, answer) = replay_answer(&cred, false).await;
@@ -394,6 +399,15 @@ mod tests {
             (2, 2),
             "no rejection: the first answer, token kept"
         );
+    }
+
+    #[tokio::test]
+    async fn a_rejected_token_younger_than_the_minimum_age_is_kept_and_not_replayed() {
+        let cred = token_credential(Duration::from_secs(3600));
+        for _ in 0..3 {
+            let (used, answer) = replay_answer(&cred, true).await;
+            assert_eq!((used, answer), (1, 1), "the first answer; the token kept");
+        }
     }
 
     #[tokio::test]

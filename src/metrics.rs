@@ -33,6 +33,30 @@ impl EncodeLabelValue for Outcome {
     }
 }
 
+/// What became of a token an upstream rejected, as the `result` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Rejection {
+    /// `result="renewed"`: dropped, and the next attachment fetches a new one.
+    Renewed,
+    /// `result="kept"`: too young to drop.
+    Kept,
+}
+
+impl EncodeLabelValue for Rejection {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        encoder.write_str(match self {
+            Rejection::Renewed => "renewed",
+            Rejection::Kept => "kept",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectionLabels {
+    credential: Arc<str>,
+    result: Rejection,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CredentialLabels {
     credential: Arc<str>,
@@ -74,6 +98,10 @@ pub struct CredentialCounters {
     pub fetched: Counter,
     /// `credgate_token_requests_total{result="error"}`.
     pub failed: Counter,
+    /// `credgate_token_rejections_total{result="renewed"}`: rejected tokens dropped for a fresh fetch.
+    pub rejections_renewed: Counter,
+    /// `credgate_token_rejections_total{result="kept"}`: rejected tokens kept for being too young to drop.
+    pub rejections_kept: Counter,
 }
 
 /// One issuer's series.
@@ -94,6 +122,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     credential_waits: Family<CredentialLabels, Counter>,
     token_requests: Family<CredentialResultLabels, Counter>,
+    token_rejections: Family<RejectionLabels, Counter>,
     credential_retries: Family<RouteLabels, Counter>,
     jwks_fetches: Family<IssuerResultLabels, Counter>,
     jwks_keys: Family<IssuerLabels, Gauge>,
@@ -106,6 +135,7 @@ impl Default for Metrics {
             registry: Mutex::default(),
             credential_waits: Family::default(),
             token_requests: Family::default(),
+            token_rejections: Family::default(),
             credential_retries: Family::default(),
             jwks_fetches: Family::default(),
             jwks_keys: Family::default(),
@@ -121,6 +151,11 @@ impl Default for Metrics {
             "credgate_token_requests",
             "Token requests by credential and result.",
             m.token_requests.clone(),
+        );
+        m.register(
+            "credgate_token_rejections",
+            "Tokens an upstream rejected, by credential and whether they were renewed or kept (too young).",
+            m.token_rejections.clone(),
         );
         m.register(
             "credgate_credential_retries",
@@ -180,10 +215,24 @@ impl Metrics {
             .token_requests
             .get_or_create(&result(Outcome::Error))
             .clone();
+        let rejection = |result| RejectionLabels {
+            credential: credential.clone(),
+            result,
+        };
+        let rejections_renewed = self
+            .token_rejections
+            .get_or_create(&rejection(Rejection::Renewed))
+            .clone();
+        let rejections_kept = self
+            .token_rejections
+            .get_or_create(&rejection(Rejection::Kept))
+            .clone();
         CredentialCounters {
             waits,
             fetched,
             failed,
+            rejections_renewed,
+            rejections_kept,
         }
     }
 

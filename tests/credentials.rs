@@ -53,6 +53,13 @@ backoff_max = "200ms"
     )
 }
 
+/// An OAuth2 credential for tests that reject a token moments after fetching it: no minimum age, and a backoff too
+/// short to hold back a renewal.
+fn oauth2_renewing_at_once(v: &FakeVendor, extra: &str) -> String {
+    oauth2(v, &format!("min_token_age = \"0s\"\n{extra}"))
+        .replace(r#"backoff_min = "50ms""#, r#"backoff_min = "1ns""#)
+}
+
 struct Answer {
     status: StatusCode,
     headers: http::HeaderMap,
@@ -454,7 +461,11 @@ async fn garbage_from_the_token_endpoint_is_an_error_never_a_token() {
 #[tokio::test]
 async fn upstream_401_renews_the_token_once_and_replays_the_request() {
     let v = fake_vendor::new().run().await;
-    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, "retry_body_limit = 64"))).await;
+    let gw = support::start_gateway(&gateway_toml(
+        &v,
+        &oauth2_renewing_at_once(&v, "retry_body_limit = 64"),
+    ))
+    .await;
     let client = http();
     assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
     v.revoke_all();
@@ -517,7 +528,7 @@ async fn upstream_401_renews_the_token_once_and_replays_the_request() {
 #[tokio::test]
 async fn a_replayed_request_is_retried_only_once() {
     let v = fake_vendor::new().run().await;
-    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2_renewing_at_once(&v, ""))).await;
     let client = http();
     assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
     v.reject_next(2);
@@ -562,10 +573,105 @@ async fn the_same_token_handed_back_is_not_taken_as_fresh() {
     }
 }
 
+/// A log sink for one test: `tracing`'s thread-local default, which a current-thread runtime's tasks all run under.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_rejecting_fresh_tokens_does_not_make_the_gateway_hammer_the_token_endpoint() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let v = fake_vendor::new().run().await;
+    // Default rejection settings: a token younger than 5 s is not dropped.
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.revoke_all();
+    for _ in 0..20 {
+        assert_eq!(get(&client, &gw, "/api/x").await.status, 401);
+    }
+    assert_eq!(v.grants(), 1, "no token request per rejection");
+    assert_eq!(v.api_log().len(), 21, "no replays with the same token");
+    let m = &gw.gw.metrics;
+    let rejections = |result| {
+        m.get(
+            "credgate_token_rejections_total",
+            &[("credential", "v"), ("result", result)],
+        )
+    };
+    assert_eq!(rejections("kept"), 20.0);
+    assert_eq!(rejections("renewed"), 0.0);
+    let text = logs.text();
+    assert_eq!(
+        text.matches("upstream rejected a token this young").count(),
+        1,
+        "one warning per token, not per request:\n{text}"
+    );
+    assert!(text.contains("WARN"), "{text}");
+}
+
+#[tokio::test]
+async fn renewals_driven_by_rejections_back_off() {
+    let v = fake_vendor::new().run().await;
+    // No minimum age, but renewals in a row wait out the backoff: the first rejection renews, later ones inside
+    // the backoff keep the new token.
+    let gw = support::start_gateway(&gateway_toml(
+        &v,
+        &oauth2(&v, r#"min_token_age = "0s""#)
+            .replace(r#"backoff_min = "50ms""#, r#"backoff_min = "1h""#)
+            .replace(r#"backoff_max = "200ms""#, r#"backoff_max = "2h""#),
+    ))
+    .await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.revoke_all();
+    assert_eq!(
+        get(&client, &gw, "/api/x").await.status,
+        200,
+        "renewed and replayed"
+    );
+    assert_eq!(v.grants(), 2);
+    v.revoke_all();
+    for _ in 0..10 {
+        assert_eq!(get(&client, &gw, "/api/x").await.status, 401);
+    }
+    assert_eq!(v.grants(), 2, "one rejection-driven renewal per backoff");
+    let m = &gw.gw.metrics;
+    let rejections = |result| {
+        m.get(
+            "credgate_token_rejections_total",
+            &[("credential", "v"), ("result", result)],
+        )
+    };
+    assert_eq!((rejections("renewed"), rejections("kept")), (1.0, 10.0));
+}
+
 #[tokio::test]
 async fn a_late_rejection_of_an_old_token_keeps_the_newer_one() {
     let v = fake_vendor::new().run().await;
-    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2_renewing_at_once(&v, ""))).await;
     let cred = gw.gw.credentials.get("v").expect("credential");
     let first = cred.attach().await.expect("token");
     cred.drop_rejected(&first);
@@ -582,7 +688,7 @@ async fn a_late_rejection_of_an_old_token_keeps_the_newer_one() {
 #[tokio::test]
 async fn body_marker_limits_which_rejections_count() {
     let v = fake_vendor::new().run().await;
-    let cred = oauth2(
+    let cred = oauth2_renewing_at_once(
         &v,
         r#"reject_status = [401]
 reject_body_marker = "Failed to authenticate token""#,

@@ -65,7 +65,8 @@ allowed_hosts = ["127.0.0.1"]
 token_url = "{token_url}"
 client_id = "log-client"
 client_secret_file = "{cs}"
-backoff_min = "50ms"
+min_token_age = "0s"
+backoff_min = "1ns"
 backoff_max = "100ms"
 [credentials.admin]
 kind = "login"

@@ -29,6 +29,8 @@ request_headers = {{ "x-api-key" = "{API_KEY}", "api-version" = "1.0" }}
 body = {{ email = "{ADMIN_EMAIL}", password = "{ADMIN_PASSWORD}" }}
 token_pointer = "/token"
 ttl = "24h"
+# The test rejects a token moments after the login: no minimum age before a rejection drops it.
+min_token_age = "0s"
 headers = {{ "X-Incode-Hardware-Id" = "{{token}}", "x-api-key" = "{API_KEY}", "api-version" = "1.0" }}
 
 [flows]

@@ -117,6 +117,10 @@ pub(crate) struct RawTokenSettings {
     /// Longest retry delay (default `60s`).
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
+    /// A rejection of a token younger than this keeps the token (default `5s`): a vendor rejecting fresh tokens is
+    /// misconfigured, and fetching more would only hammer its token endpoint.
+    #[serde(default, with = "humantime_serde")]
+    pub min_token_age: Option<Duration>,
     /// Upstream statuses that mean "token rejected" (default `[401]`).
     pub reject_status: Option<Vec<u16>>,
     /// When set, a rejection status counts only if the response body contains this text.
@@ -312,6 +316,8 @@ pub struct TokenSettings {
     pub backoff_min: Duration,
     /// Longest backoff delay.
     pub backoff_max: Duration,
+    /// Youngest token a rejection drops; renewals driven by rejections in a row back off from here.
+    pub min_token_age: Duration,
     /// Upstream rejection handling.
     pub reject: RejectPolicy,
 }
@@ -606,6 +612,7 @@ fn token_settings(
         timeout,
         backoff_min,
         backoff_max,
+        min_token_age: raw.min_token_age.unwrap_or(Duration::from_secs(5)),
         reject: RejectPolicy {
             statuses: reject_statuses(ctx, &k("reject_status"), raw.reject_status)?,
             body_marker: raw.reject_body_marker.filter(|m| !m.is_empty()),

@@ -103,6 +103,8 @@ pub(crate) struct Issued {
     expires_at: Instant,
     /// Never injected at or after this instant (expiry minus the safety margin).
     usable_until: Instant,
+    /// When the token was first handed out: the same token handed back again keeps the earlier instant.
+    fetched_at: Instant,
 }
 
 /// What a fetch hands its waiters: the token issued, or nothing when the fetch failed.
@@ -116,6 +118,10 @@ struct State {
     retry_at: Option<Instant>,
     generation: u64,
     current: Option<Arc<Issued>>,
+    /// Renewals driven by upstream rejections in a row; each one asks the next rejected token to be older.
+    rejection_renewals: u32,
+    /// The generation whose too-young rejection was last logged, so that a stream of them logs once per token.
+    warned_generation: u64,
     refresh_token: Option<SecretString>,
     /// Bumped whenever a timer is scheduled; an older timer that wakes up finds a newer epoch and does nothing.
     timer_epoch: u64,
@@ -248,18 +254,52 @@ impl TokenCache {
         }
     }
 
-    /// The upstream rejected `used`: drop it if it is still the current token (a newer one is kept), so that the next
-    /// attachment comes from a fresh fetch.
-    pub(crate) fn drop_rejected(&self, used: &Attachment) {
+    /// The upstream rejected `used`. Returns whether a replay may carry another token: true when a newer one is
+    /// current already, or when `used` was old enough to drop (the next attachment then comes from a fresh fetch).
+    /// A token younger than `min_token_age`, or than the backoff that rejection-driven renewals in a row have grown
+    /// to, is kept: an upstream rejecting fresh tokens is misconfigured, and fetching more would hammer the vendor's
+    /// token endpoint on every caller request.
+    pub(crate) fn drop_rejected(&self, used: &Attachment) -> bool {
         let mut st = self.state();
-        let current = st.current.as_ref().map(|c| c.attachment.generation);
-        if current == Some(used.generation) {
-            tracing::info!(credential = %self.name, generation = used.generation, "upstream rejected the token; fetching a new one");
-            st.current = None;
-            // Inside the state lock, and the fetch publishes to `current` before the cache: a token fetched meanwhile
-            // has a newer generation and is never dropped here.
-            self.cache.invalidate_all();
+        let Some(current) = st.current.clone() else {
+            return true;
+        };
+        if current.attachment.generation != used.generation {
+            return true;
         }
+        let age = current.fetched_at.elapsed();
+        let renewals = st.rejection_renewals;
+        let backoff = Backoff {
+            first: self.settings.backoff_min,
+            max: self.settings.backoff_max,
+        };
+        let need = if renewals == 0 {
+            self.settings.min_token_age
+        } else {
+            self.settings.min_token_age.max(backoff.delay(renewals))
+        };
+        if age < need {
+            self.counters.rejections_kept.inc();
+            if st.warned_generation != used.generation {
+                st.warned_generation = used.generation;
+                tracing::warn!(credential = %self.name, generation = used.generation, token_age = ?age, renew_after = ?need,
+                    "upstream rejected a token this young; keeping it (an upstream rejecting fresh tokens points to a misconfigured credential)");
+            }
+            return false;
+        }
+        // A token that lived well past the bar was a genuine expiry or revocation: the streak starts over.
+        st.rejection_renewals = if age > need.saturating_mul(2) {
+            1
+        } else {
+            renewals.saturating_add(1)
+        };
+        self.counters.rejections_renewed.inc();
+        tracing::info!(credential = %self.name, generation = used.generation, token_age = ?age, "upstream rejected the token; fetching a new one");
+        st.current = None;
+        // Inside the state lock, and the fetch publishes to `current` before the cache: a token fetched meanwhile
+        // has a newer generation and is never dropped here.
+        self.cache.invalidate_all();
+        true
     }
 
     /// Join the in-flight fetch or start one; the fetch runs as its own task so a caller going away does not cancel it.
@@ -310,12 +350,13 @@ impl TokenCache {
         // its real expiry.
         let lifetime = t.expires_at.saturating_duration_since(now);
         let margin = self.settings.expiry_margin.min(lifetime / 10);
-        let (expires_at, usable_until) = match (&st.current, same) {
+        let (expires_at, usable_until, fetched_at) = match (&st.current, same) {
             (Some(c), true) => (
                 c.expires_at.min(t.expires_at),
                 c.usable_until.min(t.expires_at - margin),
+                c.fetched_at,
             ),
-            _ => (t.expires_at, t.expires_at - margin),
+            _ => (t.expires_at, t.expires_at - margin, now),
         };
         let generation = if same {
             st.generation
@@ -343,6 +384,7 @@ impl TokenCache {
                 token: t.token,
                 expires_at,
                 usable_until,
+                fetched_at,
             }),
             t.refresh_token,
             near_expiry,
@@ -531,6 +573,7 @@ client_secret = "secret"
             token: SecretString::from("same"),
             expires_at: now + Duration::from_millis(200),
             usable_until: now + Duration::from_millis(100),
+            fetched_at: now,
         });
         {
             let mut st = cache.state();

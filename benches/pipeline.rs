@@ -85,7 +85,14 @@ fn request() -> Request<Full<Bytes>> {
 }
 
 fn conn() -> ConnInfo {
-    ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 40000)), true)
+    ConnInfo::new(
+        SocketAddr::from(([127, 0, 0, 1], 40000)),
+        true,
+        credgate::conn::BodyTimeouts {
+            idle: std::time::Duration::from_secs(60),
+            total: std::time::Duration::from_secs(300),
+        },
+    )
 }
 
 /// Match, attach and prepare one request: what the pipeline does between accepting and forwarding.

@@ -1,7 +1,17 @@
-//! The one body type the gateway hands to hyper, in both directions, and small constructors for it.
+//! The one body type the gateway hands to hyper, in both directions, small constructors for it, and the deadline
+//! that bounds how slowly a body may come.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use pin_project_lite::pin_project;
+
+use crate::timer::{self, Timer};
 
 /// Error type carried by streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,4 +40,110 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// A body that was too slow: silent for longer than its idle limit, or not over by its deadline.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("body timed out after {after:?} {}", if *.idle { "of silence" } else { "in all" })]
+pub struct BodyTimedOut {
+    /// The limit that passed.
+    pub after: Duration,
+    /// Whether it was the silence limit (otherwise the whole body's).
+    pub idle: bool,
+}
+
+pin_project! {
+    /// A body read under deadlines: it fails with [`BodyTimedOut`] once no frame came for `idle`, or once `until`
+    /// passed before its end. The deadline is armed only while the body has nothing ready, so a body that is there
+    /// when asked for costs no timer.
+    pub struct Deadlined<B> {
+        #[pin]
+        inner: B,
+        timer: Timer,
+        idle: Duration,
+        until: Option<(Instant, Duration)>,
+        sleep: Option<(timer::Sleep, bool)>,
+    }
+}
+
+impl<B> Deadlined<B> {
+    /// `inner`, silent for at most `idle` at a time; with `total`, over within that time from now.
+    pub fn new(inner: B, timer: &Timer, idle: Duration, total: Option<Duration>) -> Self {
+        Self {
+            inner,
+            timer: timer.clone(),
+            idle,
+            until: total.map(|t| (Instant::now() + t, t)),
+            sleep: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for Deadlined<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => {}
+            Poll::Ready(frame) => {
+                *this.sleep = None;
+                if let (Some(Ok(_)), Some((until, total))) = (&frame, this.until)
+                    && Instant::now() >= *until
+                {
+                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut {
+                        after: *total,
+                        idle: false,
+                    }))));
+                }
+                return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+            }
+        }
+        let (sleep, idle) = this.sleep.get_or_insert_with(|| {
+            let idle_at = Instant::now() + *this.idle;
+            match this.until {
+                Some((until, _)) if *until < idle_at => (this.timer.sleep_until(*until), false),
+                _ => (this.timer.sleep_until(idle_at), true),
+            }
+        });
+        match Pin::new(sleep).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                let after = if *idle {
+                    *this.idle
+                } else {
+                    this.until.map_or(*this.idle, |(_, total)| total)
+                };
+                Poll::Ready(Some(Err(Box::new(BodyTimedOut { after, idle: *idle }))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The [`BodyTimedOut`] somewhere in `e`'s chain of sources, if any.
+pub fn timed_out(e: &(dyn std::error::Error + 'static)) -> Option<BodyTimedOut> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<BodyTimedOut>() {
+            return Some(*t);
+        }
+        cur = err.source();
+    }
+    None
 }

@@ -15,6 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::conn::BodyTimeouts;
+
 /// A configuration that cannot be used, with the file and key it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -105,6 +107,18 @@ pub struct RawListener {
     /// Most connections open at once on this listener (default 10000; capped by the open-files limit). Beyond it a
     /// new connection is closed at once and counted.
     pub max_connections: Option<usize>,
+    /// Longest silence while the gateway reads a request body in full (flow routes, bodies kept to replay after a
+    /// rejection); the caller then gets 408 (default `60s`). Streamed bodies are bound by the upstream's
+    /// `response_timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub body_idle_timeout: Option<Duration>,
+    /// Longest time for a request body the gateway reads in full, however it trickles in (default `5m`).
+    #[serde(default, with = "humantime_serde")]
+    pub body_timeout: Option<Duration>,
+    /// Longest a response may wait for a caller that stopped reading it (its socket full, or its HTTP/2 window
+    /// closed) before the connection is closed (default `60s`).
+    #[serde(default, with = "humantime_serde")]
+    pub send_timeout: Option<Duration>,
 }
 
 /// `[upstreams.NAME]`: a service requests are forwarded to.
@@ -122,6 +136,10 @@ pub struct RawUpstream {
     /// from the end of the request until the upstream's response headers arrive (504).
     #[serde(default, with = "humantime_serde")]
     pub response_timeout: Option<Duration>,
+    /// Longest silence between two pieces of the upstream's response body; the response to the caller is then cut
+    /// off (default: `response_timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub body_idle_timeout: Option<Duration>,
 }
 
 /// A validated listener.
@@ -145,6 +163,10 @@ pub struct ListenerConfig {
     pub http2_keepalive_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Limits on request bodies read in full.
+    pub body: BodyTimeouts,
+    /// Longest wait for a caller that stopped reading a response.
+    pub send_timeout: Duration,
 }
 
 /// Whether a client certificate must be presented.
@@ -187,6 +209,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Response-header timeout.
     pub response_timeout: Duration,
+    /// Longest silence within a response body.
+    pub body_idle_timeout: Duration,
 }
 
 /// Deserialize a section held as a TOML table; a failure names the key under `prefix`, e.g. `credentials.c.timeout`.
@@ -312,7 +336,26 @@ pub fn validate_listener(
             .unwrap_or(Duration::from_secs(30)),
         http2_keepalive_timeout: l.http2_keepalive_timeout.unwrap_or(Duration::from_secs(10)),
         max_connections,
+        body: BodyTimeouts {
+            idle: positive(ctx, &k("body_idle_timeout"), l.body_idle_timeout, 60)?,
+            total: positive(ctx, &k("body_timeout"), l.body_timeout, 300)?,
+        },
+        send_timeout: positive(ctx, &k("send_timeout"), l.send_timeout, 60)?,
     })
+}
+
+/// `value`, or `default_secs` when unset; zero is refused (it would fail every request).
+fn positive(
+    ctx: &Ctx,
+    key: &str,
+    value: Option<Duration>,
+    default_secs: u64,
+) -> Result<Duration, ConfigError> {
+    let d = value.unwrap_or(Duration::from_secs(default_secs));
+    if d.is_zero() {
+        return Err(ctx.invalid(key.to_owned(), "must be above zero"));
+    }
+    Ok(d)
 }
 
 /// Whether `host` (as a URL spells it, IPv6 in brackets or not) names this machine: plain `http://` is allowed there
@@ -378,6 +421,10 @@ pub fn validate_upstream(
     if !extra_ca.is_empty() && scheme != http::uri::Scheme::HTTPS {
         return Err(ctx.invalid(k("ca"), "set on a plain http:// upstream"));
     }
+    let response_timeout = positive(ctx, &k("response_timeout"), u.response_timeout, 30)?;
+    if u.body_idle_timeout.is_some_and(|d| d.is_zero()) {
+        return Err(ctx.invalid(k("body_idle_timeout"), "must be above zero"));
+    }
     Ok(UpstreamConfig {
         name: name.to_owned(),
         scheme,
@@ -386,6 +433,7 @@ pub fn validate_upstream(
         base_path,
         extra_ca,
         connect_timeout: u.connect_timeout.unwrap_or(Duration::from_secs(5)),
-        response_timeout: u.response_timeout.unwrap_or(Duration::from_secs(30)),
+        response_timeout,
+        body_idle_timeout: u.body_idle_timeout.unwrap_or(response_timeout),
     })
 }

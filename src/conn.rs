@@ -1,9 +1,19 @@
-//! What the request path knows of the caller's connection: its peer and whether it came over TLS. A leaf: the server
-//! makes one per connection, the proxy and the flows read it.
+//! What the request path knows of the caller's connection: its peer, whether it came over TLS and how long its
+//! listener lets a request body take. A leaf: the server makes one per connection, the proxy and the flows read it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::HeaderValue;
+
+/// How long a request body the gateway reads in full (flow routes, bodies kept for a replay) may take.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeouts {
+    /// Longest silence between two pieces of the body.
+    pub idle: Duration,
+    /// Longest time for the whole body.
+    pub total: Duration,
+}
 
 /// What the proxy needs to know about the caller's connection.
 #[derive(Debug, Clone)]
@@ -14,13 +24,20 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The caller's IP as a header value, formatted once per connection for `X-Forwarded-For`.
     pub peer_ip: HeaderValue,
+    /// The listener's limits on request bodies read in full.
+    pub body: BodyTimeouts,
 }
 
 impl ConnInfo {
-    /// The connection from `peer`, over TLS or not.
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+    /// The connection from `peer`, over TLS or not, on a listener with `body` limits.
+    pub fn new(peer: SocketAddr, tls: bool, body: BodyTimeouts) -> Self {
         let peer_ip = HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { peer, tls, peer_ip }
+        Self {
+            peer,
+            tls,
+            peer_ip,
+            body,
+        }
     }
 }

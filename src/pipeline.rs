@@ -14,7 +14,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, Deadlined};
 use crate::conn::ConnInfo;
 use crate::credentials::RejectPolicy;
 use crate::credentials::{self, Attachment, Credential};
@@ -181,7 +181,14 @@ async fn serve_route(
                 .parse::<Uri>()
                 .map_err(|_| RequestError::Malformed("path cannot be parsed"))?;
             let limit = usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX);
-            let req = Request::from_parts(parts, body::boxed(Limited::new(incoming, limit)));
+            // Read in full by the flow: bounded in time as well as in size.
+            let incoming = Deadlined::new(
+                Limited::new(incoming, limit),
+                &gw.timer,
+                conn.body.idle,
+                Some(conn.body.total),
+            );
+            let req = Request::from_parts(parts, body::boxed(incoming));
             Ok(handler
                 .handle(FlowRequest {
                     req,
@@ -201,6 +208,7 @@ async fn forward_renewable(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Error> {
     let Renewal {
+        gw,
         route,
         up,
         policy,
@@ -220,10 +228,13 @@ async fn forward_renewable(
         Some(0) => proxy::prepare_with(req, up, &out, conn, keep)?,
         Some(n) if n <= keep_limit => {
             let (parts, incoming) = req.into_parts();
-            let bytes = incoming
+            let bytes = Deadlined::new(incoming, &gw.timer, conn.body.idle, Some(conn.body.total))
                 .collect()
                 .await
-                .map_err(|_| RequestError::Malformed("request body could not be read"))?
+                .map_err(|e| match body::timed_out(&*e) {
+                    Some(t) => RequestError::BodyTimeout { timeout: t.after },
+                    None => RequestError::Malformed("request body could not be read"),
+                })?
                 .to_bytes();
             let first = Request::from_parts(parts, Full::new(bytes.clone()));
             let prepared = proxy::prepare_with(first, up, &out, conn, keep)?;

@@ -16,7 +16,7 @@ use hyper::body::Frame;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, Deadlined};
 use crate::config::UpstreamConfig;
 use crate::conn::ConnInfo;
 use crate::credentials::Attachment;
@@ -74,6 +74,8 @@ pub struct Upstream {
     base_path: String,
     /// Response-header timeout.
     pub response_timeout: Duration,
+    /// Longest silence within a response body.
+    body_idle_timeout: Duration,
     timer: Timer,
     transport: Transport,
 }
@@ -144,6 +146,7 @@ impl Upstream {
             host,
             base_path: cfg.base_path.clone(),
             response_timeout: cfg.response_timeout,
+            body_idle_timeout: cfg.body_idle_timeout,
             timer: timer.clone(),
             transport,
         })
@@ -588,6 +591,12 @@ pub(crate) async fn forward(
     };
     let (mut parts, body) = rsp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // An upstream that stalls mid-body cuts the response off instead of holding the caller.
+    let body = if http_body::Body::is_end_stream(&body) {
+        body
+    } else {
+        body::boxed(Deadlined::new(body, &up.timer, up.body_idle_timeout, None))
+    };
     Ok(Response::from_parts(parts, body))
 }
 

@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{Body, BoxError};
 use crate::config::ListenerConfig;
-use crate::conn::ConnInfo;
+use crate::conn::{BodyTimeouts, ConnInfo};
 use crate::gateway::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -163,6 +163,11 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 http2_keepalive_interval: Duration::from_secs(30),
                 http2_keepalive_timeout: Duration::from_secs(10),
                 max_connections: ADMIN_CONNECTIONS,
+                body: BodyTimeouts {
+                    idle: Duration::from_secs(10),
+                    total: Duration::from_secs(30),
+                },
+                send_timeout: Duration::from_secs(30),
             };
             tasks.spawn(accept_loop(
                 listener,
@@ -233,6 +238,8 @@ struct ConnSettings {
     http2_keepalive_interval: Duration,
     http2_keepalive_timeout: Duration,
     max_connections: usize,
+    body: BodyTimeouts,
+    send_timeout: Duration,
 }
 
 fn settings(l: &ListenerConfig) -> ConnSettings {
@@ -244,6 +251,8 @@ fn settings(l: &ListenerConfig) -> ConnSettings {
         http2_keepalive_interval: l.http2_keepalive_interval,
         http2_keepalive_timeout: l.http2_keepalive_timeout,
         max_connections: l.max_connections,
+        body: l.body,
+        send_timeout: l.send_timeout,
     }
 }
 
@@ -372,6 +381,7 @@ async fn accept_loop<H, F>(
                         timer: timer.clone(),
                         head_period: settings.header_read_timeout,
                         idle_period: settings.idle_timeout,
+                        send_timeout: settings.send_timeout,
                     };
                     let serve = serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), guard);
                     conns.spawn(async move {
@@ -400,18 +410,19 @@ struct ConnGuard {
     timer: Timer,
     head_period: Duration,
     idle_period: Duration,
+    send_timeout: Duration,
 }
 
 impl ConnGuard {
     /// The head deadline for HTTP/1 served without hyper's header read timeout: progress every period.
     fn every_period(&self) -> HeadDeadline {
-        HeadDeadline::every(self.timer.clone(), self.head_period)
+        HeadDeadline::every(self.timer.clone(), self.head_period, self.send_timeout)
     }
 
     /// The deadline for connections served by hyper-util's `auto` (HTTP/2, sniffed plain connections): closed once
     /// a whole idle period passes with no request in flight and none started.
     fn idle_period(&self) -> HeadDeadline {
-        HeadDeadline::every(self.timer.clone(), self.idle_period)
+        HeadDeadline::every(self.timer.clone(), self.idle_period, self.send_timeout)
     }
 
     /// Serve `conn` under `rule` until it ends; `None` when the head deadline closed it (first head due by `first`).
@@ -445,7 +456,7 @@ async fn serve_conn<H, F>(
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let conn = ConnInfo::new(peer, acceptor.is_some());
+    let conn = ConnInfo::new(peer, acceptor.is_some(), settings.body);
     // Counted for the head deadline: every connection's first head is due within `header_read_timeout` (also while
     // the protocol is being sniffed or an HTTP/2 preface is incomplete), and HTTP/1 connections must keep making
     // progress at that pace.

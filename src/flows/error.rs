@@ -30,6 +30,9 @@ pub enum FlowError {
     /// The request body is over the route's limit.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The request body stalled, or took too long in all.
+    #[error("request body too slow: {0}")]
+    BodyTimeout(crate::body::BodyTimedOut),
     /// A webhook request failed the shared-secret or Basic check.
     #[error("webhook authentication failed")]
     WebhookUnauthorized {
@@ -121,6 +124,11 @@ pub(crate) fn problem(e: &FlowError) -> Problem {
             StatusCode::BAD_REQUEST,
             "bad_request",
             "Request body unreadable",
+        ),
+        FlowError::BodyTimeout(_) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "Request body stalled",
         ),
         FlowError::BodyTooLarge => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -9,10 +9,13 @@ use http_body_util::BodyExt;
 use super::FlowError;
 use crate::body::{self, Body};
 
-/// Read a flow request's whole body (already limited to the route's maximum).
+/// Read a flow request's whole body (already limited to the route's maximum and its deadlines).
 pub(crate) async fn read_body(body: Body) -> Result<Bytes, FlowError> {
     body.collect().await.map(|b| b.to_bytes()).map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>()
+        if let Some(t) = body::timed_out(&*e) {
+            FlowError::BodyTimeout(t)
+        } else if e
+            .downcast_ref::<http_body_util::LengthLimitError>()
             .is_some()
         {
             FlowError::BodyTooLarge

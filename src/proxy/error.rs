@@ -14,8 +14,8 @@ pub enum RequestError {
         /// The route's limit.
         limit: u64,
     },
-    /// The caller stopped sending its body for longer than the upstream's response timeout.
-    #[error("request body stalled for {timeout:?}")]
+    /// The caller's body stalled for longer than allowed, or took longer in all.
+    #[error("request body too slow: {timeout:?}")]
     BodyTimeout {
         /// The timeout that ran out.
         timeout: std::time::Duration,

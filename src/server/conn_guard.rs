@@ -8,13 +8,17 @@
 //! is armed once per period: when it passes, a connection that took in no request head and finished no response
 //! since it was armed, and has none in flight, is closed; any other is given another period. A connection idle or
 //! stalled in a head is therefore closed between one and two periods after its last progress.
+//!
+//! The same deadline bounds a caller that stops reading: a response frame handed to hyper that hyper has not come
+//! back for (its socket is full, or the HTTP/2 window closed) while no frame moved on the whole connection for
+//! `send_timeout` closes the connection, between one period and `send_timeout` plus one period late.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -99,6 +103,10 @@ impl Drop for Registration {
 pub(super) struct Progress {
     heads: AtomicU64,
     ends: AtomicU64,
+    /// Response frames handed to hyper.
+    frames: AtomicU64,
+    /// Response bodies holding something hyper has not come for (see [`Counted`]).
+    owing: AtomicU64,
 }
 
 impl Progress {
@@ -117,6 +125,8 @@ impl Progress {
         Counted {
             body,
             progress: self,
+            owed: false,
+            source: None,
         }
     }
 
@@ -128,10 +138,79 @@ impl Progress {
     }
 }
 
-/// A response body that ends a response in [`Progress`] when dropped.
+/// A response body that ends a response in [`Progress`] when dropped, and tells the send timeout when it has
+/// something hyper has not come for: a frame just handed out (until hyper asks for the next), or, after a poll that
+/// found nothing, a wake from the body's source. A caller that stops reading leaves one of the two standing.
 pub(super) struct Counted {
     body: Body,
     progress: Arc<Progress>,
+    /// A frame was handed out and hyper has not asked for the next one yet.
+    owed: bool,
+    /// The waker the body's source holds after a pending poll, made at the first one: most bodies never pend.
+    source: Option<(Arc<SourceWake>, Waker)>,
+}
+
+/// The waker a response body's source is given: notes that the source has something before waking hyper's task.
+struct SourceWake {
+    progress: Arc<Progress>,
+    state: Mutex<SourceState>,
+}
+
+#[derive(Default)]
+struct SourceState {
+    /// Woken since the last poll: counted in [`Progress`]'s `owing`.
+    woken: bool,
+    /// The body is gone: a late wake counts nothing.
+    gone: bool,
+    task: Option<Waker>,
+}
+
+impl SourceWake {
+    fn state(&self) -> MutexGuard<'_, SourceState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Polled again (or dropped): a standing wake is settled; `task` is woken by the next one.
+    fn settle(&self, task: Option<&Waker>, gone: bool) {
+        let mut st = self.state();
+        if std::mem::take(&mut st.woken) {
+            self.progress.owing.fetch_sub(1, Ordering::Relaxed);
+        }
+        st.gone = gone;
+        if let Some(task) = task
+            && !st.task.as_ref().is_some_and(|t| t.will_wake(task))
+        {
+            st.task = Some(task.clone());
+        }
+    }
+}
+
+impl Wake for SourceWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let task = {
+            let mut st = self.state();
+            if !st.gone && !st.woken {
+                st.woken = true;
+                self.progress.owing.fetch_add(1, Ordering::Relaxed);
+            }
+            st.task.clone()
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+impl Counted {
+    fn settle_frame(&mut self) {
+        if std::mem::take(&mut self.owed) {
+            self.progress.owing.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl http_body::Body for Counted {
@@ -142,7 +221,35 @@ impl http_body::Body for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        this.settle_frame();
+        let polled = match &this.source {
+            None => Pin::new(&mut this.body).poll_frame(cx),
+            Some((source, waker)) => {
+                source.settle(Some(cx.waker()), false);
+                Pin::new(&mut this.body).poll_frame(&mut Context::from_waker(waker))
+            }
+        };
+        match polled {
+            Poll::Ready(Some(Ok(_))) => {
+                this.owed = true;
+                this.progress.owing.fetch_add(1, Ordering::Relaxed);
+                this.progress.frames.fetch_add(1, Ordering::Relaxed);
+            }
+            Poll::Pending if this.source.is_none() => {
+                // From now on the source wakes through `SourceWake`; polled once with it so that it holds that waker.
+                let source = Arc::new(SourceWake {
+                    progress: this.progress.clone(),
+                    state: Mutex::default(),
+                });
+                source.settle(Some(cx.waker()), false);
+                let waker = Waker::from(source.clone());
+                this.source = Some((source, waker));
+                return self.poll_frame(cx);
+            }
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -156,6 +263,10 @@ impl http_body::Body for Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
+        self.settle_frame();
+        if let Some((source, _)) = &self.source {
+            source.settle(None, true);
+        }
         self.progress.end();
     }
 }
@@ -166,12 +277,17 @@ impl Drop for Counted {
 pub(super) struct HeadDeadline {
     timer: Timer,
     period: Duration,
+    send_timeout: Duration,
 }
 
 impl HeadDeadline {
-    /// Progress every `period`, timed on `timer`.
-    pub(super) fn every(timer: Timer, period: Duration) -> Self {
-        Self { timer, period }
+    /// Progress every `period`, timed on `timer`; a caller may leave a response unread for `send_timeout`.
+    pub(super) fn every(timer: Timer, period: Duration, send_timeout: Duration) -> Self {
+        Self {
+            timer,
+            period,
+            send_timeout,
+        }
     }
 }
 
@@ -208,6 +324,10 @@ struct Deadline {
     waker: Waker,
     /// [`Progress`] when the deadline was armed.
     armed_at: (u64, u64),
+    /// Response frames handed out when it was armed, and when.
+    armed_frames: (u64, Instant),
+    /// Since when a response has waited for its caller to read, with no frame moving on the connection.
+    stalled_since: Option<Instant>,
 }
 
 impl Deadline {
@@ -218,6 +338,8 @@ impl Deadline {
             waker: Waker::from(fired.clone()),
             fired,
             armed_at: (0, 0),
+            armed_frames: (0, Instant::now()),
+            stalled_since: None,
         }
     }
 
@@ -237,6 +359,8 @@ impl Deadline {
 enum Verdict {
     /// Close the connection: no progress for a whole period (or no first head at all).
     Close,
+    /// Close the connection at once: its caller left a response unread for the send timeout.
+    Stalled,
     /// Keep the connection; the deadline is re-armed for the next period.
     Rearmed,
 }
@@ -295,6 +419,17 @@ fn on_deadline(
     if !in_flight && now == d.armed_at {
         return Verdict::Close;
     }
+    let frames = progress.frames.load(Ordering::Relaxed);
+    let at = Instant::now();
+    if in_flight && frames == d.armed_frames.0 && progress.owing.load(Ordering::Relaxed) > 0 {
+        let since = *d.stalled_since.get_or_insert(d.armed_frames.1);
+        if at.saturating_duration_since(since) >= rule.send_timeout {
+            return Verdict::Stalled;
+        }
+    } else {
+        d.stalled_since = None;
+    }
+    d.armed_frames = (frames, at);
     d.armed_at = now;
     rearm(d, rule, cx);
     Verdict::Rearmed
@@ -338,6 +473,12 @@ impl<C: GracefulConnection> Future for Guarded<C> {
                         rearm(d, this.rule, cx);
                     }
                     Verdict::Close => return Poll::Ready(None),
+                    Verdict::Stalled => {
+                        tracing::debug!(
+                            "caller left a response unread for the send timeout; closing"
+                        );
+                        return Poll::Ready(None);
+                    }
                     Verdict::Rearmed => {}
                 }
             }

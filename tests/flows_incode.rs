@@ -182,6 +182,20 @@ async fn onboarding_url_starts_then_asks_with_the_session_token_only() {
 }
 
 #[tokio::test]
+async fn the_redirect_sent_to_incode_is_the_url_as_checked_not_the_raw_string() {
+    let s = setup().await;
+    // `\` reads as `/` to a WHATWG parser but as part of a user name to others, which then go to evil.com.
+    let got = s
+        .get("/incode/onboarding-url?redirectUrl=https%3A%2F%2Fapp.example.com%5C%40evil.com")
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(
+        s.incode.seen("/omni/start")[0].json()["redirectionUrl"],
+        "https://app.example.com/@evil.com"
+    );
+}
+
+#[tokio::test]
 async fn onboarding_url_refuses_a_redirect_outside_the_allowlist_before_calling_incode() {
     let s = setup().await;
     for bad in [
@@ -189,6 +203,8 @@ async fn onboarding_url_refuses_a_redirect_outside_the_allowlist_before_calling_
         "https%3A%2F%2Fapp.example.com.evil.com%2F",
         "javascript%3Aalert(1)",
         "http%3A%2F%2Fapp.example.com%2F",
+        "https%3A%2F%2Fuser%40app.example.com%2F",
+        "https%3A%2F%2Fapp.example.com%3Ax%40evil.com%2F",
     ] {
         let got = s
             .get(&format!("/incode/onboarding-url?redirectUrl={bad}"))

@@ -414,13 +414,22 @@ impl Inner {
         })
     }
 
-    /// The caller's redirect URL, when its origin is allowed.
+    /// The caller's redirect URL as parsed and written out again, when its origin is allowed and it carries no
+    /// user name or password. What is checked is what is sent: a raw string that another parser reads differently
+    /// (`https://app.example.com\@evil.com`) goes out in its one WHATWG form (`https://app.example.com/@evil.com`).
     fn allowed_redirect(&self, url: &str) -> Result<String, FlowError> {
-        match origin_of(url) {
-            Some(o) if self.redirect_origins.contains(&o) => Ok(url.to_owned()),
-            _ => Err(FlowError::Invalid {
-                detail: "redirect URL origin is not in flows.incode.redirect_origins".into(),
-            }),
+        let refused = || FlowError::Invalid {
+            detail: "redirect URL origin is not in flows.incode.redirect_origins".into(),
+        };
+        let u = url::Url::parse(url).map_err(|_| refused())?;
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(FlowError::Invalid {
+                detail: "redirect URL carries a user name or password".into(),
+            });
+        }
+        match origin_of(u.as_str()) {
+            Some(o) if self.redirect_origins.contains(&o) => Ok(u.into()),
+            _ => Err(refused()),
         }
     }
 

@@ -82,6 +82,23 @@ pub struct Caller {
     /// Headers the gateway sets from verified claims (a claim the token lacks is sent empty, so a caller-sent value
     /// never passes).
     pub forward_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The verified token, on routes that check one.
+    verified: Option<Arc<Verified>>,
+}
+
+impl Caller {
+    /// Who the verified token speaks for (`iss`, newline, `sub`), for state kept per caller; `None` on routes
+    /// without a JWT check or for a token without `sub`.
+    pub fn subject(&self) -> Option<&str> {
+        self.verified.as_deref()?.subject.as_deref()
+    }
+
+    /// Whether the verified token grants `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.verified
+            .as_deref()
+            .is_some_and(|v| v.scopes.iter().any(|s| &**s == scope))
+    }
 }
 
 /// Why a caller was refused. Carries no token content.
@@ -482,7 +499,7 @@ impl CallerAuth {
             Err(e) => return Some(Err(e)),
         };
         let v = self.cached(token)?;
-        Some(v.and_then(|v| self.authorize(p, &v)))
+        Some(v.and_then(|v| self.authorize(p, v)))
     }
 
     async fn check_uncached(
@@ -492,7 +509,7 @@ impl CallerAuth {
     ) -> Result<Caller, AuthError> {
         let token = utf8(bearer(headers)?)?;
         let v = self.verify_and_cache(token).await?;
-        self.authorize(p, &v)
+        self.authorize(p, v)
     }
 
     /// Validate a bearer token: a cache hit re-checks the key and time; a miss verifies and caches.
@@ -567,7 +584,13 @@ impl CallerAuth {
             .verify_sig(parsed.signing_input, &parsed.signature)
             .map_err(|_| AuthError::BadSignature)?;
         let claims = parsed.claims;
+        let subject = claims
+            .all
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .map(|sub| format!("{}\n{sub}", issuer.cfg.issuer).into_boxed_str());
         Ok(Verified {
+            subject,
             header_values: header_values(&claims.all, &self.forwarded),
             issuer: idx,
             key,
@@ -604,7 +627,7 @@ impl CallerAuth {
         Err(AuthError::UnknownKey)
     }
 
-    fn authorize(&self, p: &JwtPolicy, v: &Verified) -> Result<Caller, AuthError> {
+    fn authorize(&self, p: &JwtPolicy, v: Arc<Verified>) -> Result<Caller, AuthError> {
         if !p.issuers.is_empty() {
             let name = self.issuers.get(v.issuer).map(|i| i.cfg.name.as_str());
             if !p.issuers.iter().any(|n| Some(&**n) == name) {
@@ -642,7 +665,10 @@ impl CallerAuth {
                 .unwrap_or_else(|| HeaderValue::from_static(""));
             forward_headers.push((header.clone(), value));
         }
-        Ok(Caller { forward_headers })
+        Ok(Caller {
+            forward_headers,
+            verified: Some(v),
+        })
     }
 }
 

@@ -3,6 +3,7 @@ mod support;
 
 use http::Method;
 use serde_json::json;
+use support::callers::Callers;
 use support::fake_citadel::{self, ACCESS_TOKEN, FakeCitadel, PUBLIC_TOKEN, SSN};
 use support::fake_http::{Got, call};
 
@@ -12,14 +13,21 @@ const SECRET: &str = "sandbox-secret-1";
 struct Setup {
     citadel: FakeCitadel,
     gw: support::TestGateway,
+    callers: Callers,
 }
 
 impl Setup {
+    /// `GET path` as the caller `svc-a`.
     async fn get(&self, path: &str) -> Got {
+        self.get_as("svc-a", path).await
+    }
+
+    async fn get_as(&self, sub: &str, path: &str) -> Got {
+        let bearer = self.callers.bearer(sub, "");
         call(
             Method::GET,
             &format!("http://127.0.0.1:{}{path}", self.gw.addr().port()),
-            &[],
+            &[("authorization", bearer.as_str())],
             "",
         )
         .await
@@ -28,11 +36,13 @@ impl Setup {
 
 async fn setup(extra: &str) -> Setup {
     let citadel = fake_citadel::start(CLIENT_ID, SECRET).await;
+    let callers = Callers::new();
     let gw = support::start_gateway(&format!(
         r#"
 [[listeners]]
 address = "127.0.0.1:0"
 tls = false
+{issuer}
 
 [flows.citadel]
 api_url = "{url}"
@@ -45,12 +55,16 @@ tracking_info = "user-42"
 [[routes]]
 path_prefix = "/citadel"
 flow = "citadel"
-auth = "none"
 "#,
-        url = citadel.url()
+        url = citadel.url(),
+        issuer = callers.issuer_toml(),
     ))
     .await;
-    Setup { citadel, gw }
+    Setup {
+        citadel,
+        gw,
+        callers,
+    }
 }
 
 #[tokio::test]
@@ -101,6 +115,23 @@ async fn employment_verification_exchanges_once_and_hides_the_access_token() {
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(s.citadel.seen("/v1/link-access-tokens/").len(), 1);
     assert_eq!(s.citadel.seen("/v1/verifications/employments/").len(), 2);
+}
+
+#[tokio::test]
+async fn another_caller_with_the_same_public_token_does_not_get_the_first_callers_report() {
+    let s = setup("").await;
+    let first = s
+        .get_as("svc-a", &format!("/citadel/verifications/{PUBLIC_TOKEN}"))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The exchange is kept per caller: svc-b's request spends the public token anew, which Citadel refuses.
+    let other = s
+        .get_as("svc-b", &format!("/citadel/verifications/{PUBLIC_TOKEN}"))
+        .await;
+    assert_ne!(other.status, 200, "{}", other.text());
+    assert!(!other.text().contains(SSN), "{}", other.text());
+    assert_eq!(s.citadel.seen("/v1/link-access-tokens/").len(), 2);
+    assert_eq!(s.citadel.seen("/v1/verifications/employments/").len(), 1);
 }
 
 #[tokio::test]
@@ -170,13 +201,14 @@ async fn vendor_refusals_name_the_step_and_carry_no_secret_or_pii() {
     let got = s.get("/citadel/verifications/bad%20token").await;
     assert_eq!(got.status, 400);
     assert_eq!(s.get("/citadel/nope").await.status, 404);
+    let bearer = s.callers.bearer("svc-a", "");
     let post = call(
         Method::POST,
         &format!(
             "http://127.0.0.1:{}/citadel/bridge-token",
             s.gw.addr().port()
         ),
-        &[],
+        &[("authorization", bearer.as_str())],
         "",
     )
     .await;

@@ -39,6 +39,8 @@ pub struct Verified {
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// Claims that can be forwarded as headers, prepared once.
     pub header_values: Box<[(Box<str>, http::HeaderValue)]>,
+    /// Who the token speaks for, unique across issuers: `iss`, a newline and `sub`; `None` without a string `sub`.
+    pub subject: Option<Box<str>>,
 }
 
 /// Largest total weight (approximate bytes) the cache holds.

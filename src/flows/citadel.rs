@@ -158,8 +158,9 @@ pub(crate) struct Citadel {
     exchange: Exchange,
     timeout: Duration,
     http: HttpClient,
-    /// Public token → access token: a public token is single-use, so a retried verification reuses the exchange.
-    exchanged: moka::future::Cache<String, SecretString>,
+    /// (caller, public token) → access token: a public token is single-use, so a retried verification by the same
+    /// caller reuses the exchange. Another caller presenting the same public token never gets this one's report.
+    exchanged: moka::future::Cache<(Box<str>, String), SecretString>,
 }
 
 impl std::fmt::Debug for Citadel {
@@ -184,7 +185,7 @@ impl Handler for Citadel {
             }
             match public_token {
                 None => self.bridge_token().await,
-                Some(t) => self.verification(t).await,
+                Some(t) => self.verification(t, req.caller.subject()).await,
             }
         }
         .boxed()
@@ -224,8 +225,13 @@ impl Citadel {
         Ok(json_response(StatusCode::OK, &v))
     }
 
-    /// Exchange `public_token` (once), then fetch the report for the configured product type.
-    async fn verification(&self, public_token: &str) -> Result<Response<Body>, FlowError> {
+    /// Exchange `public_token` (once per caller), then fetch the report for the configured product type. Without a
+    /// verified `subject` (a route with no JWT check) nothing is kept: each call exchanges anew.
+    async fn verification(
+        &self,
+        public_token: &str,
+        subject: Option<&str>,
+    ) -> Result<Response<Body>, FlowError> {
         // Checked before the exchange: a public token is single-use and must not be spent on a call that cannot
         // succeed.
         let report_path = match self.product_type.as_str() {
@@ -244,13 +250,18 @@ impl Citadel {
                 detail: "public token is not a token".into(),
             });
         }
-        let access_token = match self.exchanged.get(public_token).await {
+        let key = subject.map(|s| (Box::from(s), public_token.to_owned()));
+        let cached = match &key {
+            Some(k) => self.exchanged.get(k).await,
+            None => None,
+        };
+        let access_token = match cached {
             Some(t) => t,
             None => {
                 let t = SecretString::from(self.exchange(public_token).await?);
-                self.exchanged
-                    .insert(public_token.to_owned(), t.clone())
-                    .await;
+                if let Some(k) = key {
+                    self.exchanged.insert(k, t.clone()).await;
+                }
                 t
             }
         };

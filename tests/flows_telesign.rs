@@ -9,6 +9,7 @@ use base64::Engine as _;
 use http::Method;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use support::callers::Callers;
 use support::fake_http::{Got, call};
 
 const CUSTOMER_ID: &str = "CUSTOMER-0001";
@@ -263,6 +264,99 @@ async fn per_phone_and_per_caller_limits_answer_429_with_retry_after() {
         .query_row("SELECT count(*) FROM telesign_tokens", [], |r| r.get(0))
         .expect("count");
     assert_eq!(rows, 3, "refused requests mint nothing");
+}
+
+/// A TeleSign route behind a JWT check, with callers of their own.
+struct JwtSetup {
+    gw: support::TestGateway,
+    callers: Callers,
+}
+
+impl JwtSetup {
+    async fn start(extra: &str) -> Self {
+        let db = support::temp_dir("telesign-jwt").join("flows.db");
+        let callers = Callers::new();
+        let toml = config(&db, extra)
+            .replace("auth = \"none\"\n", "")
+            .replace("[flows]", &format!("{}\n[flows]", callers.issuer_toml()));
+        let gw = support::start_gateway(&toml).await;
+        Self { gw, callers }
+    }
+
+    async fn get_as(&self, sub: &str, scope: &str, path: &str) -> Got {
+        let bearer = self.callers.bearer(sub, scope);
+        call(
+            Method::GET,
+            &format!("http://127.0.0.1:{}{path}", self.gw.addr().port()),
+            &[("authorization", bearer.as_str())],
+            "",
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_is_read_by_the_caller_that_minted_or_an_admin() {
+    let s = JwtSetup::start(&format!("{GENEROUS}\nadmin_scope = \"telesign-admin\"")).await;
+    let minted = s
+        .get_as("svc-a", "", "/telesign/token/15551230001/order-a")
+        .await;
+    assert_eq!(minted.status, 200, "{}", minted.text());
+    for (sub, scope, sees) in [
+        ("svc-a", "", true),
+        ("svc-b", "", false),
+        ("svc-b", "read telesign-admin", true),
+    ] {
+        let by_xid = s.get_as(sub, scope, "/telesign/token-status/order-a").await;
+        assert_eq!(
+            by_xid.status,
+            if sees { 200 } else { 404 },
+            "{sub} {scope}: {}",
+            by_xid.text()
+        );
+        let by_phone = s
+            .get_as(sub, scope, "/telesign/token-status?phone=15551230001")
+            .await;
+        assert_eq!(by_phone.status, 200);
+        assert_eq!(
+            by_phone.json()["tokens"].as_array().map(Vec::len),
+            Some(usize::from(sees)),
+            "{sub} {scope}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn callers_behind_one_address_have_their_own_buckets_and_a_caller_phone_limit() {
+    let s = JwtSetup::start(
+        "caller_limit = { requests = 3, per = \"1h\" }\nphone_limit = { requests = 10, per = \"1h\" }\n\
+         caller_phone_limit = { requests = 1, per = \"1h\" }",
+    )
+    .await;
+    let mint = |sub: &'static str, phone: &'static str| {
+        let path = format!("/telesign/token/{phone}");
+        let s = &s;
+        async move { s.get_as(sub, "", &path).await }
+    };
+    assert_eq!(mint("svc-a", "15551230001").await.status, 200);
+    let again = mint("svc-a", "15551230001").await;
+    assert_eq!(again.status, 429);
+    assert_eq!(
+        again.json()["detail"],
+        "rate limit per caller and phone exceeded"
+    );
+    // (The refused request still counted against svc-a's own budget of 3.) Another caller from the same address may
+    // still ask for that number: the number's quota is not one caller's.
+    assert_eq!(mint("svc-b", "15551230001").await.status, 200);
+    assert_eq!(mint("svc-a", "15551230002").await.status, 200);
+    let spent = mint("svc-a", "15551230003").await;
+    assert_eq!(spent.status, 429);
+    assert_eq!(spent.json()["detail"], "rate limit per caller exceeded");
+    assert_eq!(
+        mint("svc-b", "15551230003").await.status,
+        200,
+        "svc-b's bucket is its own, though it shares svc-a's address"
+    );
 }
 
 #[test]

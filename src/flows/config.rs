@@ -1,6 +1,7 @@
 //! `[flows]`: the raw and validated settings of every flow, each vendor's own section validated by its module.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -14,6 +15,10 @@ pub struct RawFlows {
     /// SQLite file for webhook records, approval decisions and the TeleSign token ledger; created and migrated at
     /// start. Required when `incode` or `telesign` is enabled.
     pub database: Option<PathBuf>,
+    /// How long the database keeps webhook records, decided approvals and expired TeleSign ledger entries (default
+    /// `30d`); older rows are purged at start and hourly.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
     /// Incode token server, webhooks and session API (`[flows.incode]`).
     pub incode: Option<incode::RawIncode>,
     /// Citadel (Truv) bridge token and token exchange (`[flows.citadel]`).
@@ -27,6 +32,8 @@ pub struct RawFlows {
 pub struct FlowsConfig {
     /// The embedded database file, when a flow needs one.
     pub database: Option<PathBuf>,
+    /// How long database rows are kept.
+    pub retention: Duration,
     /// Incode, when enabled.
     pub incode: Option<incode::IncodeConfig>,
     /// Citadel, when enabled.
@@ -60,8 +67,13 @@ pub(crate) fn validate(ctx: &Ctx, raw: RawFlows) -> Result<FlowsConfig, ConfigEr
             "required when flows.incode or flows.telesign is enabled (the SQLite file they record into)",
         ));
     }
+    let retention = raw.retention.unwrap_or(Duration::from_secs(30 * 24 * 3600));
+    if retention.is_zero() {
+        return Err(ctx.invalid("flows.retention", "must be above zero"));
+    }
     Ok(FlowsConfig {
         database: raw.database,
+        retention,
         incode: raw.incode.map(|r| incode::validate(ctx, r)).transpose()?,
         citadel: raw.citadel.map(|r| citadel::validate(ctx, r)).transpose()?,
         telesign: raw

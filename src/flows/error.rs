@@ -51,7 +51,7 @@ pub enum FlowError {
     /// Too many requests for this caller or phone number.
     #[error("rate limit for {scope} exceeded")]
     RateLimited {
-        /// `caller` or `phone`.
+        /// `caller`, `phone`, or `caller and phone`.
         scope: &'static str,
         /// Seconds until a request may succeed.
         retry_after: u64,

@@ -45,7 +45,9 @@ pub(crate) fn build(
     deps: &FlowDeps<'_>,
 ) -> Result<BTreeMap<String, Arc<dyn Handler>>, FlowError> {
     let store = match &cfg.database {
-        Some(path) if cfg.incode.is_some() || cfg.telesign.is_some() => Some(Store::open(path)?),
+        Some(path) if cfg.incode.is_some() || cfg.telesign.is_some() => {
+            Some(Store::open(path, cfg.retention)?)
+        }
         _ => None,
     };
     let mut out: BTreeMap<String, Arc<dyn Handler>> = BTreeMap::new();

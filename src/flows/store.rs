@@ -1,16 +1,20 @@
 //! The flows' embedded SQLite database: Incode webhook records and approval decisions (the idempotency ledger), and
 //! the TeleSign token ledger. Created and migrated at start; every query runs on the blocking pool so the request
 //! path never waits on disk inside the async runtime. Stores no secrets: TeleSign tokens are kept as SHA-256 digests.
+//! Rows older than the retention are purged at start and then by the first write of every hour.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::unix_time::now_secs;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE incode_events (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE incode_events (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         interview_id TEXT NOT NULL,
         onboarding_status TEXT NOT NULL,
@@ -35,7 +39,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE incode_events (
         token_sha256 TEXT NOT NULL
     );
     CREATE INDEX telesign_tokens_xid ON telesign_tokens (xid);
-    CREATE INDEX telesign_tokens_phone ON telesign_tokens (phone, issued_at);"];
+    CREATE INDEX telesign_tokens_phone ON telesign_tokens (phone, issued_at);",
+    // Who minted each token, so that the ledger is read by that caller only; rows from before are nobody's.
+    "ALTER TABLE telesign_tokens ADD COLUMN caller TEXT NOT NULL DEFAULT '';
+    CREATE INDEX telesign_tokens_caller ON telesign_tokens (caller, xid);",
+];
+
+/// How often writes purge rows past the retention.
+const PURGE_EVERY_SECS: i64 = 3600;
 
 /// A pending approval older than this is taken to be abandoned (the process died mid-call) and may be claimed again.
 const STALE_CLAIM_SECS: i64 = 300;
@@ -64,6 +75,10 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Rows older than this many seconds are purged.
+    retention_secs: i64,
+    /// Unix seconds of the last purge.
+    last_purge: Arc<AtomicI64>,
 }
 
 /// An Incode webhook event as recorded.
@@ -114,11 +129,13 @@ pub(crate) struct TokenRecord {
     pub expires_at: i64,
     /// Hex SHA-256 of the token.
     pub token_sha256: String,
+    /// Who minted it: the only caller who may read it back (besides an admin).
+    pub caller: String,
 }
 
 impl Store {
-    /// Open (creating if needed) and migrate the database at `path`.
-    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Open (creating if needed) and migrate the database at `path`, then purge rows older than `retention`.
+    pub(crate) fn open(path: &Path, retention: Duration) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -130,9 +147,37 @@ impl Store {
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
             .map_err(open_err)?;
         migrate(&mut conn).map_err(open_err)?;
+        let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+        purge(&conn, now_secs().saturating_sub(retention_secs)).map_err(open_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            retention_secs,
+            last_purge: Arc::new(AtomicI64::new(now_secs())),
         })
+    }
+
+    /// Run `f` under the connection; the first write of each hour purges old rows first.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let now = now_secs();
+        let last = self.last_purge.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= PURGE_EVERY_SECS
+            && self
+                .last_purge
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        let cutoff = now.saturating_sub(self.retention_secs);
+        self.run(move |c| {
+            if due {
+                let purged = purge(c, cutoff)?;
+                tracing::debug!(purged, "flows database: rows past the retention purged");
+            }
+            f(c)
+        })
+        .await
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -151,7 +196,7 @@ impl Store {
 
     /// Record one Incode webhook delivery.
     pub(crate) async fn record_incode_event(&self, ev: IncodeEvent) -> Result<(), StoreError> {
-        self.run(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO incode_events
                  (interview_id, onboarding_status, client_id, flow_id, external_id, received_at)
@@ -244,16 +289,17 @@ impl Store {
 
     /// Record a minted TeleSign token.
     pub(crate) async fn insert_token(&self, rec: TokenRecord) -> Result<(), StoreError> {
-        self.run(move |c| {
+        self.write(move |c| {
             c.execute(
-                "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256, caller)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     rec.xid,
                     rec.phone,
                     rec.issued_at,
                     rec.expires_at,
-                    rec.token_sha256
+                    rec.token_sha256,
+                    rec.caller
                 ],
             )
             .map(drop)
@@ -261,44 +307,68 @@ impl Store {
         .await
     }
 
-    /// Tokens minted for `xid`, newest first.
-    pub(crate) async fn tokens_by_xid(&self, xid: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens("xid", xid.to_owned()).await
+    /// Tokens minted for `xid`, newest first: by `caller` only, or by anyone when `None`.
+    pub(crate) async fn tokens_by_xid(
+        &self,
+        xid: &str,
+        caller: Option<String>,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens("xid", xid.to_owned(), caller).await
     }
 
-    /// The latest tokens minted for `phone` (digits only), newest first, at most 100.
+    /// The latest tokens minted for `phone` (digits only), newest first, at most 100: by `caller` only, or by
+    /// anyone when `None`.
     pub(crate) async fn tokens_by_phone(
         &self,
         phone: &str,
+        caller: Option<String>,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens("phone", phone.to_owned()).await
+        self.tokens("phone", phone.to_owned(), caller).await
     }
 
     async fn tokens(
         &self,
         column: &'static str,
         value: String,
+        caller: Option<String>,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         // `column` is one of two literals above, never input.
         let sql = format!(
-            "SELECT xid, phone, issued_at, expires_at, token_sha256 FROM telesign_tokens
-             WHERE {column} = ?1 ORDER BY issued_at DESC, id DESC LIMIT 100"
+            "SELECT xid, phone, issued_at, expires_at, token_sha256, caller FROM telesign_tokens
+             WHERE {column} = ?1 AND (?2 IS NULL OR caller = ?2) ORDER BY issued_at DESC, id DESC LIMIT 100"
         );
         self.run(move |c| {
             let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map(params![value], |r| {
+            let rows = stmt.query_map(params![value, caller], |r| {
                 Ok(TokenRecord {
                     xid: r.get(0)?,
                     phone: r.get(1)?,
                     issued_at: r.get(2)?,
                     expires_at: r.get(3)?,
                     token_sha256: r.get(4)?,
+                    caller: r.get(5)?,
                 })
             })?;
             rows.collect()
         })
         .await
     }
+}
+
+/// Delete rows older than `cutoff` (Unix seconds): webhook records, decided approvals and expired ledger entries. A
+/// pending approval is kept (its claim expires on its own). Returns how many rows went.
+fn purge(c: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
+    Ok(
+        c.execute("DELETE FROM incode_events WHERE received_at < ?1", [cutoff])?
+            + c.execute(
+                "DELETE FROM incode_approvals WHERE updated_at < ?1 AND state != 'pending'",
+                [cutoff],
+            )?
+            + c.execute(
+                "DELETE FROM telesign_tokens WHERE expires_at < ?1",
+                [cutoff],
+            )?,
+    )
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -326,6 +396,78 @@ mod tests {
         }
     }
 
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn record(xid: &str, expires_at: i64) -> TokenRecord {
+        TokenRecord {
+            xid: xid.into(),
+            phone: "15551234567".into(),
+            issued_at: expires_at - 90,
+            expires_at,
+            token_sha256: "h".into(),
+            caller: "c".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_past_the_retention_are_purged_at_start_and_by_the_hourly_write() {
+        let db = temp_db("retention");
+        let store = Store::open(&db.0, DAY).expect("open");
+        let old = now_secs() - 2 * 24 * 3600;
+        store
+            .insert_token(record("old", old))
+            .await
+            .expect("insert");
+        store
+            .insert_token(record("new", now_secs() + 90))
+            .await
+            .expect("insert");
+        let count = |s: &Store| -> i64 {
+            let c = s.conn.lock().expect("lock");
+            c.query_row("SELECT count(*) FROM telesign_tokens", [], |r| r.get(0))
+                .expect("count")
+        };
+        assert_eq!(count(&store), 2, "no purge within the hour");
+        // An hour later the next write purges.
+        store
+            .last_purge
+            .store(now_secs() - PURGE_EVERY_SECS, Ordering::Relaxed);
+        store
+            .insert_token(record("newer", now_secs() + 90))
+            .await
+            .expect("insert");
+        assert_eq!(count(&store), 2, "the old row is gone, the new ones stay");
+        assert!(
+            store
+                .tokens_by_xid("old", None)
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        // And at start.
+        store
+            .insert_token(record("old2", old))
+            .await
+            .expect("insert");
+        drop(store);
+        let store = Store::open(&db.0, DAY).expect("reopen");
+        assert_eq!(count(&store), 2);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_is_read_by_the_caller_that_minted_unless_no_caller_is_given() {
+        let db = temp_db("ledger-caller");
+        let store = Store::open(&db.0, DAY).expect("open");
+        store
+            .insert_token(record("x", now_secs() + 90))
+            .await
+            .expect("insert");
+        let by = |c: Option<&str>| store.tokens_by_xid("x", c.map(str::to_owned));
+        assert_eq!(by(Some("c")).await.expect("read").len(), 1);
+        assert!(by(Some("other")).await.expect("read").is_empty());
+        assert_eq!(by(None).await.expect("read").len(), 1);
+    }
+
     fn temp_db(tag: &str) -> TempDb {
         let dir = std::env::temp_dir().join(format!("credgate-store-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -337,7 +479,7 @@ mod tests {
     #[tokio::test]
     async fn claim_is_exclusive_and_released_claims_can_be_retaken() {
         let db = temp_db("claim");
-        let store = Store::open(&db.0).expect("open");
+        let store = Store::open(&db.0, DAY).expect("open");
         assert_eq!(store.claim_approval("i1").await.expect("claim"), Claim::Won);
         match store.claim_approval("i1").await.expect("claim") {
             Claim::Taken(d) => assert_eq!(d.state, "pending"),
@@ -362,15 +504,15 @@ mod tests {
     fn migrations_are_recorded_and_reopening_keeps_data() {
         let db = temp_db("reopen");
         {
-            let s = Store::open(&db.0).expect("open");
+            let s = Store::open(&db.0, DAY).expect("open");
             let c = s.conn.lock().expect("lock");
             c.execute(
-                "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256) VALUES ('x', '1', 1, 2, 'h')",
+                "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256) VALUES ('x', '1', 1, 9999999999, 'h')",
                 [],
             )
             .expect("insert");
         }
-        let s = Store::open(&db.0).expect("reopen");
+        let s = Store::open(&db.0, DAY).expect("reopen");
         let c = s.conn.lock().expect("lock");
         let v: usize = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))

@@ -63,11 +63,16 @@ pub struct RawTelesign {
     pub include_phone: Option<bool>,
     /// Include `bta: true`, pygenjwt's development flag (default false).
     pub bta: Option<bool>,
-    /// Tokens per caller (default `{ requests = 30, per = "1m" }`); the caller is the route's forwarded verified
-    /// claims when it forwards any, else the peer address.
+    /// Tokens per caller (default `{ requests = 30, per = "1m" }`); the caller is the verified token's subject
+    /// (`iss` and `sub`), else the route's forwarded verified claims, else the peer address.
     pub caller_limit: Option<RawRate>,
-    /// Tokens per phone number (default `{ requests = 3, per = "1m" }`).
+    /// Tokens per phone number (default `{ requests = 3, per = "1m" }`), whoever asks: any caller can use up a
+    /// number's quota, and `caller_phone_limit` keeps one caller from taking all of it.
     pub phone_limit: Option<RawRate>,
+    /// Tokens per caller and phone number together (default: no such limit).
+    pub caller_phone_limit: Option<RawRate>,
+    /// A scope whose holders may read every caller's ledger entries (default: none; each caller reads its own).
+    pub admin_scope: Option<String>,
 }
 
 /// Validated `[flows.telesign]`.
@@ -86,6 +91,10 @@ pub struct TelesignConfig {
     pub caller_quota: Quota,
     /// Per-phone quota.
     pub phone_quota: Quota,
+    /// Per-caller-and-phone quota, when set.
+    pub caller_phone_quota: Option<Quota>,
+    /// The scope that reads every caller's ledger.
+    pub admin_scope: Option<String>,
 }
 
 fn quota(
@@ -146,6 +155,11 @@ pub(crate) fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, Co
             raw.phone_limit,
             (3, Duration::from_secs(60)),
         )?,
+        caller_phone_quota: raw
+            .caller_phone_limit
+            .map(|r| quota(ctx, &k("caller_phone_limit"), Some(r), (1, Duration::ZERO)))
+            .transpose()?,
+        admin_scope: raw.admin_scope.filter(|s| !s.is_empty()),
     })
 }
 
@@ -159,6 +173,8 @@ pub(crate) fn build(cfg: &TelesignConfig, store: Store) -> Arc<dyn Handler> {
         bta: cfg.bta,
         per_caller: DefaultKeyedRateLimiter::keyed(cfg.caller_quota),
         per_phone: DefaultKeyedRateLimiter::keyed(cfg.phone_quota),
+        per_caller_phone: cfg.caller_phone_quota.map(DefaultKeyedRateLimiter::keyed),
+        admin_scope: cfg.admin_scope.clone(),
         store,
     })
 }
@@ -172,6 +188,8 @@ pub(crate) struct Telesign {
     bta: bool,
     per_caller: DefaultKeyedRateLimiter<String>,
     per_phone: DefaultKeyedRateLimiter<String>,
+    per_caller_phone: Option<DefaultKeyedRateLimiter<String>>,
+    admin_scope: Option<String>,
     store: Store,
 }
 
@@ -210,8 +228,9 @@ impl Handler for Telesign {
                 };
                 return self.mint(phone, xid, &req.caller, &req.conn).await;
             }
+            let reader = self.reader(&req.caller, &req.conn);
             if let Some(xid) = path.strip_prefix("/token-status/") {
-                return self.status_by_xid(xid).await;
+                return self.status_by_xid(xid, reader).await;
             }
             if path == "/token-status" {
                 let phone = query_param(req.req.uri().query(), "phone").ok_or_else(|| {
@@ -219,7 +238,7 @@ impl Handler for Telesign {
                         detail: "give an xid in the path or ?phone=".into(),
                     }
                 })?;
-                return self.status_by_phone(&phone).await;
+                return self.status_by_phone(&phone, reader).await;
             }
             Err(FlowError::NotFound)
         }
@@ -259,11 +278,16 @@ fn check_xid(xid: &str) -> Result<(), FlowError> {
 }
 
 /// Who the caller is for rate limiting: the verified claims the route forwards, else the peer address.
+/// Who is asking, for limits and the ledger: the verified subject, else the forwarded verified claims, else the peer
+/// address (two services behind one address then share it: configure a JWT check on the route).
 fn caller_key(caller: &Caller, conn: &ConnInfo) -> String {
-    if caller.forward_headers.is_empty() {
-        return conn.peer.ip().to_string();
+    if let Some(sub) = caller.subject() {
+        return format!("sub:{sub}");
     }
-    let mut key = String::new();
+    if caller.forward_headers.is_empty() {
+        return format!("ip:{}", conn.peer.ip());
+    }
+    let mut key = String::from("claims:");
     for (n, v) in &caller.forward_headers {
         key.push_str(n.as_str());
         key.push('=');
@@ -315,7 +339,11 @@ impl Telesign {
             }
             None => uuid::Uuid::new_v4().to_string(),
         };
-        limit(&self.per_caller, caller_key(caller, conn), "caller")?;
+        let who = caller_key(caller, conn);
+        limit(&self.per_caller, who.clone(), "caller")?;
+        if let Some(l) = &self.per_caller_phone {
+            limit(l, format!("{who}\n{phone}"), "caller and phone")?;
+        }
         limit(&self.per_phone, phone.clone(), "phone")?;
         let iat = now_secs() - IAT_BACKDATE_SECS;
         let exp = iat + self.ttl;
@@ -338,6 +366,7 @@ impl Telesign {
                 issued_at: iat,
                 expires_at: exp,
                 token_sha256,
+                caller: who,
             })
             .await?;
         tracing::info!(xid = %xid, "telesign token minted");
@@ -347,9 +376,21 @@ impl Telesign {
         Ok(rsp)
     }
 
-    async fn status_by_xid(&self, xid: &str) -> Result<Response<Body>, FlowError> {
+    /// Whose ledger entries `caller` may read: its own, or everyone's (`None`) with the admin scope.
+    fn reader(&self, caller: &Caller, conn: &ConnInfo) -> Option<String> {
+        match &self.admin_scope {
+            Some(scope) if caller.has_scope(scope) => None,
+            _ => Some(caller_key(caller, conn)),
+        }
+    }
+
+    async fn status_by_xid(
+        &self,
+        xid: &str,
+        reader: Option<String>,
+    ) -> Result<Response<Body>, FlowError> {
         check_xid(xid)?;
-        let rows = self.store.tokens_by_xid(xid).await?;
+        let rows = self.store.tokens_by_xid(xid, reader).await?;
         let now = now_secs();
         let latest = rows.first().ok_or(FlowError::NoRecord)?;
         let mut doc = record_json(latest, now);
@@ -357,9 +398,13 @@ impl Telesign {
         Ok(json_response(StatusCode::OK, &doc))
     }
 
-    async fn status_by_phone(&self, phone: &str) -> Result<Response<Body>, FlowError> {
+    async fn status_by_phone(
+        &self,
+        phone: &str,
+        reader: Option<String>,
+    ) -> Result<Response<Body>, FlowError> {
         let phone = e164(phone)?;
-        let rows = self.store.tokens_by_phone(&phone).await?;
+        let rows = self.store.tokens_by_phone(&phone, reader).await?;
         let now = now_secs();
         let tokens: Vec<_> = rows.iter().map(|r| record_json(r, now)).collect();
         Ok(json_response(

@@ -471,12 +471,14 @@ async fn serve_conn<H, F>(
         async move { Ok::<_, Infallible>(fut.await.map(|body| progress.count(body))) }
     });
     let deadline = Instant::now() + settings.header_read_timeout;
+    // Each protocol's connection is boxed on its own: this future is allocated for every connection the moment it
+    // is accepted, and holding the largest (TLS, HTTP/2) inline would cost every idle plain HTTP/1 connection as much.
     let served = match acceptor {
         None => match guard.timer.timeout_at(deadline, sniff(&tcp, peer)).await {
             Ok(Some(Sniffed::Http1)) => {
                 let c = builders.http1.serve_connection(TokioIo::new(tcp), svc);
                 let rule = guard.every_period();
-                guard.serve(c, deadline, progress, rule).await
+                Box::pin(guard.serve(c, deadline, progress, rule)).await
             }
             Ok(Some(Sniffed::MaybeH2)) => {
                 let c = builders
@@ -484,26 +486,28 @@ async fn serve_conn<H, F>(
                     .serve_connection(TokioIo::new(tcp), svc)
                     .into_owned();
                 let rule = guard.idle_period();
-                guard.serve(c, deadline, progress, rule).await
+                Box::pin(guard.serve(c, deadline, progress, rule)).await
             }
             Ok(None) => return,
             Err(_) => None,
         },
         Some(acceptor) => {
-            let tls =
-                match tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let tls = match tokio::time::timeout(
+                settings.tls_handshake_timeout,
+                Box::pin(acceptor.accept(tcp)),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
             // The first request is due within the header read timeout of the end of the handshake.
             let deadline = Instant::now() + settings.header_read_timeout;
             // ALPN already chose the protocol: no sniffing.
@@ -513,11 +517,11 @@ async fn serve_conn<H, F>(
                     .serve_connection(TokioIo::new(tls), svc)
                     .into_owned();
                 let rule = guard.idle_period();
-                guard.serve(c, deadline, progress, rule).await
+                Box::pin(guard.serve(c, deadline, progress, rule)).await
             } else {
                 let c = builders.http1.serve_connection(TokioIo::new(tls), svc);
                 let rule = guard.every_period();
-                guard.serve(c, deadline, progress, rule).await
+                Box::pin(guard.serve(c, deadline, progress, rule)).await
             }
         }
     };

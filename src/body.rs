@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::timer::{self, Timer};
@@ -146,4 +147,87 @@ pub fn timed_out(e: &(dyn std::error::Error + 'static)) -> Option<BodyTimedOut> 
         cur = err.source();
     }
     None
+}
+
+/// How much of an unread HTTP/2 request body is read and dropped after an early answer, at most.
+const DRAIN_LIMIT: usize = 64 * 1024;
+/// How long that may take, at most.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// The caller's request body as the pipeline reads it. Over HTTP/2 a body left unread (the gateway answered before
+/// reading it: 401, 404, 413) is drained, up to 64 KiB within 1 s, before it is let go, as nginx does: letting it go
+/// at once resets the stream, and some clients (curl 7.88) then lose the answer that was already on its way.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    drain: bool,
+}
+
+impl RequestBody {
+    /// `inner`, drained when dropped unread if `drain` (an HTTP/2 request).
+    pub fn new(inner: Incoming, drain: bool) -> Self {
+        Self {
+            inner: Some(inner),
+            drain,
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if !self.drain {
+            return;
+        }
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(drain(body));
+        }
+    }
+}
+
+/// Read and drop `body` until it ends, [`DRAIN_LIMIT`] bytes have come or [`DRAIN_TIME`] passed.
+async fn drain(mut body: Incoming) {
+    let read = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }

@@ -12,9 +12,8 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 
-use crate::body::{self, Body, Deadlined};
+use crate::body::{self, Body, Deadlined, RequestBody};
 use crate::conn::ConnInfo;
 use crate::credentials::RejectPolicy;
 use crate::credentials::{self, Attachment, Credential};
@@ -35,7 +34,7 @@ pub use error::{DisplayChain, Error};
 /// its own copy of the request to a future that is boxed, and so copied, once per request.
 pub async fn handle(
     gw: Arc<Gateway>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     conn: ConnInfo,
 ) -> Response<Body> {
     // The clock and the method are taken only for the access log.
@@ -111,7 +110,7 @@ fn find_route<'g, B>(gw: &'g Gateway, req: &Request<B>) -> Result<&'g Route, Err
 async fn serve_route(
     gw: &Gateway,
     route: &Route,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, Error> {
@@ -205,7 +204,7 @@ async fn serve_route(
 /// fresh token. Larger or streaming bodies are forwarded as they come and the rejection is passed through.
 async fn forward_renewable(
     r: Renewal<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, Error> {
     let Renewal {
         gw,

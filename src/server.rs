@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, RequestBody};
 use crate::config::ListenerConfig;
 use crate::conn::{BodyTimeouts, ConnInfo};
 use crate::gateway::Config;
@@ -120,7 +120,8 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
         let refusals = Refusals::new(&gw.metrics, addr);
         let gw = gw.clone();
         let handler = move |req: Request<Incoming>, conn: ConnInfo| {
-            crate::pipeline::handle(gw.clone(), req, conn)
+            let drain = req.version() == http::Version::HTTP_2;
+            crate::pipeline::handle(gw.clone(), req.map(|b| RequestBody::new(b, drain)), conn)
         };
         let mut s = settings(l);
         if s.max_connections > per_listener {

@@ -62,7 +62,7 @@ async fn an_early_answer_over_http2_leaves_the_callers_upload_to_finish() {
         ("/api/pay", StatusCode::UNAUTHORIZED),
         ("/nowhere", StatusCode::NOT_FOUND),
     ] {
-        let mut client = connect(&gw).await;
+        let client = connect(&gw).await;
         let client_ready = client.clone().ready();
         let mut client = tokio::time::timeout(PATIENCE, client_ready)
             .await

@@ -304,7 +304,8 @@ async fn session_api_needs_a_session_token_and_relays_refusals_without_the_vendo
         "",
     )
     .await;
-    assert_ne!(got.status, 200);
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.json()["code"], "bad_request");
 }
 
 #[tokio::test]

@@ -564,15 +564,16 @@ client_secret = "secret"
     fn the_same_token_handed_back_keeps_its_first_margin() {
         let cache = cache();
         let now = Instant::now();
-        // Issued a while ago with a 1 s lifetime: 200 ms left, usable for 100 ms more (a 100 ms margin).
+        // Issued a while ago: 200 s left, usable for 100 s more (a 100 s margin). Wide windows: a loaded machine
+        // cannot push `now` past them.
         let first = Arc::new(Issued {
             attachment: Attachment {
                 headers: Vec::new().into(),
                 generation: 1,
             },
             token: SecretString::from("same"),
-            expires_at: now + Duration::from_millis(200),
-            usable_until: now + Duration::from_millis(100),
+            expires_at: now + Duration::from_secs(200),
+            usable_until: now + Duration::from_secs(100),
             fetched_at: now,
         });
         {
@@ -580,11 +581,11 @@ client_secret = "secret"
             st.generation = 1;
             st.current = Some(first.clone());
         }
-        // Handed back again, claiming a fresh 2 s.
+        // Handed back again, claiming a fresh 2,000 s.
         let (again, _, due) = cache
             .issue(FetchedToken {
                 token: SecretString::from("same"),
-                expires_at: now + Duration::from_secs(2),
+                expires_at: now + Duration::from_secs(2000),
                 refresh_token: None,
             })
             .expect("still usable");

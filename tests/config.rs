@@ -36,7 +36,7 @@ auth = "none"
 "#;
 
 /// Write `toml` to a fresh file and load it; returns the file and the error.
-fn load_err(toml: &str) -> (PathBuf, ConfigError) {
+fn load_err(toml: &str) -> (support::Scratch, ConfigError) {
     let path = support::temp_dir("config").join("credgate.toml");
     std::fs::write(&path, toml).expect("write");
     match Config::load(&path) {

@@ -1,7 +1,7 @@
 //! The Incode flow over real sockets against a fake Incode that checks the wire shapes of VENDORS.md §1.
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use http::Method;
 use serde_json::json;
@@ -24,7 +24,7 @@ const HOOK_SECRET: &str = "hook-secret-1";
 struct Setup {
     incode: FakeIncode,
     gw: support::TestGateway,
-    db: PathBuf,
+    db: support::Scratch,
 }
 
 impl Setup {

@@ -2,7 +2,7 @@
 //! back after a restart, and rate limits.
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -66,7 +66,7 @@ const GENEROUS: &str = "caller_limit = { requests = 100, per = \"1h\" }\nphone_l
 
 struct Setup {
     gw: support::TestGateway,
-    db: PathBuf,
+    db: support::Scratch,
 }
 
 impl Setup {

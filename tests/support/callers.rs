@@ -13,7 +13,7 @@ pub const AUD: &str = "credgate";
 /// An issuer key, written where the gateway's config can read it.
 pub struct Callers {
     key: SigningKey,
-    pem: std::path::PathBuf,
+    pem: super::Scratch,
 }
 
 impl Callers {

@@ -1,6 +1,5 @@
 //! Per-test certificates (rcgen) written to a temp dir, and real rustls clients that trust them (HTTP/1.1 and HTTP/2).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,13 +14,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// A dev CA with a localhost server cert, written to disk for config files.
 pub struct TestCerts {
     /// Directory holding the files.
-    pub dir: PathBuf,
+    pub dir: super::Scratch,
     /// CA certificate file.
-    pub ca: PathBuf,
+    pub ca: super::Scratch,
     /// Server certificate file.
-    pub cert: PathBuf,
+    pub cert: super::Scratch,
     /// Server key file.
-    pub key: PathBuf,
+    pub key: super::Scratch,
     /// The generated material.
     pub pem: credgate::dev_certs::DevCerts,
 }

@@ -13,7 +13,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::Duration;
 
 use credgate::gateway::Config;
@@ -60,15 +60,53 @@ pub async fn start_gateway(toml: &str) -> TestGateway {
     }
 }
 
-/// A fresh directory under cargo's scratch directory for tests (`target/tmp`, gone with `cargo clean`), unique per
-/// call.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "credgate-test-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+/// A fresh directory under cargo's scratch directory for tests (`target/tmp`), removed with its contents (private
+/// keys, SQLite files) once the last [`Scratch`] made from it is dropped.
+pub fn temp_dir(tag: &str) -> Scratch {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("credgate-test-{tag}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create temp dir");
+    let path = dir.path().to_owned();
+    Scratch {
+        guard: std::sync::Arc::new(dir),
+        path,
+    }
+}
+
+/// A path in a test's scratch directory; holding it keeps the directory.
+#[derive(Clone, Debug)]
+pub struct Scratch {
+    guard: std::sync::Arc<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// `name` in the same directory, which it keeps as well.
+    pub fn join(&self, name: impl AsRef<std::path::Path>) -> Scratch {
+        Scratch {
+            guard: self.guard.clone(),
+            path: self.path.join(name),
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
 }

@@ -45,13 +45,7 @@ async fn no_secret_or_token_reaches_the_logs_at_trace() {
     let cs = secret_file("client_secret", CLIENT_SECRET);
     let pw = secret_file("password", PASSWORD);
     let key = secret_file("api_key", API_KEY);
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
+    let config_for = |port: u16| {
         format!(
             r#"
 [[listeners]]
@@ -90,32 +84,53 @@ auth = "none"
             url = v.url(),
             token_url = v.token_url(),
             login_url = v.login_url(),
-        ),
-    )
-    .expect("write config");
+        )
+    };
+    let config = dir.join("config.toml");
     let log_path = dir.join("stderr.log");
-    let log_file = std::fs::File::create(&log_path).expect("log file");
-    let child = Child(
-        Command::new(env!("CARGO_BIN_EXE_credgate"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .expect("spawn credgate"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "credgate did not start listening"
+    // The port is picked here and bound by the child: should another process take it in between, the child exits
+    // and the next attempt picks another.
+    let mut attempts = 0;
+    let (child, port) = loop {
+        attempts += 1;
+        assert!(attempts <= 5, "credgate never got a port of its own");
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        std::fs::write(&config, config_for(port)).expect("write config");
+        let log_file = std::fs::File::create(&log_path).expect("log file");
+        let mut child = Child(
+            Command::new(env!("CARGO_BIN_EXE_credgate"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "trace")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log_file))
+                .spawn()
+                .expect("spawn credgate"),
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let listening = loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break true;
+            }
+            if child.0.try_wait().expect("child status").is_some() {
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "credgate did not start listening"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if listening {
+            break (child, port);
+        }
+    };
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let call = |method: &'static str, path: &'static str, body: &'static str| {

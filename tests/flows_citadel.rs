@@ -288,11 +288,7 @@ client_name = "Acme"
 
 #[tokio::test]
 async fn an_unreachable_vendor_is_a_502_naming_the_step() {
-    // Bind and drop a listener: its port is then closed.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let (_held, closed) = support::closed_port();
     let gw = support::start_gateway(&format!(
         r#"
 [[listeners]]

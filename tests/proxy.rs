@@ -341,9 +341,7 @@ auth = "none"
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_problem() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = closed.local_addr().expect("addr");
-    drop(closed);
+    let (_held, addr) = support::closed_port();
     let gw = support::start_gateway(&config(&format!("http://{addr}"), "", API_ROUTE)).await;
     let (parts, body) = send(get(&gw, "/api/x").body(upstream::full("")).expect("req")).await;
     assert_eq!(parts.status, StatusCode::BAD_GATEWAY);

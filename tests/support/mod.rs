@@ -60,6 +60,17 @@ pub async fn start_gateway(toml: &str) -> TestGateway {
     }
 }
 
+/// A loopback port nothing listens on, held (bound, never listening) for as long as the socket lives: connecting is
+/// refused, and no parallel test can take the port meanwhile, as it could one whose listener was bound and dropped.
+pub fn closed_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
 /// A fresh directory under cargo's scratch directory for tests (`target/tmp`), removed with its contents (private
 /// keys, SQLite files) once the last [`Scratch`] made from it is dropped.
 pub fn temp_dir(tag: &str) -> Scratch {

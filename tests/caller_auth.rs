@@ -824,3 +824,107 @@ async fn config_errors_name_the_issuer_key() {
     );
     assert!(e.contains("issuers[0].keys[0].file"), "{e}");
 }
+
+/// An issuer with the JWKS of `idp` and the static PEM key `stat` (kid `kid`), plus `extra` settings.
+fn jwks_and_static_issuer(
+    idp: &FakeIdp,
+    stat: &SigningKey,
+    kid: &str,
+    extra: &str,
+) -> (String, support::Scratch) {
+    let pem = support::temp_dir("static-key").join("static.pub");
+    std::fs::write(&pem, stat.public_pem()).expect("write");
+    let toml = format!(
+        r#"
+[[issuers]]
+name = "idp"
+issuer = "{ISS}"
+audiences = ["{AUD}"]
+jwks_url = "{}"
+keys = [{{ file = "{}", kid = "{kid}" }}]
+{extra}
+"#,
+        idp.jwks_url(),
+        pem.display()
+    );
+    (toml, pem)
+}
+
+#[tokio::test]
+async fn after_max_staleness_jwks_keys_are_dropped_and_static_keys_stay() {
+    let from_jwks = SigningKey::rsa("j1");
+    let stat = SigningKey::rsa("s1");
+    let idp = FakeIdp::start(&[&from_jwks]).await;
+    let up = upstream::start(Behaviour::Ok).await;
+    let (issuer, _pem) = jwks_and_static_issuer(&idp, &stat, "s1", r#"max_staleness = "1s""#);
+    let gw = support::start_gateway(&config(&up, &issuer, ROUTE)).await;
+    let c = client();
+    wait_ready(&c, &gw).await;
+    let url = format!("http://{}/api/x", gw.addr());
+    let jwks_token = mint(&from_jwks, &claims(ISS, AUD));
+    let static_token = mint(&stat, &claims(ISS, AUD));
+    assert_eq!(get(&c, &url, &jwks_token).await.status, StatusCode::OK);
+    assert_eq!(get(&c, &url, &static_token).await.status, StatusCode::OK);
+    // The IdP goes away: the last good JWKS stays in force for max_staleness, then its keys go, cached tokens too.
+    idp.set_down(true);
+    assert!(
+        eventually(15, || async {
+            get(&c, &url, &jwks_token).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "JWKS keys outlived max_staleness"
+    );
+    assert_eq!(get(&c, &url, &jwks_token).await.body["code"], "unknown_key");
+    assert_eq!(
+        get(&c, &url, &static_token).await.status,
+        StatusCode::OK,
+        "static keys stay"
+    );
+}
+
+#[tokio::test]
+async fn a_static_key_wins_a_kid_clash_with_the_jwks() {
+    // The JWKS publishes another key under the static key's kid.
+    let impostor = SigningKey::rsa("shared");
+    let stat = SigningKey::rsa("shared");
+    let idp = FakeIdp::start(&[&impostor]).await;
+    let up = upstream::start(Behaviour::Ok).await;
+    let (issuer, _pem) = jwks_and_static_issuer(&idp, &stat, "shared", "");
+    let gw = support::start_gateway(&config(&up, &issuer, ROUTE)).await;
+    let c = client();
+    wait_ready(&c, &gw).await;
+    let url = format!("http://{}/api/x", gw.addr());
+    assert_eq!(
+        get(&c, &url, &mint(&stat, &claims(ISS, AUD))).await.status,
+        StatusCode::OK
+    );
+    let refused = get(&c, &url, &mint(&impostor, &claims(ISS, AUD))).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.body["code"], "bad_signature");
+}
+
+#[tokio::test]
+async fn a_token_without_kid_is_refused_when_the_issuer_has_several_keys() {
+    let a = SigningKey::rsa("a");
+    let b = SigningKey::rsa("b");
+    let idp = FakeIdp::start(&[&a, &b]).await;
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(&up, &jwks_issuer(&idp, ""), ROUTE)).await;
+    let c = client();
+    wait_ready(&c, &gw).await;
+    let url = format!("http://{}/api/x", gw.addr());
+    let no_kid = token_with(
+        &json!({"alg": "RS256", "typ": "JWT"}),
+        &claims(ISS, AUD),
+        &a,
+        "RS256",
+    );
+    let refused = get(&c, &url, &no_kid).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.body["code"], "unknown_key");
+    assert_eq!(
+        get(&c, &url, &mint(&a, &claims(ISS, AUD))).await.status,
+        StatusCode::OK,
+        "the same key with its kid passes"
+    );
+}

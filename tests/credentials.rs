@@ -761,3 +761,178 @@ async fn demo_injects_sandbox_tropipay_and_incode_tokens_over_tls() {
     assert!(inc["headers"].get("authorization").is_none());
     demo.remove_files().expect("demo files removed");
 }
+
+/// A body sent as `first`, then (once `go` fires) `second`, chunked: its size is not known up front.
+fn two_part_body(
+    first: &'static [u8],
+    second: &'static [u8],
+    go: tokio::sync::oneshot::Receiver<()>,
+) -> http_body_util::StreamBody<
+    futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+> {
+    use futures_util::StreamExt;
+    let first = futures_util::stream::once(async move {
+        Ok(hyper::body::Frame::data(Bytes::from_static(first)))
+    });
+    let second = futures_util::stream::once(async move {
+        let _ = go.await;
+        Ok(hyper::body::Frame::data(Bytes::from_static(second)))
+    });
+    http_body_util::StreamBody::new(first.chain(second).boxed())
+}
+
+#[tokio::test]
+async fn a_chunked_body_under_the_limit_streams_through_and_is_not_replayed() {
+    let v = fake_vendor::new().run().await;
+    let gw = support::start_gateway(&gateway_toml(
+        &v,
+        &oauth2_renewing_at_once(&v, "retry_body_limit = 65536"),
+    ))
+    .await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.revoke_all();
+    let (tcp, go) = (
+        tokio::net::TcpStream::connect(gw.addr())
+            .await
+            .expect("connect"),
+        tokio::sync::oneshot::channel(),
+    );
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::post("/api/pay")
+        .header("host", "gw")
+        .body(two_part_body(b"{\"amount\":", b"1}", go.1))
+        .expect("request");
+    let _ = go.0.send(());
+    let rsp = sender.send_request(req).await.expect("response");
+    assert_eq!(
+        rsp.status(),
+        401,
+        "a body of unknown size is forwarded as it comes and the rejection passed through"
+    );
+    let api = v.api_log();
+    assert_eq!(api.len(), 2, "not replayed");
+    assert_eq!(api[1].body, "{\"amount\":1}");
+    assert_eq!(api[1].headers.get("content-length"), None);
+    // The token was still dropped: the next request gets a new one.
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    assert_eq!(v.grants(), 2);
+}
+
+#[tokio::test]
+async fn an_http2_request_that_ended_with_its_headers_is_replayed() {
+    let v = fake_vendor::new().run().await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2_renewing_at_once(&v, ""))).await;
+    let client = http();
+    assert_eq!(get(&client, &gw, "/api/x").await.status, 200);
+    v.revoke_all();
+    let tcp = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let rsp = sender
+        .send_request(
+            Request::get(format!("http://{}/api/h2", gw.addr()))
+                .header("authorization", "Bearer caller-token")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(rsp.status(), 200, "renewed and replayed");
+    let api = v.api_log();
+    assert_eq!(api.len(), 3);
+    assert_eq!((api[1].status, api[2].status), (401, 200));
+    assert_eq!(api[2].uri, "/api/h2");
+}
+
+#[tokio::test]
+async fn a_static_credentials_request_body_is_never_buffered() {
+    // An upstream that says when the first piece of a body arrived, while the caller holds back the rest.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = listener.local_addr().expect("addr");
+    let (first_tx, first_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let first_tx = first_tx.clone();
+            async move {
+                let mut body = req.into_body();
+                let mut all = Vec::new();
+                while let Some(frame) = body.frame().await {
+                    if let Some(d) = frame.expect("frame").data_ref() {
+                        let _ = first_tx.send(d.clone());
+                        all.extend_from_slice(d);
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(all))))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+            .await;
+    });
+    let gw = support::start_gateway(&format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[upstreams.u]
+url = "http://{up}"
+[credentials.k]
+kind = "static"
+allowed_hosts = ["127.0.0.1"]
+headers = {{ "X-Api-Key" = "static-secret" }}
+[[routes]]
+path_prefix = "/"
+upstream = "u"
+credential = "k"
+auth = "none"
+"#
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+    let req = Request::post("/upload")
+        .header("host", "gw")
+        .header("content-length", "10")
+        .body(two_part_body(b"first", b"-rest", go_rx))
+        .expect("request");
+    let answer = tokio::spawn(async move { sender.send_request(req).await });
+    // Only once the upstream has the first piece does the caller send the rest: a buffering gateway would wait for
+    // all of it first, and this would never end.
+    let mut first_rx = first_rx;
+    let first = tokio::time::timeout(HANG, first_rx.recv())
+        .await
+        .expect("the first piece reached the upstream before the body was complete")
+        .expect("a piece");
+    assert_eq!(&first[..], b"first");
+    let _ = go_tx.send(());
+    let rsp = tokio::time::timeout(HANG, answer)
+        .await
+        .expect("in time")
+        .expect("join")
+        .expect("response");
+    assert_eq!(rsp.status(), 200);
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"first-rest");
+}

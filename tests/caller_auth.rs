@@ -928,3 +928,37 @@ async fn a_token_without_kid_is_refused_when_the_issuer_has_several_keys() {
         "the same key with its kid passes"
     );
 }
+
+#[tokio::test]
+async fn a_forwarded_claim_the_token_lacks_is_sent_empty_never_as_the_caller_wrote_it() {
+    let k = SigningKey::rsa("k1");
+    let idp = FakeIdp::start(&[&k]).await;
+    let up = upstream::start(Behaviour::Ok).await;
+    let route = r#"
+[[routes]]
+path_prefix = "/api"
+upstream = "u"
+forward_claims = { sub = "X-Credgate-Subject", email = "X-Credgate-Email" }
+"#;
+    let gw = support::start_gateway(&config(&up, &jwks_issuer(&idp, ""), route)).await;
+    let c = client();
+    wait_ready(&c, &gw).await;
+    let url = format!("http://{}/api/x", gw.addr());
+    let mut cl = claims(ISS, AUD);
+    cl.as_object_mut().expect("claims").remove("email");
+    let auth = format!("Bearer {}", mint(&k, &cl));
+    let got = call(
+        &c,
+        &url,
+        &[
+            ("authorization", auth.as_str()),
+            ("x-credgate-email", "ceo@victim.example"),
+        ],
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let seen = &up.seen()[0];
+    assert_eq!(seen.headers["x-credgate-subject"], "svc-a");
+    let email: Vec<_> = seen.headers.get_all("x-credgate-email").iter().collect();
+    assert_eq!(email, [""], "sent empty, the caller's value dropped");
+}

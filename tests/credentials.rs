@@ -936,3 +936,37 @@ auth = "none"
     let body = rsp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(&body[..], b"first-rest");
 }
+
+#[tokio::test]
+async fn a_caller_that_goes_away_does_not_cancel_the_shared_token_request() {
+    let v = fake_vendor::new().run().await;
+    let gw = support::start_gateway(&gateway_toml(&v, &oauth2(&v, ""))).await;
+    v.set_mode(Mode::Hold);
+    // The first caller starts the token request, then hangs up while it is held.
+    let first = tokio::spawn({
+        let client = http();
+        let addr = gw.addr();
+        async move {
+            let req = Request::get(format!("http://{addr}/api/first"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            client.request(req).await
+        }
+    });
+    let deadline = Instant::now() + HANG;
+    while v.grants() == 0 {
+        assert!(Instant::now() < deadline, "no token request started");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.abort();
+    let _ = first.await;
+    v.release();
+    // The next caller is served by that same token request, not a new one.
+    assert_eq!(get(&http(), &gw, "/api/second").await.status, 200);
+    assert_eq!(
+        v.grants(),
+        1,
+        "the token request ran on without its first caller"
+    );
+}

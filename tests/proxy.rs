@@ -340,6 +340,39 @@ auth = "none"
 }
 
 #[tokio::test]
+async fn an_upstream_that_never_accepts_is_a_502_after_connect_timeout() {
+    // A listener that never accepts, its backlog filled: the gateway's connection attempt gets no answer at all.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        // Connections past the backlog never complete: start them without waiting.
+        fillers.push(tokio::spawn(s.connect(addr)));
+    }
+    let gw = support::start_gateway(&config(
+        &format!("http://{addr}"),
+        r#"connect_timeout = "300ms""#,
+        API_ROUTE,
+    ))
+    .await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        send(get(&gw, "/api/x").body(upstream::full("")).expect("req")),
+    )
+    .await
+    .expect("connect_timeout ended the attempt");
+    let (parts, body) = answer;
+    assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(problem(&parts, &body)["code"], "upstream_unreachable");
+    drop(listener);
+}
+
+#[tokio::test]
 async fn unreachable_upstream_is_502_problem() {
     let (_held, addr) = support::closed_port();
     let gw = support::start_gateway(&config(&format!("http://{addr}"), "", API_ROUTE)).await;

@@ -962,3 +962,32 @@ forward_claims = { sub = "X-Credgate-Subject", email = "X-Credgate-Email" }
     let email: Vec<_> = seen.headers.get_all("x-credgate-email").iter().collect();
     assert_eq!(email, [""], "sent empty, the caller's value dropped");
 }
+
+#[tokio::test]
+async fn a_key_removed_at_a_routine_refresh_stops_its_cached_tokens() {
+    let (k1, k2) = (SigningKey::rsa("k1"), SigningKey::rsa("k2"));
+    let idp = FakeIdp::start(&[&k1, &k2]).await;
+    let up = upstream::start(Behaviour::Ok).await;
+    let issuer = jwks_issuer(
+        &idp,
+        "refresh_interval = \"100ms\"\nmin_refresh_interval = \"100ms\"",
+    );
+    let gw = support::start_gateway(&config(&up, &issuer, ROUTE)).await;
+    let c = client();
+    wait_ready(&c, &gw).await;
+    let url = format!("http://{}/api/x", gw.addr());
+    let (t1, t2) = (mint(&k1, &claims(ISS, AUD)), mint(&k2, &claims(ISS, AUD)));
+    assert_eq!(get(&c, &url, &t1).await.status, StatusCode::OK);
+    assert_eq!(get(&c, &url, &t2).await.status, StatusCode::OK);
+    // No unknown kid is ever sent: only the timed refresh can notice.
+    idp.set_keys(&[&k1]);
+    assert!(
+        eventually(10, || async {
+            get(&c, &url, &t2).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "a token verified with a removed key kept passing"
+    );
+    assert_eq!(get(&c, &url, &t2).await.body["code"], "unknown_key");
+    assert_eq!(get(&c, &url, &t1).await.status, StatusCode::OK);
+}

@@ -436,6 +436,37 @@ mod tests {
         ));
     }
 
+    /// A P-256 key, and a function parsing the same key again into a new object (as a refreshed JWKS would).
+    fn p256(kid: &'static str) -> (Arc<Key>, impl Fn() -> Arc<Key>) {
+        let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("keygen");
+        let der = kp.public_key().as_der().expect("der").as_ref().to_vec();
+        let parse =
+            move || Arc::new(Key::from_spki_der(Some(kid.into()), &der, &Alg::ALL).expect("key"));
+        (parse(), parse)
+    }
+
+    #[test]
+    fn a_refresh_keeps_unchanged_keys_as_they_were_and_lets_removed_ones_go() {
+        let ((a, a_again), (b, _)) = (p256("a"), p256("b"));
+        let before = KeySet::new(vec![a.clone(), b.clone()], None);
+        // The refreshed JWKS: `a` again (a new object for the same key), `b` gone.
+        let (keys, changed) = before.merge(&[], vec![a_again()]);
+        assert!(changed);
+        let after = KeySet::new(keys, None);
+        assert!(
+            after.holds(&a),
+            "tokens verified with the unchanged key stay cached"
+        );
+        assert!(
+            !after.holds(&b),
+            "tokens verified with the removed key stop at once"
+        );
+        // A refresh that changes nothing keeps the very same keys.
+        let (keys, changed) = after.merge(&[], vec![a_again()]);
+        assert!(!changed);
+        assert!(Arc::ptr_eq(&keys[0], &a));
+    }
+
     #[test]
     fn jwks_skips_symmetric_encryption_and_weak_keys() {
         let set: JwkSet = serde_json::from_value(serde_json::json!({"keys": [

@@ -2,9 +2,7 @@
 //! garbage answers) against a fake vendor; its whole log output must not contain one secret or token.
 mod support;
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -17,15 +15,6 @@ use support::fake_vendor::{self, Mode};
 const CLIENT_SECRET: &str = "cs-SECRET-client-7f3a";
 const PASSWORD: &str = "pw-SECRET-pass-55";
 const API_KEY: &str = "ak-SECRET-api-91";
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_or_token_reaches_the_logs_at_trace() {
@@ -90,47 +79,8 @@ auth = "none"
     let log_path = dir.join("stderr.log");
     // The port is picked here and bound by the child: should another process take it in between, the child exits
     // and the next attempt picks another.
-    let mut attempts = 0;
-    let (child, port) = loop {
-        attempts += 1;
-        assert!(attempts <= 5, "credgate never got a port of its own");
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        std::fs::write(&config, config_for(port)).expect("write config");
-        let log_file = std::fs::File::create(&log_path).expect("log file");
-        let mut child = Child(
-            Command::new(env!("CARGO_BIN_EXE_credgate"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "trace")
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log_file))
-                .spawn()
-                .expect("spawn credgate"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let listening = loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break true;
-            }
-            if child.0.try_wait().expect("child status").is_some() {
-                break false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "credgate did not start listening"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        if listening {
-            break (child, port);
-        }
-    };
+    let (child, port) =
+        support::run_binary_on_a_free_port(&[], &config, &log_path, config_for).await;
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let call = |method: &'static str, path: &'static str, body: &'static str| {

@@ -3,9 +3,6 @@
 //! access secret or access token, the TeleSign key, or the caller's token.
 mod support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use base64::Engine as _;
 use http::Method;
 use serde_json::json;
@@ -21,15 +18,6 @@ const CITADEL_ID: &str = "citadel-client-9";
 const CITADEL_SECRET: &str = "citadel-SECRET-access-62";
 /// TeleSign hands out base64 keys; both the text and the decoded bytes are secret.
 const TELESIGN_KEY_BYTES: &[u8] = b"telesign-SECRET-key-bytes-00000";
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Run the flows once through the binary with `log_format`; returns its log output.
 async fn run_flows(log_format: &str) -> (String, Vec<String>) {
@@ -86,47 +74,13 @@ flow = "telesign"
     };
     let config = dir.join("config.toml");
     let log_path = dir.join("stderr.log");
-    let mut attempts = 0;
-    let (child, port) = loop {
-        attempts += 1;
-        assert!(attempts <= 5, "credgate never got a port of its own");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        std::fs::write(&config, config_for(port)).expect("write config");
-        let log_file = std::fs::File::create(&log_path).expect("log file");
-        let mut child = Child(
-            Command::new(env!("CARGO_BIN_EXE_credgate"))
-                .args(["--log-format", log_format, "run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "trace")
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log_file))
-                .spawn()
-                .expect("spawn credgate"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let listening = loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break true;
-            }
-            if child.0.try_wait().expect("child status").is_some() {
-                break false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "credgate did not start listening"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        if listening {
-            break (child, port);
-        }
-    };
+    let (child, port) = support::run_binary_on_a_free_port(
+        &["--log-format", log_format],
+        &config,
+        &log_path,
+        config_for,
+    )
+    .await;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     let bearer = callers.bearer("svc-logs", "");
     let auth = [("authorization", bearer.as_str())];

@@ -10,19 +10,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::ChildGuard as Child;
 use support::upstream::{self, Behaviour, Upstream};
 
 /// Longest any step may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `credgate run` on a config with `/ok` to `fast` and `/held` to `held`; returns the child and its address.
 fn run(

@@ -121,3 +121,62 @@ impl AsRef<std::path::Path> for Scratch {
         &self.path
     }
 }
+
+/// A child process, killed and reaped when dropped.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start the built `credgate` with `args` then `run --config PATH`, the config at `config` written by
+/// `config_for(port)` for a free port, stderr into `log`, `RUST_LOG=trace`; returns once it listens. The port is
+/// picked here and bound by the child: should another process take it in between, the child exits and another is
+/// tried.
+pub async fn run_binary_on_a_free_port(
+    args: &[&str],
+    config: &std::path::Path,
+    log: &std::path::Path,
+    config_for: impl Fn(u16) -> String,
+) -> (ChildGuard, u16) {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        std::fs::write(config, config_for(port)).expect("write config");
+        let log_file = std::fs::File::create(log).expect("log file");
+        let mut child = ChildGuard(
+            std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
+                .args(args)
+                .args(["run", "--config"])
+                .arg(config)
+                .env("RUST_LOG", "trace")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::from(log_file))
+                .spawn()
+                .expect("spawn credgate"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return (child, port);
+            }
+            if child.0.try_wait().expect("child status").is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "credgate did not start listening"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    panic!("credgate never got a port of its own");
+}

@@ -168,4 +168,109 @@ mod tests {
         assert!(matches!(canonical("/api/v1/x-y_z~"), Ok(Cow::Borrowed(_))));
         assert!(matches!(canonical("/a/.well-known"), Ok(Cow::Borrowed(_))));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Pieces that make paths hard: dot segments in every spelling, encoded and raw separators, parameters,
+        /// escapes good and bad, case, non-ASCII.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "/",
+                "//",
+                "a",
+                "A",
+                "admin",
+                "ADMIN",
+                ".",
+                "..",
+                "%2e",
+                "%2E",
+                ".%2e",
+                "%2f",
+                "%2F",
+                "%5c",
+                "\\",
+                "%61",
+                "%41",
+                "%25",
+                "%2b",
+                "%7e",
+                "~",
+                "-",
+                "_",
+                ";",
+                "%3b",
+                "%",
+                "%4",
+                "%zz",
+                "%00",
+                "é",
+                "%C3%A9",
+                "x..",
+                "..x",
+                ".well-known",
+            ])
+        }
+
+        fn raw_path() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 0..12).prop_map(|p| format!("/{}", p.concat()))
+        }
+
+        /// How a decoding upstream reads a path: `%XX` decoded, slashes merged.
+        fn decoded(path: &str) -> Vec<u8> {
+            let b = path.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                let byte = if b[i] == b'%' && i + 3 <= b.len() {
+                    let v = u8::from_str_radix(&path[i + 1..i + 3], 16).unwrap_or(b'%');
+                    i += 3;
+                    v
+                } else {
+                    i += 1;
+                    b[i - 1]
+                };
+                if !(byte == b'/' && out.last() == Some(&b'/')) {
+                    out.push(byte);
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// A canonical path is its own canonical form, and has nothing an upstream could read two ways.
+            #[test]
+            fn the_canonical_form_is_stable_and_unambiguous(raw in raw_path()) {
+                let Ok(c) = canonical(&raw) else { return Ok(()) };
+                let again = canonical(&c).expect("canonical again");
+                prop_assert_eq!(again.as_ref(), c.as_ref());
+                prop_assert!(c.starts_with('/') && !c.contains("//"), "{}", c);
+                prop_assert!(!c.contains(';') && !c.contains('\\'), "{}", c);
+                for seg in c.split('/') {
+                    prop_assert!(seg != "." && seg != "..", "dot segment in {}", c);
+                }
+                let b = c.as_bytes();
+                for (i, _) in c.match_indices('%') {
+                    let hex = b.get(i + 1..i + 3).expect("two digits after %");
+                    prop_assert!(hex.iter().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)), "{}", c);
+                    let v = u8::from_str_radix(std::str::from_utf8(hex).expect("ascii"), 16).expect("hex");
+                    prop_assert!(!(v.is_ascii_alphanumeric() || b"-._~".contains(&v)), "unreserved left escaped in {}", c);
+                    prop_assert!(v != b'/' && v != b'\\', "{}", c);
+                }
+            }
+
+            /// What the gateway routes on reads the same as what a decoding, slash-merging upstream reads: no path
+            /// is held to one route and served as another's.
+            #[test]
+            fn the_canonical_form_means_what_the_raw_path_means(raw in raw_path()) {
+                let Ok(c) = canonical(&raw) else { return Ok(()) };
+                prop_assert_eq!(decoded(&c), decoded(&raw), "{} -> {}", raw, c);
+            }
+        }
+    }
 }

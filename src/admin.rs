@@ -1,8 +1,9 @@
-//! The admin listener: `/healthz` (process up), `/readyz` (every dependency ready, e.g. issuer keys loaded) and
-//! `/metrics` (OpenMetrics text). Plain HTTP; bind it to loopback. Exposes no secret.
+//! The admin listener: `/healthz` (process up), `/readyz` (every dependency ready, e.g. issuer keys loaded),
+//! `/metrics` (OpenMetrics text), `GET /admin/credentials` (each credential's token state) and
+//! `POST /admin/credentials/{name}/refresh` (renew now). Plain HTTP; bind it to loopback. Exposes no secret.
 
 use http::header::{CONTENT_TYPE, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use prometheus_client::encoding::{EncodeLabelSet, text};
@@ -13,6 +14,7 @@ use prometheus_client::registry::Registry;
 use crate::body::{self, Body};
 use crate::gateway::Gateway;
 use crate::metrics;
+use crate::problem::Problem;
 
 /// Answer one admin request.
 pub(crate) fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
@@ -39,8 +41,68 @@ pub(crate) fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
             gw.metrics.render(&mut out);
             text(StatusCode::OK, out, metrics::CONTENT_TYPE)
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+        "/admin/credentials" if req.method() == Method::GET => {
+            let doc: Vec<_> = gw
+                .credentials
+                .iter()
+                .map(|(name, c)| {
+                    let mut v = serde_json::to_value(c.status()).unwrap_or_default();
+                    v["name"] = json!(name);
+                    v
+                })
+                .collect();
+            text(
+                StatusCode::OK,
+                json!({ "credentials": doc }).to_string(),
+                "application/json",
+            )
+        }
+        "/admin/credentials" => method_not_allowed("GET"),
+        p => match p
+            .strip_prefix("/admin/credentials/")
+            .and_then(|rest| rest.strip_suffix("/refresh"))
+        {
+            Some(_) if req.method() != Method::POST => method_not_allowed("POST"),
+            Some(name) => refresh(gw, name),
+            None => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+        },
     }
+}
+
+/// `POST /admin/credentials/{name}/refresh`: start a renewal (joining one in flight) and answer at once.
+fn refresh(gw: &Gateway, name: &str) -> Response<Body> {
+    match gw.credentials.get(name) {
+        None => Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_credential",
+            "No such credential",
+        )
+        .into_response("-"),
+        Some(c) if !c.refresh_now() => Problem::new(
+            StatusCode::CONFLICT,
+            "nothing_to_refresh",
+            "This credential has no token to renew",
+        )
+        .detail(format!("{name} is {}", c.status().kind))
+        .into_response("-"),
+        Some(_) => text(
+            StatusCode::ACCEPTED,
+            json!({ "name": name, "refreshing": true }).to_string(),
+            "application/json",
+        ),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut rsp = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+    )
+    .into_response("-");
+    rsp.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    rsp
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]

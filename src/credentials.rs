@@ -89,25 +89,51 @@ pub trait Credential: Send + Sync + fmt::Debug {
     fn reject_policy(&self) -> Option<&RejectPolicy> {
         None
     }
+
+    /// What an operator sees of it (the admin API): its kind and, for token kinds, the token's state and times.
+    fn status(&self) -> CredentialStatus {
+        CredentialStatus {
+            kind: "static",
+            token: None,
+        }
+    }
+
+    /// Renew now (an operator's request); false for kinds with nothing to renew.
+    fn refresh_now(&self) -> bool {
+        false
+    }
+}
+
+/// A credential as the admin API shows it: never a secret or token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CredentialStatus {
+    /// `static`, `oauth2_client_credentials` or `login`.
+    pub kind: &'static str,
+    /// The token's state, for token kinds.
+    #[serde(flatten)]
+    pub token: Option<token_cache::TokenStatus>,
 }
 
 /// A token-based credential (OAuth2 client credentials, login): headers rendered from a cached token.
 #[derive(Debug)]
 pub(crate) struct TokenCredential {
+    kind: &'static str,
     names: Vec<HeaderName>,
     reject: RejectPolicy,
     cache: Arc<TokenCache>,
 }
 
 impl TokenCredential {
-    /// A credential named `name` whose tokens come from `source`.
+    /// A credential named `name` of `kind` whose tokens come from `source`.
     pub(crate) fn new(
         name: &str,
+        kind: &'static str,
         source: Box<dyn TokenSource>,
         settings: TokenSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            kind,
             names: settings.headers.iter().map(|(n, _)| n.clone()).collect(),
             reject: settings.reject.clone(),
             cache: TokenCache::new(name, source, settings, metrics),
@@ -134,6 +160,18 @@ impl Credential for TokenCredential {
 
     fn reject_policy(&self) -> Option<&RejectPolicy> {
         Some(&self.reject)
+    }
+
+    fn status(&self) -> CredentialStatus {
+        CredentialStatus {
+            kind: self.kind,
+            token: Some(self.cache.status()),
+        }
+    }
+
+    fn refresh_now(&self) -> bool {
+        self.cache.refresh_now();
+        true
     }
 }
 
@@ -310,12 +348,14 @@ impl Credentials {
                 }
                 CredentialConfig::OAuth2(o) => Arc::new(TokenCredential::new(
                     name,
+                    "oauth2_client_credentials",
                     Box::new(oauth2::OAuth2Source::new(name, o.clone(), http.clone())),
                     o.token.clone(),
                     metrics.clone(),
                 )),
                 CredentialConfig::Login(l) => Arc::new(TokenCredential::new(
                     name,
+                    "login",
                     Box::new(login::LoginSource::new(l.clone(), http.clone())),
                     l.token.clone(),
                     metrics.clone(),
@@ -329,6 +369,11 @@ impl Credentials {
     /// The credential named `name`.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Credential>> {
         self.by_name.get(name).cloned()
+    }
+
+    /// Every credential, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Credential>)> {
+        self.by_name.iter().map(|(n, c)| (n.as_str(), c))
     }
 }
 
@@ -367,6 +412,7 @@ mod tests {
         settings.min_token_age = min_token_age;
         TokenCredential::new(
             "v",
+            "oauth2_client_credentials",
             Box::new(Counting::default()),
             settings,
             Arc::new(Metrics::default()),

@@ -970,3 +970,96 @@ async fn a_caller_that_goes_away_does_not_cancel_the_shared_token_request() {
         "the token request ran on without its first caller"
     );
 }
+
+/// `method path` on the admin listener; the status and the body as JSON.
+async fn admin(
+    gw: &support::TestGateway,
+    method: &str,
+    path: &str,
+) -> (StatusCode, serde_json::Value, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!(
+            "http://{}{path}",
+            gw.admin.expect("admin listener")
+        ))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let rsp = http().request(req).await.expect("response");
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or_default(),
+        text,
+    )
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_token_state_and_renews_on_request_never_showing_a_token() {
+    let v = fake_vendor::new().run().await;
+    let toml = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n{}\n[credentials.fixed]\nkind = \"static\"\nallowed_hosts = [\"127.0.0.1\"]\n\
+         headers = {{ \"X-Api-Key\" = \"fixed-secret-value\" }}\n",
+        gateway_toml(&v, &oauth2(&v, ""))
+    );
+    let gw = support::start_gateway(&toml).await;
+    let find = |doc: &serde_json::Value, name: &str| {
+        doc["credentials"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} not listed: {doc}"))
+    };
+    let (status, doc, _) = admin(&gw, "GET", "/admin/credentials").await;
+    assert_eq!(status, 200);
+    let cold = find(&doc, "v");
+    assert_eq!(cold["kind"], "oauth2_client_credentials");
+    assert_eq!(cold["state"], "no_token");
+    assert_eq!(find(&doc, "fixed")["kind"], "static");
+
+    assert_eq!(get(&http(), &gw, "/api/x").await.status, 200);
+    let (_, doc, text) = admin(&gw, "GET", "/admin/credentials").await;
+    let warm = find(&doc, "v");
+    assert_eq!(warm["state"], "fresh", "{warm}");
+    assert!(
+        warm["expires_in_secs"].as_u64().is_some_and(|s| s > 3000),
+        "{warm}"
+    );
+    assert_eq!(warm["last_fetch_ok"], true);
+    assert_eq!(warm["fetches"], 1);
+
+    // Renew on request: a second token request, and the answer says so at once.
+    let (status, doc, _) = admin(&gw, "POST", "/admin/credentials/v/refresh").await;
+    assert_eq!(
+        (status, doc["refreshing"].clone()),
+        (StatusCode::ACCEPTED, serde_json::json!(true))
+    );
+    let deadline = Instant::now() + HANG;
+    while admin(&gw, "GET", "/admin/credentials").await.1["credentials"][1]["fetches"] != 2 {
+        assert!(Instant::now() < deadline, "the renewal did not happen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(v.grants(), 2);
+    let (status, doc, _) = admin(&gw, "POST", "/admin/credentials/fixed/refresh").await;
+    assert_eq!(
+        (status, doc["code"].clone()),
+        (
+            StatusCode::CONFLICT,
+            serde_json::json!("nothing_to_refresh")
+        )
+    );
+    let (status, _, _) = admin(&gw, "POST", "/admin/credentials/nope/refresh").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = admin(&gw, "GET", "/admin/credentials/v/refresh").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let (_, _, text_after) = admin(&gw, "GET", "/admin/credentials").await;
+    for t in v.issued() {
+        assert!(
+            !text.contains(&t) && !text_after.contains(&t),
+            "a token in the admin answer"
+        );
+    }
+    assert!(!text_after.contains("fixed-secret-value") && !text_after.contains("secret"));
+}

@@ -94,6 +94,29 @@ pub(crate) trait TokenSource: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<FetchedToken, TokenError>>;
 }
 
+/// A token credential as an operator sees it (the admin API): never the token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenStatus {
+    /// `fresh`, `renewing`, `fetching`, `failing` or `no_token`.
+    pub state: &'static str,
+    /// Seconds until the cached token expires.
+    pub expires_in_secs: Option<u64>,
+    /// Seconds it may still be attached (expiry minus the safety margin).
+    pub usable_for_secs: Option<u64>,
+    /// Seconds until the next renewal (or retry).
+    pub next_renewal_in_secs: Option<u64>,
+    /// Unix seconds when the last token request ended.
+    pub last_fetch_unix: Option<u64>,
+    /// Whether it got a token.
+    pub last_fetch_ok: Option<bool>,
+    /// Failed token requests in a row.
+    pub consecutive_failures: u32,
+    /// Token requests that got a token, since start.
+    pub fetches: u64,
+    /// Token requests that failed, since start.
+    pub failures: u64,
+}
+
 /// A cached token with everything the hot path needs precomputed.
 #[derive(Debug)]
 pub(crate) struct Issued {
@@ -122,6 +145,10 @@ struct State {
     rejection_renewals: u32,
     /// The generation whose too-young rejection was last logged, so that a stream of them logs once per token.
     warned_generation: u64,
+    /// When the renewal timer fires next.
+    next_renewal: Option<Instant>,
+    /// When the last token request ended, and whether it got a token.
+    last_fetch: Option<(SystemTime, bool)>,
     refresh_token: Option<SecretString>,
     /// Bumped whenever a timer is scheduled; an older timer that wakes up finds a newer epoch and does nothing.
     timer_epoch: u64,
@@ -302,6 +329,42 @@ impl TokenCache {
         true
     }
 
+    /// What an operator sees of this credential: its state and times, never the token.
+    pub(crate) fn status(&self) -> TokenStatus {
+        let now = Instant::now();
+        let st = self.state();
+        let usable = st.current.as_ref().filter(|c| now < c.usable_until);
+        let fetching = st.flight.in_flight().is_some();
+        let state = match (usable.is_some(), st.failures > 0, fetching) {
+            (_, true, _) => "failing",
+            (true, false, true) => "renewing",
+            (true, false, false) => "fresh",
+            (false, false, true) => "fetching",
+            (false, false, false) => "no_token",
+        };
+        let secs = |at: Instant| at.saturating_duration_since(now).as_secs();
+        TokenStatus {
+            state,
+            expires_in_secs: usable.map(|c| secs(c.expires_at)),
+            usable_for_secs: usable.map(|c| secs(c.usable_until)),
+            next_renewal_in_secs: st.next_renewal.map(secs),
+            last_fetch_unix: st.last_fetch.and_then(|(at, _)| {
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs())
+            }),
+            last_fetch_ok: st.last_fetch.map(|(_, ok)| ok),
+            consecutive_failures: st.failures,
+            fetches: self.counters.fetched.get(),
+            failures: self.counters.failed.get(),
+        }
+    }
+
+    /// Renew now, an operator's request: joins a fetch in flight, and does not wait out a backoff.
+    pub(crate) fn refresh_now(&self) {
+        drop(self.start_fetch());
+    }
+
     /// Join the in-flight fetch or start one; the fetch runs as its own task so a caller going away does not cancel it.
     fn start_fetch(&self) -> Fetch {
         let mut st = self.state();
@@ -426,6 +489,7 @@ impl TokenCache {
         self.counters.fetched.inc();
         let mut st = self.state();
         st.flight.land();
+        st.last_fetch = Some((SystemTime::now(), true));
         let next = if near_expiry {
             // Valid, so it is served, but renewal is due already: retry after a backoff, not in a tight loop.
             st.failures = st.failures.saturating_add(1);
@@ -447,6 +511,7 @@ impl TokenCache {
         self.counters.failed.inc();
         let mut st = self.state();
         st.flight.land();
+        st.last_fetch = Some((SystemTime::now(), false));
         st.failures = st.failures.saturating_add(1);
         let delay = self.backoff(st.failures);
         let valid = st
@@ -471,6 +536,7 @@ impl TokenCache {
     /// Fetch in the background at `at`, unless a newer timer replaces this one. The timer holds a weak reference:
     /// a gateway that is dropped stops refreshing.
     fn schedule(&self, st: &mut State, at: Instant) {
+        st.next_renewal = Some(at);
         st.timer_epoch += 1;
         let epoch = st.timer_epoch;
         let weak = self.weak.clone();

@@ -1,6 +1,6 @@
 //! The admin listener: `/healthz` (process up), `/readyz` (every dependency ready, e.g. issuer keys loaded),
-//! `/metrics` (OpenMetrics text), `GET /admin/credentials` (each credential's token state) and
-//! `POST /admin/credentials/{name}/refresh` (renew now). Plain HTTP; bind it to loopback. Exposes no secret.
+//! `/metrics` (OpenMetrics text), `GET /admin/credentials` and `GET /admin/issuers` (token and key state) and their
+//! `POST .../{name}/refresh` (renew or refetch now). Plain HTTP; bind it to loopback. Exposes no secret.
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -58,6 +58,20 @@ pub(crate) fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
             )
         }
         "/admin/credentials" => method_not_allowed("GET"),
+        "/admin/issuers" if req.method() == Method::GET => text(
+            StatusCode::OK,
+            json!({ "issuers": gw.caller_auth.issuer_status() }).to_string(),
+            "application/json",
+        ),
+        "/admin/issuers" => method_not_allowed("GET"),
+        p if p.starts_with("/admin/issuers/") => match p
+            .strip_prefix("/admin/issuers/")
+            .and_then(|rest| rest.strip_suffix("/refresh"))
+        {
+            Some(_) if req.method() != Method::POST => method_not_allowed("POST"),
+            Some(name) => refresh_issuer(gw, name),
+            None => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+        },
         p => match p
             .strip_prefix("/admin/credentials/")
             .and_then(|rest| rest.strip_suffix("/refresh"))
@@ -86,6 +100,25 @@ fn refresh(gw: &Gateway, name: &str) -> Response<Body> {
         .detail(format!("{name} is {}", c.status().kind))
         .into_response("-"),
         Some(_) => text(
+            StatusCode::ACCEPTED,
+            json!({ "name": name, "refreshing": true }).to_string(),
+            "application/json",
+        ),
+    }
+}
+
+/// `POST /admin/issuers/{name}/refresh`: refetch the JWKS (joining a fetch in flight) and answer at once.
+fn refresh_issuer(gw: &Gateway, name: &str) -> Response<Body> {
+    match gw.caller_auth.refresh_issuer(name) {
+        None => Problem::new(StatusCode::NOT_FOUND, "unknown_issuer", "No such issuer")
+            .into_response("-"),
+        Some(false) => Problem::new(
+            StatusCode::CONFLICT,
+            "nothing_to_refresh",
+            "This issuer has no JWKS to refetch",
+        )
+        .into_response("-"),
+        Some(true) => text(
             StatusCode::ACCEPTED,
             json!({ "name": name, "refreshing": true }).to_string(),
             "application/json",

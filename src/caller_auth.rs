@@ -450,6 +450,19 @@ impl CallerAuth {
         Ok(())
     }
 
+    /// Each issuer as the admin API shows it.
+    pub fn issuer_status(&self) -> Vec<serde_json::Value> {
+        self.issuers.iter().map(|i| i.status()).collect()
+    }
+
+    /// Refetch issuer `name`'s JWKS now: `None` for an unknown issuer, `Some(false)` for one without a JWKS.
+    pub fn refresh_issuer(&self, name: &str) -> Option<bool> {
+        self.issuers
+            .iter()
+            .find(|i| i.cfg.name == name)
+            .map(|i| i.refresh_now())
+    }
+
     /// Readiness rows, one per issuer: (name, keys loaded, detail).
     pub fn readiness(&self) -> Vec<(String, bool, String)> {
         self.issuers

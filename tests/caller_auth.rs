@@ -991,3 +991,45 @@ async fn a_key_removed_at_a_routine_refresh_stops_its_cached_tokens() {
     assert_eq!(get(&c, &url, &t2).await.body["code"], "unknown_key");
     assert_eq!(get(&c, &url, &t1).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_admin_api_lists_issuer_keys_and_refetches_the_jwks_on_request() {
+    let (k1, k2) = (SigningKey::rsa("k1"), SigningKey::ec("k2"));
+    let idp = FakeIdp::start(&[&k1]).await;
+    let up = upstream::start(Behaviour::Ok).await;
+    let gw = support::start_gateway(&config(&up, &jwks_issuer(&idp, ""), ROUTE)).await;
+    let c = client();
+    wait_ready(&c, &gw).await;
+    let admin = |path: &'static str| format!("http://{}{path}", gw.admin.expect("admin"));
+    let issuers = call(&c, &admin("/admin/issuers"), &[]).await;
+    assert_eq!(issuers.status, StatusCode::OK);
+    let idp_doc = &issuers.body["issuers"][0];
+    assert_eq!(idp_doc["name"], "idp");
+    assert_eq!(idp_doc["ready"], true);
+    assert_eq!(idp_doc["keys"], json!([{"kid": "k1", "type": "RSA"}]));
+    // A new key at the IdP: a refetch on request picks it up without waiting for the refresh interval.
+    idp.set_keys(&[&k1, &k2]);
+    let hits = idp.jwks_hits();
+    let req = http::Request::post(admin("/admin/issuers/idp/refresh"))
+        .body(upstream::full(""))
+        .expect("request");
+    let rsp = c.request(req).await.expect("response");
+    assert_eq!(rsp.status(), StatusCode::ACCEPTED);
+    assert!(
+        eventually(10, || async {
+            call(&c, &admin("/admin/issuers"), &[]).await.body["issuers"][0]["keys"]
+                .as_array()
+                .is_some_and(|k| k.len() == 2)
+        })
+        .await,
+        "the refetch did not happen"
+    );
+    assert_eq!(idp.jwks_hits(), hits + 1);
+    let unknown = http::Request::post(admin("/admin/issuers/nope/refresh"))
+        .body(upstream::full(""))
+        .expect("request");
+    assert_eq!(
+        c.request(unknown).await.expect("response").status(),
+        StatusCode::NOT_FOUND
+    );
+}

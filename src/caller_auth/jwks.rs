@@ -112,6 +112,33 @@ impl Issuer {
         self.keys.load()
     }
 
+    /// What an operator sees of this issuer (the admin API): its keys by id and type, the JWKS age, the last error.
+    pub(crate) fn status(&self) -> serde_json::Value {
+        let set = self.keys.load();
+        let keys: Vec<_> = set
+            .iter()
+            .map(|k| serde_json::json!({"kid": k.kid(), "type": k.key_type()}))
+            .collect();
+        let last_error = self
+            .fetcher
+            .as_ref()
+            .and_then(|f| f.status.lock().ok().and_then(|s| s.last_error.clone()));
+        serde_json::json!({
+            "name": self.cfg.name,
+            "issuer": self.cfg.issuer,
+            "ready": !set.is_empty(),
+            "keys": keys,
+            "jwks": self.fetcher.is_some(),
+            "jwks_age_secs": set.fetched_at.map(|at| at.elapsed().as_secs()),
+            "last_error": last_error,
+        })
+    }
+
+    /// Refetch the JWKS now (joining a fetch in flight) without waiting for it; false without a JWKS.
+    pub(crate) fn refresh_now(self: &Arc<Self>) -> bool {
+        self.join_or_start(false).is_some()
+    }
+
     /// Readiness row: (ready, detail).
     pub(crate) fn readiness(&self) -> (bool, String) {
         let set = self.keys.load();

@@ -174,6 +174,16 @@ impl Key {
         self.kid.as_deref()
     }
 
+    /// The key type as an operator names it: `RSA`, `EC P-256`, `EC P-384` or `Ed25519`.
+    pub fn key_type(&self) -> &'static str {
+        match self.family {
+            Family::Rsa => "RSA",
+            Family::P256 => "EC P-256",
+            Family::P384 => "EC P-384",
+            Family::Ed25519 => "Ed25519",
+        }
+    }
+
     /// The verifier for `alg`, if this key may verify it.
     pub fn verifier(&self, alg: Alg) -> Option<&ParsedPublicKey> {
         self.verifiers
@@ -381,6 +391,11 @@ impl KeySet {
     /// Whether this exact key (same parsed object) is still in the set.
     pub(crate) fn holds(&self, key: &Arc<Key>) -> bool {
         self.keys.iter().any(|k| Arc::ptr_eq(k, key))
+    }
+
+    /// The keys in force.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Key>> {
+        self.keys.iter()
     }
 
     /// Number of keys.

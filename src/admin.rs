@@ -9,6 +9,7 @@ use serde_json::json;
 use prometheus_client::encoding::{EncodeLabelSet, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::body::{self, Body};
@@ -38,6 +39,7 @@ pub(crate) fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
             let mut out = String::new();
             // Writing to a String cannot fail.
             let _ = text::encode_registry(&mut out, &route_responses(gw));
+            let _ = text::encode_registry(&mut out, &state_gauges(gw));
             gw.metrics.render(&mut out);
             text(StatusCode::OK, out, metrics::CONTENT_TYPE)
         }
@@ -136,6 +138,53 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     rsp.headers_mut()
         .insert(http::header::ALLOW, HeaderValue::from_static(allow));
     rsp
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+}
+
+/// Gauges read from live state at each scrape: seconds until each cached token expires (absent while a credential
+/// has none) and the age of each issuer's JWKS, the two figures to alert on before callers notice.
+fn state_gauges(gw: &Gateway) -> Registry {
+    let expires = Family::<CredentialLabels, Gauge>::default();
+    for (name, c) in gw.credentials.iter() {
+        if let Some(secs) = c.status().token.and_then(|t| t.expires_in_secs) {
+            expires
+                .get_or_create(&CredentialLabels {
+                    credential: name.to_owned(),
+                })
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+    }
+    let jwks_age = Family::<IssuerLabels, Gauge>::default();
+    for doc in gw.caller_auth.issuer_status() {
+        if let (Some(name), Some(age)) = (doc["name"].as_str(), doc["jwks_age_secs"].as_u64()) {
+            jwks_age
+                .get_or_create(&IssuerLabels {
+                    issuer: name.to_owned(),
+                })
+                .set(i64::try_from(age).unwrap_or(i64::MAX));
+        }
+    }
+    let mut reg = Registry::default();
+    reg.register(
+        "credgate_token_expires_in_seconds",
+        "Seconds until the cached token of each credential expires.",
+        expires,
+    );
+    reg.register(
+        "credgate_jwks_age_seconds",
+        "Seconds since each issuer's JWKS was last fetched successfully.",
+        jwks_age,
+    );
+    reg
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]

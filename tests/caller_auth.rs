@@ -1007,6 +1007,24 @@ async fn the_admin_api_lists_issuer_keys_and_refetches_the_jwks_on_request() {
     assert_eq!(idp_doc["name"], "idp");
     assert_eq!(idp_doc["ready"], true);
     assert_eq!(idp_doc["keys"], json!([{"kid": "k1", "type": "RSA"}]));
+    let metrics = c
+        .request(
+            http::Request::get(admin("/metrics"))
+                .body(upstream::full(""))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let metrics = metrics
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&metrics).contains("credgate_jwks_age_seconds{issuer=\"idp\"} "),
+        "no JWKS age gauge"
+    );
     // A new key at the IdP: a refetch on request picks it up without waiting for the refresh interval.
     idp.set_keys(&[&k1, &k2]);
     let hits = idp.jwks_hits();

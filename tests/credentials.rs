@@ -1028,6 +1028,17 @@ async fn the_admin_api_shows_token_state_and_renews_on_request_never_showing_a_t
     );
     assert_eq!(warm["last_fetch_ok"], true);
     assert_eq!(warm["fetches"], 1);
+    let (_, _, metrics) = admin(&gw, "GET", "/metrics").await;
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("credgate_token_expires_in_seconds{credential=\"v\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no expiry gauge:\n{metrics}"));
+    assert!(gauge > 3000, "{gauge}");
+    assert!(
+        !metrics.contains("credential=\"fixed\"} "),
+        "a static credential has no expiry"
+    );
 
     // Renew on request: a second token request, and the answer says so at once.
     let (status, doc, _) = admin(&gw, "POST", "/admin/credentials/v/refresh").await;

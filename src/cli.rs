@@ -1,5 +1,7 @@
-//! The command line: `run`, `check` (the same load-and-build path as startup, without serving), `dev-certs` and
-//! `demo`. Exit code 2 for configuration errors, 1 for anything else.
+//! The command line: `run`, `check` (the same load-and-build path as startup, without serving), `status` (a running
+//! gateway's token and key state), `dev-certs` and `demo`. Exit code 2 for configuration errors, 1 for anything else.
+
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +47,15 @@ pub enum Command {
     /// Validate a config file without serving.
     Check {
         /// Config file.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Show a running gateway's credentials and issuers, from its admin listener.
+    Status {
+        /// The admin listener's address (default: `[admin] address` of the config file).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Config file naming the admin listener, when `--admin` is not given.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
@@ -153,6 +164,19 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
+        Command::Status { admin, config } => {
+            let admin = match admin {
+                Some(a) => a,
+                None => Config::load(&config)?.admin.ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "{} has no [admin] listener; give --admin ADDRESS",
+                        config.display()
+                    ))
+                })?,
+            };
+            print_out(&status::render(admin).await?);
+            Ok(())
+        }
         Command::DevCerts { dir } => {
             for p in crate::dev_certs::write(&dir)? {
                 println!("wrote {}", p.display());
@@ -180,7 +204,10 @@ async fn serve(cfg: Config, demo: Option<crate::demo::Demo>) -> Result<(), CliEr
     let gw = Gateway::build(&cfg)?;
     let running = server::start(gw, &cfg).await?;
     if let (Some(demo), Some(addr)) = (&demo, running.addrs.first()) {
-        print_out(&format!("{}\n", crate::demo::instructions(demo, *addr)));
+        print_out(&format!(
+            "{}\n",
+            crate::demo::instructions(demo, *addr, running.admin)
+        ));
     }
     stop.await;
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down");

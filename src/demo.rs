@@ -60,12 +60,17 @@ pub async fn prepare(port: u16) -> Result<Demo, std::io::Error> {
     let issuer_toml = &dev_issuer.issuer_toml;
     let scope = caller_auth::SCOPE;
     let d = dir.display();
+    // The admin listener next to the gateway's port (any free one when the gateway's is): `credgate status` reads it.
+    let admin_port = if port == 0 { 0 } else { port.saturating_add(1) };
     let mut config_toml = format!(
         r#"# credgate demo config (generated)
 [[listeners]]
 address = "127.0.0.1:{port}"
 cert = "{d}/server.crt"
 key = "{d}/server.key"
+
+[admin]
+address = "127.0.0.1:{admin_port}"
 
 {issuer_toml}
 [upstreams.echo]
@@ -100,7 +105,7 @@ forward_claims = {{ sub = "X-Credgate-Subject" }}
 }
 
 /// The curl commands the demo prints.
-pub fn instructions(demo: &Demo, gateway: SocketAddr) -> String {
+pub fn instructions(demo: &Demo, gateway: SocketAddr, admin: Option<SocketAddr>) -> String {
     let ca = demo.ca_path.display();
     let token = &demo.caller_token;
     format!(
@@ -111,9 +116,13 @@ pub fn instructions(demo: &Demo, gateway: SocketAddr) -> String {
          A token the gateway cannot verify is refused with 401 (problem+json, WWW-Authenticate):\n\n  \
          curl --cacert {ca} https://{gateway}/echo/hello -H 'Authorization: Bearer my-own-token'\n\n\
          HTTP/2 works the same (add --http2). An unknown path gets a problem+json 404:\n\n  \
-         curl --cacert {ca} https://{gateway}/nope\n{}\n{}",
+         curl --cacert {ca} https://{gateway}/nope\n{}\n{}{}",
         credentials::instructions(&ca.to_string(), gateway),
-        flows::instructions(&ca.to_string(), gateway)
+        flows::instructions(&ca.to_string(), gateway),
+        admin.map_or_else(String::new, |a| format!(
+            "\nThe credentials' token state and the issuer's keys, from the admin listener:\n\n  \
+             credgate status --admin {a}\n"
+        ))
     )
 }
 

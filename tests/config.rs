@@ -564,3 +564,58 @@ headers = { "X-Token" = "{token}" }
         Config::from_toml(&oauth2(local), "<test>").unwrap_or_else(|e| panic!("{local}: {e}"));
     }
 }
+
+#[test]
+fn status_shows_the_running_demos_credentials_and_issuer() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn credgate demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let admin = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_once("credgate status --admin ")
+                .map(|(_, a)| a.trim().to_owned())
+        })
+        .expect("instructions naming the admin listener");
+    let out = Command::new(BIN)
+        .args(["status", "--admin", &admin])
+        .output()
+        .expect("credgate status");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        row("tropipay_sandbox")[1..3],
+        ["oauth2_client_credentials", "no_token"]
+    );
+    assert_eq!(row("demo_api_key")[1], "static");
+    assert_eq!(row("demo")[1], "yes", "the dev issuer is ready");
+    // Nothing listens there: a clear error, not a panic.
+    let (_held, closed) = support::closed_port();
+    let out = Command::new(BIN)
+        .args(["status", "--admin", &closed.to_string()])
+        .output()
+        .expect("credgate status");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin listener"));
+}

@@ -10,6 +10,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
 /// Content type of [`Metrics::render`]'s output.
@@ -90,7 +91,7 @@ struct ListenerLabels {
 }
 
 /// One credential's series.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CredentialCounters {
     /// `credgate_credential_waits_total`: requests that waited for a token request.
     pub waits: Counter,
@@ -102,6 +103,37 @@ pub struct CredentialCounters {
     pub rejections_renewed: Counter,
     /// `credgate_token_rejections_total{result="kept"}`: rejected tokens kept for being too young to drop.
     pub rejections_kept: Counter,
+    /// `credgate_token_request_duration_seconds`: how long token requests take, whatever their result.
+    pub fetch_seconds: Histogram,
+}
+
+impl Default for CredentialCounters {
+    fn default() -> Self {
+        Self {
+            waits: Counter::default(),
+            fetched: Counter::default(),
+            failed: Counter::default(),
+            rejections_renewed: Counter::default(),
+            rejections_kept: Counter::default(),
+            fetch_seconds: fetch_histogram(),
+        }
+    }
+}
+
+/// Buckets from 5 ms to about 20 s: token endpoints answer in tens of milliseconds, and time out in seconds.
+fn fetch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 12))
+}
+
+/// One listener's series.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerCounters {
+    /// `credgate_connections_refused_total`.
+    pub refused: Counter,
+    /// `credgate_connections_open`.
+    pub open: Gauge,
+    /// `credgate_tls_handshake_failures_total`: failed or timed-out handshakes.
+    pub tls_failures: Counter,
 }
 
 /// One issuer's series.
@@ -127,6 +159,9 @@ pub struct Metrics {
     jwks_fetches: Family<IssuerResultLabels, Counter>,
     jwks_keys: Family<IssuerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    tls_failures: Family<ListenerLabels, Counter>,
+    token_fetch_seconds: Family<CredentialLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -140,6 +175,9 @@ impl Default for Metrics {
             jwks_fetches: Family::default(),
             jwks_keys: Family::default(),
             connections_refused: Family::default(),
+            connections_open: Family::default(),
+            tls_failures: Family::default(),
+            token_fetch_seconds: Family::new_with_constructor(fetch_histogram),
         };
         // Counters are registered under their base name: the encoder appends `_total`.
         m.register(
@@ -171,6 +209,21 @@ impl Default for Metrics {
             "credgate_jwks_keys",
             "Keys in force per issuer.",
             m.jwks_keys.clone(),
+        );
+        m.register(
+            "credgate_connections_open",
+            "Connections open per listener.",
+            m.connections_open.clone(),
+        );
+        m.register(
+            "credgate_tls_handshake_failures",
+            "TLS handshakes that failed or timed out, per listener.",
+            m.tls_failures.clone(),
+        );
+        m.register(
+            "credgate_token_request_duration_seconds",
+            "How long token requests take, per credential.",
+            m.token_fetch_seconds.clone(),
         );
         m.register(
             "credgate_connections_refused",
@@ -227,12 +280,19 @@ impl Metrics {
             .token_rejections
             .get_or_create(&rejection(Rejection::Kept))
             .clone();
+        let fetch_seconds = self
+            .token_fetch_seconds
+            .get_or_create(&CredentialLabels {
+                credential: credential.clone(),
+            })
+            .clone();
         CredentialCounters {
             waits,
             fetched,
             failed,
             rejections_renewed,
             rejections_kept,
+            fetch_seconds,
         }
     }
 
@@ -271,13 +331,19 @@ impl Metrics {
             .clone()
     }
 
-    /// `credgate_connections_refused_total` of the listener bound at `listener`, resolved once.
-    pub fn connections_refused(&self, listener: &str) -> Counter {
-        self.connections_refused
-            .get_or_create(&ListenerLabels {
-                listener: listener.into(),
-            })
-            .clone()
+    /// The series of the listener bound at `listener`, resolved once.
+    pub fn listener(&self, listener: &str) -> ListenerCounters {
+        let labels = ListenerLabels {
+            listener: listener.into(),
+        };
+        let refused = self.connections_refused.get_or_create(&labels).clone();
+        let open = self.connections_open.get_or_create(&labels).clone();
+        let tls_failures = self.tls_failures.get_or_create(&labels).clone();
+        ListenerCounters {
+            refused,
+            open,
+            tls_failures,
+        }
     }
 
     /// Append the exposition of every registered metric, ending with `# EOF`.

@@ -30,7 +30,7 @@ use crate::config::ListenerConfig;
 use crate::conn::{BodyTimeouts, ConnInfo};
 use crate::gateway::Config;
 use crate::gateway::Gateway;
-use crate::metrics::Metrics;
+use crate::metrics::ListenerCounters;
 use crate::timer::Timer;
 use crate::tls::{self, TlsError};
 
@@ -117,7 +117,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
         tracing::info!(%addr, tls = acceptor.is_some(), "listening");
         addrs.push(addr);
         let timer = gw.timer.clone();
-        let refusals = Refusals::new(&gw.metrics, addr);
+        let counters = gw.metrics.listener(&addr.to_string());
         let gw = gw.clone();
         let handler = move |req: Request<Incoming>, conn: ConnInfo| {
             let drain = req.version() == http::Version::HTTP_2;
@@ -135,7 +135,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
             s,
             timer,
             handler,
-            refusals,
+            counters,
             stop.subscribe(),
         ));
     }
@@ -150,7 +150,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 .map_err(|source| ServerError::Bind { addr: a, source })?;
             tracing::info!(%addr, "admin listening");
             let timer = gw.timer.clone();
-            let refusals = Refusals::new(&gw.metrics, addr);
+            let counters = gw.metrics.listener(&addr.to_string());
             let gw = gw.clone();
             let handler = move |req: Request<Incoming>, _conn: ConnInfo| {
                 let rsp = crate::admin::handle(&gw, &req);
@@ -176,7 +176,7 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 s,
                 timer,
                 handler,
-                refusals,
+                counters,
                 stop.subscribe(),
             ));
             Some(addr)
@@ -257,36 +257,32 @@ fn settings(l: &ListenerConfig) -> ConnSettings {
     }
 }
 
-/// Counts connections a listener closed at once for being over its limit.
-struct Refusals(prometheus_client::metrics::counter::Counter);
-
-impl Refusals {
-    fn new(metrics: &Metrics, addr: SocketAddr) -> Self {
-        Self(metrics.connections_refused(&addr.to_string()))
-    }
-
-    fn count(&self) {
-        self.0.inc();
-    }
-}
-
-/// One open connection of a listener; gives its place back when the connection's task ends.
-struct OpenSlot(Arc<AtomicUsize>);
+/// One open connection of a listener; gives its place back (and leaves the open-connections gauge) when the
+/// connection's task ends.
+struct OpenSlot(Arc<AtomicUsize>, prometheus_client::metrics::gauge::Gauge);
 
 impl OpenSlot {
     /// A place among `open`'s at most `limit`, or `None` when all are taken.
-    fn take(open: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+    fn take(
+        open: &Arc<AtomicUsize>,
+        limit: usize,
+        gauge: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Option<Self> {
         open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < limit).then_some(n + 1)
         })
         .ok()
-        .map(|_| Self(open.clone()))
+        .map(|_| {
+            gauge.inc();
+            Self(open.clone(), gauge.clone())
+        })
     }
 }
 
 impl Drop for OpenSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.dec();
     }
 }
 
@@ -354,7 +350,7 @@ async fn accept_loop<H, F>(
     settings: ConnSettings,
     timer: Timer,
     handler: H,
-    refusals: Refusals,
+    counters: ListenerCounters,
     mut stop: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
@@ -370,8 +366,8 @@ async fn accept_loop<H, F>(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     // Over the limit: closed at once, so that the caller learns it now rather than after a timeout.
-                    let Some(slot) = OpenSlot::take(&open, settings.max_connections) else {
-                        refusals.count();
+                    let Some(slot) = OpenSlot::take(&open, settings.max_connections, &counters.open) else {
+                        counters.refused.inc();
                         tracing::debug!(%peer, limit = settings.max_connections, "connection limit reached; closing");
                         drop(tcp);
                         continue;
@@ -383,6 +379,7 @@ async fn accept_loop<H, F>(
                         head_period: settings.header_read_timeout,
                         idle_period: settings.idle_timeout,
                         send_timeout: settings.send_timeout,
+                        tls_failures: counters.tls_failures.clone(),
                     };
                     let serve = serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), guard);
                     conns.spawn(async move {
@@ -412,6 +409,7 @@ struct ConnGuard {
     head_period: Duration,
     idle_period: Duration,
     send_timeout: Duration,
+    tls_failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl ConnGuard {
@@ -501,10 +499,12 @@ async fn serve_conn<H, F>(
             {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
+                    guard.tls_failures.inc();
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    guard.tls_failures.inc();
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }

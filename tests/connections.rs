@@ -181,6 +181,7 @@ async fn a_full_listener_refuses_at_once_and_the_admin_listener_still_answers() 
     let addr = gw.addr();
     let admin = gw.admin.expect("admin");
     let metrics = gw.gw.metrics.clone();
+    let gauge = metrics.clone();
     tokio::task::spawn_blocking(move || {
         let connect = || {
             let c = std::net::TcpStream::connect(addr).expect("connect");
@@ -197,6 +198,14 @@ async fn a_full_listener_refuses_at_once_and_the_admin_listener_still_answers() 
         assert!(
             !http1_round_trip(&mut third),
             "a connection over the limit was served"
+        );
+        assert_eq!(
+            gauge.get(
+                "credgate_connections_open",
+                &[("listener", &addr.to_string())]
+            ),
+            2.0,
+            "the two held connections are open"
         );
 
         let mut a = std::net::TcpStream::connect(admin).expect("admin connect");

@@ -1039,6 +1039,10 @@ async fn the_admin_api_shows_token_state_and_renews_on_request_never_showing_a_t
         !metrics.contains("credential=\"fixed\"} "),
         "a static credential has no expiry"
     );
+    assert!(
+        metrics.contains("credgate_token_request_duration_seconds_count{credential=\"v\"} 1"),
+        "one token request timed:\n{metrics}"
+    );
 
     // Renew on request: a second token request, and the answer says so at once.
     let (status, doc, _) = admin(&gw, "POST", "/admin/credentials/v/refresh").await;

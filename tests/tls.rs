@@ -293,6 +293,14 @@ async fn stalled_tls_handshakes_and_heads_are_disconnected() {
         read_to_eof(&mut stream, Duration::from_secs(10)).await;
     }
     assert!(up.seen().is_empty());
+    // The handshake that never started timed out, and is counted.
+    assert_eq!(
+        gw.gw.metrics.get(
+            "credgate_tls_handshake_failures_total",
+            &[("listener", &gw.addr().to_string())]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -380,11 +380,15 @@ impl TokenCache {
     async fn run_fetch(self: Arc<Self>) -> Option<Arc<Issued>> {
         let refresh = self.state().refresh_token.clone();
         let timeout = self.settings.timeout;
+        let started = Instant::now();
         let result = match tokio::time::timeout(timeout, self.source.fetch(refresh.as_ref())).await
         {
             Ok(r) => r,
             Err(_) => Err(TokenError::Timeout(timeout)),
         };
+        self.counters
+            .fetch_seconds
+            .observe(started.elapsed().as_secs_f64());
         match result.and_then(|t| self.issue(t)) {
             Ok((issued, refresh_token, near_expiry)) => {
                 self.publish(issued, refresh_token, near_expiry).await

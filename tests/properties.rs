@@ -1,6 +1,7 @@
-//! Property tests of what a caller sends: the bearer token. Random tokens are refused without a panic, and no
+//! Property tests of hostile input. The bearer token: random tokens are refused without a panic, and no
 //! single-character change to a valid token is accepted unless it decodes to the very same token (base64url's
-//! unused trailing bits). Bounded case counts keep them in the normal `cargo test`.
+//! unused trailing bits). The config: lines dropped, doubled or given bad values load or fail with an error naming
+//! the file, never a panic. Bounded case counts keep them in the normal `cargo test`.
 mod support;
 
 use std::sync::Arc;
@@ -122,4 +123,125 @@ proptest! {
 fn fixture_once() -> &'static Fixture {
     static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
     F.get_or_init(fixture)
+}
+
+/// A config touching every section a mutation can break: listener, upstream, both token kinds, a static credential,
+/// an issuer, routes with every policy, flows.
+const BASE_CONFIG: &str = r#"[server]
+shutdown_grace = "5s"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+header_read_timeout = "10s"
+max_connections = 100
+body_idle_timeout = "60s"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.u]
+url = "http://127.0.0.1:9/base"
+response_timeout = "30s"
+[credentials.s]
+kind = "static"
+allowed_hosts = ["127.0.0.1"]
+headers = { "X-Api-Key" = "literal" }
+[credentials.o]
+kind = "oauth2_client_credentials"
+allowed_hosts = ["127.0.0.1"]
+token_url = "http://127.0.0.1:9/token"
+client_id = "id"
+client_secret = "secret"
+min_token_age = "5s"
+[credentials.l]
+kind = "login"
+allowed_hosts = ["127.0.0.1"]
+url = "http://127.0.0.1:9/login"
+body = { email = "e", password = "p" }
+ttl = "24h"
+headers = { "X-Token" = "{token}" }
+[[issuers]]
+name = "idp"
+issuer = "https://idp.test/"
+audiences = ["credgate"]
+jwks_url = "http://127.0.0.1:9/jwks"
+max_staleness = "1h"
+[[routes]]
+path_prefix = "/a"
+upstream = "u"
+credential = "o"
+scopes = ["read"]
+forward_claims = { sub = "X-Sub" }
+[[routes]]
+path_prefix = "/b"
+upstream = "u"
+credential = "s"
+auth = "none"
+max_body_bytes = 1024
+"#;
+
+/// Values that break a key in every way a typed config can be broken.
+const BAD_VALUES: &[&str] = &[
+    "",
+    "0",
+    "-1",
+    "\"\"",
+    "[]",
+    "{}",
+    "\"x\"",
+    "true",
+    "1e999",
+    "\"0s\"",
+    "\"-5s\"",
+    "\"${NOPE_UNSET_VAR}\"",
+    "\"${file:/nonexistent/x}\"",
+    "\"http://\"",
+    "\"ftp://x\"",
+    "\"[::1]:99999\"",
+    "99999999999999999999",
+    "\"\\u0000\"",
+    "[\"\"]",
+    "{ \"\" = \"\" }",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// A config with lines dropped, doubled or given a bad value loads or fails with an error that names where: it
+    /// never panics.
+    #[test]
+    fn a_broken_config_is_an_error_naming_a_place_never_a_panic(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(BAD_VALUES)), 1..4),
+    ) {
+        let mut lines: Vec<String> = BASE_CONFIG.lines().map(str::to_owned).collect();
+        for (at, op, value) in edits {
+            let i = at.index(lines.len());
+            match op {
+                0 => {
+                    lines.remove(i);
+                }
+                1 => {
+                    let l = lines[i].clone();
+                    lines.insert(i, l);
+                }
+                _ => {
+                    if let Some((key, _)) = lines[i].split_once(" = ") {
+                        lines[i] = format!("{key} = {value}");
+                    }
+                }
+            }
+            if lines.is_empty() {
+                break;
+            }
+        }
+        let text = lines.join("\n");
+        if let Err(e) = Config::from_toml(&text, "<prop>") {
+            let msg = e.to_string();
+            prop_assert!(msg.contains("<prop>"), "the error names no file: {}", msg);
+            prop_assert!(msg.len() > "<prop>".len() + 2, "an empty error: {}", msg);
+        }
+    }
+}
+
+#[test]
+fn the_base_config_of_the_mutations_loads() {
+    Config::from_toml(BASE_CONFIG, "<prop>").expect("the unbroken config loads");
 }

@@ -497,4 +497,57 @@ mod tests {
         assert!(reasons[1].contains("not for signature"), "{reasons:?}");
         assert!(reasons[2].contains("2048"), "{reasons:?}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn b64url() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<u8>(), 0..300).prop_map(|b| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+            })
+        }
+
+        /// A JWK as a hostile or careless IdP might publish it: any key type and curve, any sizes, any use.
+        fn jwk() -> impl Strategy<Value = serde_json::Value> {
+            (
+                prop::sample::select(vec!["RSA", "EC", "OKP", "oct", "", "rsa"]),
+                prop::sample::select(vec!["P-256", "P-384", "P-521", "Ed25519", "X25519", ""]),
+                prop::sample::select(vec!["sig", "enc", ""]),
+                b64url(),
+                b64url(),
+                prop::option::of(prop::sample::select(vec![
+                    "RS256", "ES256", "EdDSA", "HS256", "none",
+                ])),
+            )
+                .prop_map(|(kty, crv, use_, a, b, alg)| {
+                    let mut k = serde_json::json!({
+                        "kty": kty, "kid": "k", "crv": crv, "use": use_,
+                        "n": a, "e": b, "x": a, "y": b, "k": a,
+                    });
+                    if let Some(alg) = alg {
+                        k["alg"] = serde_json::json!(alg);
+                    }
+                    k
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Whatever a JWKS holds, reading it never panics, and every key it yields can verify something.
+            #[test]
+            fn any_jwks_is_read_without_a_panic(keys in prop::collection::vec(jwk(), 0..6)) {
+                let doc = serde_json::json!({"keys": keys});
+                let Ok(set) = serde_json::from_value::<JwkSet>(doc) else { return Ok(()) };
+                let (keys, skipped) = from_jwks(&set, &Alg::ALL);
+                prop_assert!(keys.len() + skipped.len() <= set.keys.len());
+                for k in keys {
+                    prop_assert!(!k.verifiers.is_empty(), "a key with no algorithm to verify with");
+                }
+            }
+        }
+    }
 }

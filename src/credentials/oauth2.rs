@@ -359,4 +359,33 @@ mod tests {
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(null), now), None);
         assert_eq!(expires_in(ExpiresInMode::Seconds, &json!(1e300), now), None);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// Any number or text a vendor puts in `expires_in` is read without a panic; a plain number of seconds
+            /// below the Unix-time threshold is that many seconds.
+            #[test]
+            fn any_expires_in_is_read_without_a_panic(n in any::<f64>(), text in ".{0,40}") {
+                let now = SystemTime::now();
+                for mode in [ExpiresInMode::Auto, ExpiresInMode::Seconds, ExpiresInMode::UnixTime] {
+                    let _ = expires_in(mode, &json!(text), now);
+                    let _ = expires_in(mode, &json!(n.to_string()), now);
+                    if let Some(v) = serde_json::Number::from_f64(n) {
+                        let _ = expires_in(mode, &serde_json::Value::Number(v), now);
+                    }
+                }
+                if (0.0..1e9).contains(&n) {
+                    let d = expires_in(ExpiresInMode::Auto, &json!(n), now).expect("seconds");
+                    prop_assert!((d.as_secs_f64() - n).abs() < 1e-6 * n.max(1.0), "{} -> {:?}", n, d);
+                }
+            }
+        }
+    }
 }

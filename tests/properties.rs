@@ -245,3 +245,121 @@ proptest! {
 fn the_base_config_of_the_mutations_loads() {
     Config::from_toml(BASE_CONFIG, "<prop>").expect("the unbroken config loads");
 }
+
+/// Header names a caller might send to steer the upstream: the credential's, hop-by-hop ones, forwarding ones, and
+/// harmless ones that must pass.
+const HEADER_NAMES: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-connection",
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-request-id",
+    "x-custom",
+    "accept",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Whatever headers a caller sends, what the gateway owns reaches the upstream as the gateway set it: the
+    /// credential, Host, the forwarding headers; hop-by-hop headers and those named in `Connection` do not pass.
+    #[test]
+    fn no_caller_value_of_a_gateway_owned_header_reaches_the_upstream(
+        sent in prop::collection::vec((prop::sample::select(HEADER_NAMES), 0u32..1000), 0..16),
+        connection_names in prop::collection::vec(prop::sample::select(HEADER_NAMES), 0..3),
+    ) {
+        use futures_util::FutureExt as _;
+        let gw = gateway_once();
+        let mut req = http::Request::get("/api/x");
+        for (name, n) in &sent {
+            req = req.header(*name, format!("caller-{n}"));
+        }
+        if !connection_names.is_empty() {
+            req = req.header("connection", connection_names.join(", "));
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let route = gw.routes.find(None, req.uri().path()).expect("route");
+        let credgate::testing::Target::Upstream(up) = &route.target else {
+            panic!("an upstream route");
+        };
+        let cred = route.credential.as_ref().expect("credential");
+        let attachment = cred.attach().now_or_never().expect("ready").expect("attach");
+        let id = http::HeaderValue::from_static("gateway-request-id");
+        let out = credgate::testing::Outgoing {
+            strip_len: route.strip_len(),
+            attachment: Some(&attachment),
+            credential_headers: cred.header_names(),
+            caller_headers: &[],
+            max_body_bytes: route.max_body_bytes,
+            request_id: &id,
+        };
+        let conn = credgate::conn::ConnInfo::new(
+            std::net::SocketAddr::from(([192, 0, 2, 7], 40000)),
+            false,
+            credgate::conn::BodyTimeouts { idle: Duration::from_secs(60), total: Duration::from_secs(300) },
+        );
+        let Ok(upstream_req) = credgate::testing::prepare(req, up, &out, &conn) else {
+            return Ok(());
+        };
+        let h = upstream_req.headers();
+        let all = |name: &str| h.get_all(name).iter().map(|v| v.to_str().unwrap_or("?").to_owned()).collect::<Vec<_>>();
+        prop_assert_eq!(all("x-api-key"), vec!["gateway-secret".to_owned()]);
+        prop_assert_eq!(all("host"), vec!["127.0.0.1:9".to_owned()]);
+        prop_assert_eq!(all("x-request-id"), vec!["gateway-request-id".to_owned()]);
+        for gone in [
+            "connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection",
+            "forwarded", "x-real-ip", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix",
+        ] {
+            prop_assert!(h.get(gone).is_none(), "{} passed: {:?}", gone, all(gone));
+        }
+        let xff = all("x-forwarded-for");
+        prop_assert_eq!(xff.len(), 1);
+        prop_assert!(xff[0].ends_with("192.0.2.7"), "{:?}", xff);
+        for (name, n) in &sent {
+            if *name == "x-custom" && !connection_names.contains(name) {
+                prop_assert!(all("x-custom").contains(&format!("caller-{n}")), "an end-to-end header was dropped");
+            }
+        }
+    }
+}
+
+/// One gateway with a static credential on `/api`, for every case.
+fn gateway_once() -> &'static std::sync::Arc<credgate::gateway::Gateway> {
+    static G: std::sync::OnceLock<std::sync::Arc<credgate::gateway::Gateway>> =
+        std::sync::OnceLock::new();
+    G.get_or_init(|| {
+        let cfg = Config::from_toml(
+            r#"
+[upstreams.u]
+url = "http://127.0.0.1:9"
+[credentials.k]
+kind = "static"
+allowed_hosts = ["127.0.0.1"]
+headers = { "X-Api-Key" = "gateway-secret" }
+[[routes]]
+path_prefix = "/api"
+upstream = "u"
+credential = "k"
+auth = "none"
+"#,
+            "<props>",
+        )
+        .expect("config");
+        credgate::gateway::Gateway::build(&cfg).expect("gateway")
+    })
+}

@@ -473,8 +473,8 @@ async fn json_log_format_yields_json_lines() {
     assert_eq!(f["request_id"], "log-test-id-1");
 }
 
-#[test]
-fn demo_removes_its_dev_keys_when_stopped() {
+/// `credgate demo` on any free port, with its instructions (stdout) to read.
+fn spawn_demo() -> (std::process::Child, std::process::ChildStdout) {
     let mut child = Command::new(BIN)
         .args(["demo", "--port", "0"])
         .env("RUST_LOG", "warn")
@@ -483,6 +483,12 @@ fn demo_removes_its_dev_keys_when_stopped() {
         .spawn()
         .expect("spawn credgate demo");
     let stdout = child.stdout.take().expect("stdout");
+    (child, stdout)
+}
+
+#[test]
+fn demo_removes_its_dev_keys_when_stopped() {
+    let (mut child, stdout) = spawn_demo();
     // The instructions name the dev CA; the directory holding it also holds the server key. Reading stops there, as
     // `head` would: the rest of the instructions must not kill the demo.
     let ca = BufReader::new(stdout)
@@ -567,14 +573,7 @@ headers = { "X-Token" = "{token}" }
 
 #[test]
 fn status_shows_the_running_demos_credentials_and_issuer() {
-    let mut child = Command::new(BIN)
-        .args(["demo", "--port", "0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn credgate demo");
-    let stdout = child.stdout.take().expect("stdout");
+    let (mut child, stdout) = spawn_demo();
     let admin = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::conn::BodyTimeouts;
 use crate::timer::{self, Timer};
 
 /// Error type carried by streamed bodies.
@@ -68,6 +69,11 @@ pin_project! {
 }
 
 impl<B> Deadlined<B> {
+    /// A request body the gateway reads in full, under its listener's `limits`.
+    pub fn read_in_full(inner: B, timer: &Timer, limits: BodyTimeouts) -> Self {
+        Self::new(inner, timer, limits.idle, Some(limits.total))
+    }
+
     /// `inner`, silent for at most `idle` at a time; with `total`, over within that time from now.
     pub fn new(inner: B, timer: &Timer, idle: Duration, total: Option<Duration>) -> Self {
         Self {
@@ -137,12 +143,15 @@ where
     }
 }
 
-/// The [`BodyTimedOut`] somewhere in `e`'s chain of sources, if any.
-pub fn timed_out(e: &(dyn std::error::Error + 'static)) -> Option<BodyTimedOut> {
+/// The `E` somewhere in `e`'s chain of sources, if any: why a body failed (it went over the route's limit, it
+/// timed out) whatever the layers that wrapped the error.
+pub fn find_cause<'e, E: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e E> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<BodyTimedOut>() {
-            return Some(*t);
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
         }
         cur = err.source();
     }

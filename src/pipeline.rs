@@ -181,12 +181,8 @@ async fn serve_route(
                 .map_err(|_| RequestError::Malformed("path cannot be parsed"))?;
             let limit = usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX);
             // Read in full by the flow: bounded in time as well as in size.
-            let incoming = Deadlined::new(
-                Limited::new(incoming, limit),
-                &gw.timer,
-                conn.body.idle,
-                Some(conn.body.total),
-            );
+            let incoming =
+                Deadlined::read_in_full(Limited::new(incoming, limit), &gw.timer, conn.body);
             let req = Request::from_parts(parts, body::boxed(incoming));
             Ok(handler
                 .handle(FlowRequest {
@@ -227,10 +223,10 @@ async fn forward_renewable(
         Some(0) => proxy::prepare_with(req, up, &out, conn, keep)?,
         Some(n) if n <= keep_limit => {
             let (parts, incoming) = req.into_parts();
-            let bytes = Deadlined::new(incoming, &gw.timer, conn.body.idle, Some(conn.body.total))
+            let bytes = Deadlined::read_in_full(incoming, &gw.timer, conn.body)
                 .collect()
                 .await
-                .map_err(|e| match body::timed_out(&*e) {
+                .map_err(|e| match body::find_cause::<body::BodyTimedOut>(&*e) {
                     Some(t) => RequestError::BodyTimeout { timeout: t.after },
                     None => RequestError::Malformed("request body could not be read"),
                 })?

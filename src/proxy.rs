@@ -574,7 +574,7 @@ pub(crate) async fn forward(
         Err(e) if caller_body_failed(&e) => {
             return Err(RequestError::Malformed("request body could not be read").into());
         }
-        Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+        Err(e) if body::find_cause::<http_body_util::LengthLimitError>(&e).is_some() => {
             return Err(RequestError::BodyTooLarge {
                 limit: max_body_bytes,
             }
@@ -724,18 +724,6 @@ fn caller_body_failed(e: &SendError) -> bool {
                 return true;
             }
             user_body = h.is_user();
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Is an `E` somewhere in `e`'s source chain (e.g. the caller's body went over the route's limit)?
-fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<E>() {
-            return true;
         }
         cur = err.source();
     }

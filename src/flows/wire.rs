@@ -12,12 +12,9 @@ use crate::body::{self, Body};
 /// Read a flow request's whole body (already limited to the route's maximum and its deadlines).
 pub(crate) async fn read_body(body: Body) -> Result<Bytes, FlowError> {
     body.collect().await.map(|b| b.to_bytes()).map_err(|e| {
-        if let Some(t) = body::timed_out(&*e) {
-            FlowError::BodyTimeout(t)
-        } else if e
-            .downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some()
-        {
+        if let Some(t) = body::find_cause::<body::BodyTimedOut>(&*e) {
+            FlowError::BodyTimeout(*t)
+        } else if body::find_cause::<http_body_util::LengthLimitError>(&*e).is_some() {
             FlowError::BodyTooLarge
         } else {
             FlowError::Body

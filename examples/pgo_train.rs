@@ -49,7 +49,7 @@ fn main() -> Result<(), Error> {
 async fn train(bin: &Path, per_phase: Duration) -> Result<(), Error> {
     let tls_port = free_port()?;
     let plain_port = free_port()?;
-    let demo = credgate::demo::prepare(tls_port).await?;
+    let demo = credgate::demo::prepare(tls_port, 0).await?;
     let dir = demo.ca_path.parent().ok_or("demo dir")?.to_path_buf();
     let ca_pem = std::fs::read_to_string(&demo.ca_path)?;
     let tls_origin = spawn_tls_echo(&dir).await?;

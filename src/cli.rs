@@ -188,7 +188,9 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Demo { port, print_config } => {
-            let demo = crate::demo::prepare(port).await?;
+            // The admin listener next to the gateway's port (the demo's instructions print it for `credgate status`).
+            let admin_port = if port == 0 { 0 } else { port.saturating_add(1) };
+            let demo = crate::demo::prepare(port, admin_port).await?;
             if print_config {
                 print_out(&demo.config_toml);
                 return Ok(());

@@ -49,8 +49,9 @@ impl Demo {
     }
 }
 
-/// Start the sandbox upstreams and write the demo config; `port` is the gateway's.
-pub async fn prepare(port: u16) -> Result<Demo, std::io::Error> {
+/// Start the sandbox upstreams and write the demo config; `port` is the gateway's, `admin_port` the admin listener's
+/// (0: any free one).
+pub async fn prepare(port: u16, admin_port: u16) -> Result<Demo, std::io::Error> {
     let dir = std::env::temp_dir().join(format!("credgate-demo-{}", std::process::id()));
     crate::dev_certs::write(&dir).map_err(std::io::Error::other)?;
     let echo = spawn_echo().await?;
@@ -60,8 +61,6 @@ pub async fn prepare(port: u16) -> Result<Demo, std::io::Error> {
     let issuer_toml = &dev_issuer.issuer_toml;
     let scope = caller_auth::SCOPE;
     let d = dir.display();
-    // The admin listener next to the gateway's port (any free one when the gateway's is): `credgate status` reads it.
-    let admin_port = if port == 0 { 0 } else { port.saturating_add(1) };
     let mut config_toml = format!(
         r#"# credgate demo config (generated)
 [[listeners]]

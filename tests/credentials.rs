@@ -724,7 +724,7 @@ async fn a_credential_is_refused_for_an_upstream_it_may_not_reach() {
 
 #[tokio::test]
 async fn demo_injects_sandbox_tropipay_and_incode_tokens_over_tls() {
-    let demo = credgate::demo::prepare(0).await.expect("demo");
+    let demo = credgate::demo::prepare(0, 0).await.expect("demo");
     let gw = support::start_gateway(&demo.config_toml).await;
     let ca = std::fs::read_to_string(&demo.ca_path).expect("ca");
     let client = support::certs::client(&ca, support::certs::Alpn::H2);

@@ -20,7 +20,7 @@ async fn get(client: &certs::TestClient, url: String, hook: Option<&str>) -> (u1
 
 #[tokio::test]
 async fn demo_serves_every_flow_against_its_sandboxes() {
-    let demo = credgate::demo::prepare(0).await.expect("demo");
+    let demo = credgate::demo::prepare(0, 0).await.expect("demo");
     let gw = support::start_gateway(&demo.config_toml).await;
     let ca = std::fs::read_to_string(&demo.ca_path).expect("ca");
     let client = certs::client(&ca, Alpn::H1);

@@ -5,10 +5,12 @@
 
 pub mod secret;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aws_lc_rs::digest;
 use http::Uri;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -48,16 +50,89 @@ pub enum ConfigError {
     },
 }
 
-/// Builds [`ConfigError::Invalid`] errors that carry the config file's name.
-#[derive(Debug, Clone)]
+/// Builds [`ConfigError::Invalid`] errors that carry the config file's name, and remembers every file the config
+/// reads (certificates, keys, secrets): the reload watcher follows them, and [`Ctx::fingerprint`] tells whether a
+/// section's inputs changed.
+#[derive(Debug)]
 pub struct Ctx {
     path: String,
+    reads: RefCell<Vec<(PathBuf, Fingerprint)>>,
+}
+
+/// What a config section was built from (its text as written and the content of every file it read), as a SHA-256
+/// digest: equal fingerprints mean an equal section, so a reload keeps the state built from it. Never shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a file's content.
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut out = [0; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+        Self(out)
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fingerprint(..)")
+    }
 }
 
 impl Ctx {
     /// A context for the config file at `path`.
     pub fn new(path: impl Into<String>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            reads: RefCell::default(),
+        }
+    }
+
+    /// Read a file the config names, remembering it.
+    pub fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let bytes = std::fs::read(path)?;
+        let d = Fingerprint::of(&bytes);
+        self.reads.borrow_mut().push((path.to_path_buf(), d));
+        Ok(bytes)
+    }
+
+    /// [`Ctx::read`] as UTF-8 text.
+    pub fn read_to_string(&self, path: &Path) -> std::io::Result<String> {
+        String::from_utf8(self.read(path)?)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// A mark in the list of files read, for [`Ctx::fingerprint`].
+    pub fn mark(&self) -> usize {
+        self.reads.borrow().len()
+    }
+
+    /// The fingerprint of a section: `written` (its text as written, with a name that sets it apart) and every file
+    /// read since `mark`.
+    pub fn fingerprint(&self, mark: usize, written: &str) -> Fingerprint {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&(written.len() as u64).to_le_bytes());
+        ctx.update(written.as_bytes());
+        for (path, d) in self.reads.borrow().iter().skip(mark) {
+            let p = path.as_os_str().as_encoded_bytes();
+            ctx.update(&(p.len() as u64).to_le_bytes());
+            ctx.update(p);
+            ctx.update(&d.0);
+        }
+        let mut out = [0; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        Fingerprint(out)
+    }
+
+    /// Every file read so far, each once in the order first read, with the fingerprint of its content when read.
+    pub fn files(&self) -> Vec<(PathBuf, Fingerprint)> {
+        let mut out: Vec<(PathBuf, Fingerprint)> = Vec::new();
+        for (p, d) in self.reads.borrow().iter() {
+            if !out.iter().any(|(q, _)| q == p) {
+                out.push((p.clone(), *d));
+            }
+        }
+        out
     }
 
     /// An error about `key`.
@@ -242,7 +317,8 @@ pub fn read_certs(
     key: &str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let pem = std::fs::read(path)
+    let pem = ctx
+        .read(path)
         .map_err(|e| ctx.invalid(key, format!("cannot read {}: {e}", path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -255,7 +331,8 @@ pub fn read_certs(
 
 /// Read a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn read_key(ctx: &Ctx, key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
-    let pem = std::fs::read(path)
+    let pem = ctx
+        .read(path)
         .map_err(|e| ctx.invalid(key, format!("cannot read {}: {e}", path.display())))?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         ctx.invalid(

@@ -117,66 +117,67 @@ pub struct IssuerConfig {
     pub static_keys: Vec<Arc<Key>>,
 }
 
-/// Validate the issuer list.
-pub(crate) fn validate(ctx: &Ctx, raw: Vec<RawIssuer>) -> Result<Vec<IssuerConfig>, ConfigError> {
-    let mut out: Vec<IssuerConfig> = Vec::new();
-    for (i, r) in raw.into_iter().enumerate() {
-        let k = |f: &str| format!("issuers[{i}].{f}");
-        if out.iter().any(|o| o.name == r.name) {
-            return Err(ctx.invalid(k("name"), format!("{:?} is defined twice", r.name)));
-        }
-        if r.issuer.is_empty() {
-            return Err(ctx.invalid(k("issuer"), "must not be empty"));
-        }
-        if let Some(o) = out.iter().find(|o| o.issuer == r.issuer) {
-            return Err(ctx.invalid(
-                k("issuer"),
-                format!(
-                    "{:?} is already issuer {:?}; iss must pick one issuer",
-                    r.issuer, o.name
-                ),
-            ));
-        }
-        if r.audiences.is_empty() || r.audiences.iter().any(String::is_empty) {
-            return Err(ctx.invalid(k("audiences"), "list at least one non-empty audience"));
-        }
-        let algorithms = match &r.algorithms {
-            None => Alg::ALL.to_vec(),
-            Some(listed) => {
-                let mut algs = Vec::new();
-                for &a in listed {
-                    if !algs.contains(&a) {
-                        algs.push(a);
-                    }
-                }
-                if algs.is_empty() {
-                    return Err(ctx.invalid(k("algorithms"), "must not be empty"));
-                }
-                algs
-            }
-        };
-        let leeway = r.leeway.unwrap_or(Duration::from_secs(60));
-        let static_keys = read_keys(ctx, i, &r.keys, &algorithms)?;
-        let jwks = match &r.jwks_url {
-            None => {
-                if static_keys.is_empty() {
-                    return Err(ctx.invalid(k("jwks_url"), "an issuer needs jwks_url or keys"));
-                }
-                None
-            }
-            Some(url) => Some(jwks_config(ctx, i, url, &r)?),
-        };
-        out.push(IssuerConfig {
-            name: r.name,
-            issuer: r.issuer,
-            audiences: r.audiences,
-            algorithms,
-            leeway,
-            jwks,
-            static_keys,
-        });
+/// Validate `issuers[i]`, given the issuers listed before it (a name or `iss` may appear once).
+pub(crate) fn validate(
+    ctx: &Ctx,
+    i: usize,
+    r: RawIssuer,
+    out: &[IssuerConfig],
+) -> Result<IssuerConfig, ConfigError> {
+    let k = |f: &str| format!("issuers[{i}].{f}");
+    if out.iter().any(|o| o.name == r.name) {
+        return Err(ctx.invalid(k("name"), format!("{:?} is defined twice", r.name)));
     }
-    Ok(out)
+    if r.issuer.is_empty() {
+        return Err(ctx.invalid(k("issuer"), "must not be empty"));
+    }
+    if let Some(o) = out.iter().find(|o| o.issuer == r.issuer) {
+        return Err(ctx.invalid(
+            k("issuer"),
+            format!(
+                "{:?} is already issuer {:?}; iss must pick one issuer",
+                r.issuer, o.name
+            ),
+        ));
+    }
+    if r.audiences.is_empty() || r.audiences.iter().any(String::is_empty) {
+        return Err(ctx.invalid(k("audiences"), "list at least one non-empty audience"));
+    }
+    let algorithms = match &r.algorithms {
+        None => Alg::ALL.to_vec(),
+        Some(listed) => {
+            let mut algs = Vec::new();
+            for &a in listed {
+                if !algs.contains(&a) {
+                    algs.push(a);
+                }
+            }
+            if algs.is_empty() {
+                return Err(ctx.invalid(k("algorithms"), "must not be empty"));
+            }
+            algs
+        }
+    };
+    let leeway = r.leeway.unwrap_or(Duration::from_secs(60));
+    let static_keys = read_keys(ctx, i, &r.keys, &algorithms)?;
+    let jwks = match &r.jwks_url {
+        None => {
+            if static_keys.is_empty() {
+                return Err(ctx.invalid(k("jwks_url"), "an issuer needs jwks_url or keys"));
+            }
+            None
+        }
+        Some(url) => Some(jwks_config(ctx, i, url, &r)?),
+    };
+    Ok(IssuerConfig {
+        name: r.name,
+        issuer: r.issuer,
+        audiences: r.audiences,
+        algorithms,
+        leeway,
+        jwks,
+        static_keys,
+    })
 }
 
 fn jwks_config(ctx: &Ctx, i: usize, url: &str, r: &RawIssuer) -> Result<JwksConfig, ConfigError> {
@@ -236,7 +237,8 @@ fn read_keys(
     for (j, rk) in raw.iter().enumerate() {
         let key = format!("issuers[{i}].keys[{j}].file");
         let path = rk.file.display();
-        let text = std::fs::read_to_string(&rk.file)
+        let text = ctx
+            .read_to_string(&rk.file)
             .map_err(|e| ctx.invalid(&key, format!("cannot read {path}: {e}")))?;
         let bad = |e: &dyn std::fmt::Display| ctx.invalid(&key, format!("{path}: {e}"));
         let trimmed = text.trim_start();

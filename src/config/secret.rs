@@ -5,6 +5,8 @@ use std::path::Path;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::Ctx;
+
 /// Why a secret reference could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -27,13 +29,15 @@ pub enum SecretError {
     Empty,
 }
 
-/// Expand every `${ENV}` and `${file:PATH}` in `raw`; text outside references is kept as written.
-pub fn expand(raw: &str) -> Result<SecretString, SecretError> {
-    expand_with(raw, |value| Ok(value.to_owned()))
+/// Expand every `${ENV}` and `${file:PATH}` in `raw`; text outside references is kept as written. Files read are
+/// remembered by `ctx` (the reload watcher follows them).
+pub fn expand(ctx: &Ctx, raw: &str) -> Result<SecretString, SecretError> {
+    expand_with(ctx, raw, |value| Ok(value.to_owned()))
 }
 
 /// [`expand`], passing each resolved reference through `encode` before it is inserted (e.g. to JSON-escape it).
 pub fn expand_with(
+    ctx: &Ctx,
     raw: &str,
     mut encode: impl FnMut(&str) -> Result<String, SecretError>,
 ) -> Result<SecretString, SecretError> {
@@ -45,7 +49,7 @@ pub fn expand_with(
         let end = after.find('}').ok_or(SecretError::Unterminated)?;
         let name = &after[..end];
         let value = match name.strip_prefix("file:") {
-            Some(path) => read_file(Path::new(path))?,
+            Some(path) => read_file(ctx, Path::new(path))?,
             None => std::env::var(name).map_err(|_| SecretError::MissingEnv(name.to_owned()))?,
         };
         out.push_str(&encode(&value)?);
@@ -59,11 +63,13 @@ pub fn expand_with(
 }
 
 /// Read a secret file, trimming one trailing newline (as editors and `echo` add one).
-pub fn read_file(path: &Path) -> Result<String, SecretError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
-        path: path.display().to_string(),
-        source,
-    })?;
+pub fn read_file(ctx: &Ctx, path: &Path) -> Result<String, SecretError> {
+    let text = ctx
+        .read_to_string(path)
+        .map_err(|source| SecretError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
     let trimmed = text.strip_suffix('\n').unwrap_or(&text);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     if trimmed.is_empty() {
@@ -74,12 +80,13 @@ pub fn read_file(path: &Path) -> Result<String, SecretError> {
 
 /// Resolve a secret given either inline (`key = "${ENV}"`) or as a file (`key_file = "/path"`); exactly one is allowed.
 pub fn resolve(
+    ctx: &Ctx,
     value: Option<&str>,
     file: Option<&Path>,
 ) -> Result<Option<SecretString>, SecretError> {
     match (value, file) {
-        (Some(v), _) => expand(v).map(Some),
-        (None, Some(f)) => read_file(f).map(|s| Some(SecretString::from(s))),
+        (Some(v), _) => expand(ctx, v).map(Some),
+        (None, Some(f)) => read_file(ctx, f).map(|s| Some(SecretString::from(s))),
         (None, None) => Ok(None),
     }
 }
@@ -96,16 +103,22 @@ mod tests {
     #[test]
     fn literal_text_is_kept_and_missing_env_is_named() {
         assert_eq!(
-            expand("plain").map(|s| s.expose_secret().to_owned()).ok(),
+            expand(&Ctx::new("<t>"), "plain")
+                .map(|s| s.expose_secret().to_owned())
+                .ok(),
             Some("plain".into())
         );
-        match expand("${CREDGATE_TEST_SURELY_UNSET_VAR}") {
+        let ctx = Ctx::new("<t>");
+        match expand(&ctx, "${CREDGATE_TEST_SURELY_UNSET_VAR}") {
             Err(SecretError::MissingEnv(name)) => {
                 assert_eq!(name, "CREDGATE_TEST_SURELY_UNSET_VAR")
             }
             other => panic!("expected MissingEnv, got {other:?}"),
         }
-        assert!(matches!(expand("${OPEN"), Err(SecretError::Unterminated)));
+        assert!(matches!(
+            expand(&ctx, "${OPEN"),
+            Err(SecretError::Unterminated)
+        ));
     }
 
     #[test]
@@ -114,8 +127,11 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let f = dir.join("s");
         std::fs::write(&f, "hunter2\n").expect("write");
-        let s = expand(&format!("pre-${{file:{}}}-post", f.display())).expect("expand");
+        let ctx = Ctx::new("<t>");
+        let s = expand(&ctx, &format!("pre-${{file:{}}}-post", f.display())).expect("expand");
         assert_eq!(s.expose_secret(), "pre-hunter2-post");
+        let files: Vec<_> = ctx.files().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(files, vec![f.clone()], "the file read is remembered");
         assert!(constant_time_eq(&SecretString::from("abc"), b"abc"));
         assert!(!constant_time_eq(&SecretString::from("abc"), b"abd"));
         assert!(!constant_time_eq(&SecretString::from("abc"), b"ab"));

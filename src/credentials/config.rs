@@ -457,7 +457,8 @@ fn oauth2_config(
     Ok(OAuth2Config {
         allowed_hosts: allowed_hosts(ctx, &k("allowed_hosts"), raw.allowed_hosts)?,
         token_url,
-        client_id: secret::expand(&raw.client_id).map_err(|e| ctx.invalid(k("client_id"), e))?,
+        client_id: secret::expand(ctx, &raw.client_id)
+            .map_err(|e| ctx.invalid(k("client_id"), e))?,
         client_secret: client_secret(
             ctx,
             k,
@@ -488,7 +489,7 @@ fn client_secret(
             "set both client_secret and client_secret_file; keep one",
         ));
     }
-    secret::resolve(inline, file)
+    secret::resolve(ctx, inline, file)
         .map_err(|e| ctx.invalid(k("client_secret"), e))?
         .ok_or_else(|| {
             ctx.invalid(
@@ -513,7 +514,7 @@ fn extra_params(
         ) {
             return Err(ctx.invalid(key, "is set by the gateway itself"));
         }
-        let v = secret::expand(&v).map_err(|e| ctx.invalid(&key, e))?;
+        let v = secret::expand(ctx, &v).map_err(|e| ctx.invalid(&key, e))?;
         params.push((p, v.expose_secret().to_owned()));
     }
     Ok(params)
@@ -581,7 +582,10 @@ fn secret_headers(
     for (h, v) in raw {
         let key = format!("{key}.{h}");
         let name = header_name(ctx, &key, &h)?;
-        out.push((name, secret::expand(&v).map_err(|e| ctx.invalid(&key, e))?));
+        out.push((
+            name,
+            secret::expand(ctx, &v).map_err(|e| ctx.invalid(&key, e))?,
+        ));
     }
     Ok(out)
 }
@@ -670,7 +674,7 @@ fn header_template(ctx: &Ctx, key: &str, raw: &str) -> Result<HeaderTemplate, Co
             parts.push(TemplatePart::Token);
         }
         if !piece.is_empty() {
-            let text = secret::expand(piece).map_err(|e| ctx.invalid(key, e))?;
+            let text = secret::expand(ctx, piece).map_err(|e| ctx.invalid(key, e))?;
             if http::HeaderValue::from_str(text.expose_secret()).is_err() {
                 return Err(ctx.invalid(key, "is not a valid header value"));
             }
@@ -702,7 +706,7 @@ fn login_body(ctx: &Ctx, key: &str, raw: &toml::Value) -> Result<SecretString, C
 
 /// A JSON text with `${...}` references, each value inserted JSON-escaped (it lands inside a JSON string).
 fn json_template(ctx: &Ctx, key: &str, template: &str) -> Result<String, ConfigError> {
-    let text = secret::expand_with(template, |value| {
+    let text = secret::expand_with(ctx, template, |value| {
         if value.is_empty() {
             return Err(secret::SecretError::Empty);
         }
@@ -716,7 +720,7 @@ fn json_template(ctx: &Ctx, key: &str, template: &str) -> Result<String, ConfigE
 fn toml_to_json(ctx: &Ctx, key: &str, v: &toml::Value) -> Result<serde_json::Value, ConfigError> {
     Ok(match v {
         toml::Value::String(s) => {
-            let s = secret::expand(s).map_err(|e| ctx.invalid(key, e))?;
+            let s = secret::expand(ctx, s).map_err(|e| ctx.invalid(key, e))?;
             serde_json::Value::String(s.expose_secret().to_owned())
         }
         toml::Value::Integer(i) => serde_json::Value::from(*i),

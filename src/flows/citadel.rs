@@ -91,8 +91,10 @@ pub(crate) fn validate(ctx: &Ctx, raw: RawCitadel) -> Result<CitadelConfig, Conf
         .unwrap_or_else(|| "https://prod.citadelid.com/v1/".to_owned());
     let (scheme, authority, _, base_path) =
         crate::config::parse_base_url(ctx, &k("api_url"), &url)?;
-    let client_id = secret::expand(&raw.client_id).map_err(|e| ctx.invalid(k("client_id"), e))?;
+    let client_id =
+        secret::expand(ctx, &raw.client_id).map_err(|e| ctx.invalid(k("client_id"), e))?;
     let access_secret = secret::resolve(
+        ctx,
         raw.access_secret.as_deref(),
         raw.access_secret_file.as_deref(),
     )

@@ -100,7 +100,7 @@ pub(crate) fn validate(ctx: &Ctx, raw: RawIncode) -> Result<IncodeConfig, Config
     let k = |f: &str| format!("flows.incode.{f}");
     let (scheme, authority, _, base_path) =
         crate::config::parse_base_url(ctx, &k("api_url"), &raw.api_url)?;
-    let api_key = secret::resolve(raw.api_key.as_deref(), raw.api_key_file.as_deref())
+    let api_key = secret::resolve(ctx, raw.api_key.as_deref(), raw.api_key_file.as_deref())
         .map_err(|e| ctx.invalid(k("api_key"), e))?
         .ok_or_else(|| ctx.invalid(k("api_key"), "required (or api_key_file)"))?;
     let api_key = sensitive_value(api_key.expose_secret())

@@ -118,8 +118,8 @@ fn quota(
 pub(crate) fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, ConfigError> {
     let k = |f: &str| format!("flows.telesign.{f}");
     let customer_id =
-        secret::expand(&raw.customer_id).map_err(|e| ctx.invalid(k("customer_id"), e))?;
-    let api_key = secret::resolve(raw.api_key.as_deref(), raw.api_key_file.as_deref())
+        secret::expand(ctx, &raw.customer_id).map_err(|e| ctx.invalid(k("customer_id"), e))?;
+    let api_key = secret::resolve(ctx, raw.api_key.as_deref(), raw.api_key_file.as_deref())
         .map_err(|e| ctx.invalid(k("api_key"), e))?
         .ok_or_else(|| ctx.invalid(k("api_key"), "required (or api_key_file)"))?;
     let decoded = base64::engine::general_purpose::STANDARD

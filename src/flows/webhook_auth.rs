@@ -53,7 +53,7 @@ pub(crate) fn validate(
     let k = |f: &str| format!("{key}.{f}");
     let secret = match (
         raw.header,
-        secret::resolve(raw.secret.as_deref(), raw.secret_file.as_deref())
+        secret::resolve(ctx, raw.secret.as_deref(), raw.secret_file.as_deref())
             .map_err(|e| ctx.invalid(k("secret"), e))?,
     ) {
         (Some(h), Some(s)) => {
@@ -68,6 +68,7 @@ pub(crate) fn validate(
     let basic = match (
         raw.basic_user,
         secret::resolve(
+            ctx,
             raw.basic_password.as_deref(),
             raw.basic_password_file.as_deref(),
         )

@@ -4,15 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::caller_auth::config::{self as issuers, IssuerConfig, RawIssuer};
 use crate::config::{
-    ConfigError, Ctx, ListenerConfig, RawListener, RawUpstream, UpstreamConfig, validate_listener,
-    validate_upstream,
+    ConfigError, Ctx, Fingerprint, ListenerConfig, RawListener, RawUpstream, UpstreamConfig,
+    validate_listener, validate_upstream,
 };
 use crate::credentials::config::{self as credentials, CredentialConfig};
 use crate::flows::{self, FlowsConfig, RawFlows};
@@ -98,6 +98,12 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Vendor flows.
     pub flows: FlowsConfig,
+    /// Every file the config was read from, with the fingerprint of its content then: the config itself (when
+    /// loaded from a file), certificates, keys and secret files. A reload watches them.
+    pub files: Vec<(PathBuf, Fingerprint)>,
+    /// What each stateful section was built from, by its dotted name (`credentials.NAME`, `issuers.NAME`,
+    /// `upstreams.NAME`, `flows`): a reload keeps the state of a section whose fingerprint did not change.
+    pub fingerprints: BTreeMap<String, Fingerprint>,
 }
 
 /// Check `[admin]`: it answers anyone who reaches it, so it binds to loopback unless told otherwise.
@@ -126,7 +132,10 @@ impl Config {
             path: shown.clone(),
             source,
         })?;
-        Self::from_toml(&text, &shown)
+        let mut cfg = Self::from_toml(&text, &shown)?;
+        cfg.files
+            .insert(0, (path.to_path_buf(), Fingerprint::of(text.as_bytes())));
+        Ok(cfg)
     }
 
     /// Parse and validate TOML text; `source` names it in errors, which lead with the dotted key.
@@ -153,18 +162,34 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     }
     let admin = raw.admin.map(|a| validate_admin(&ctx, a)).transpose()?;
 
+    let mut fingerprints = BTreeMap::new();
     let mut upstreams = BTreeMap::new();
     for (name, u) in raw.upstreams {
+        let (mark, written) = (ctx.mark(), format!("{u:?}"));
         let up = validate_upstream(&ctx, &name, u)?;
+        let section = format!("upstreams.{name}");
+        fingerprints.insert(section, ctx.fingerprint(mark, &written));
         upstreams.insert(name, up);
     }
     let mut credentials = BTreeMap::new();
     for (name, c) in raw.credentials {
+        let (mark, written) = (ctx.mark(), c.to_string());
         let cred = credentials::validate(&ctx, &name, c)?;
+        let section = format!("credentials.{name}");
+        fingerprints.insert(section, ctx.fingerprint(mark, &written));
         credentials.insert(name, cred);
     }
-    let issuers = issuers::validate(&ctx, raw.issuers)?;
+    let mut issuers: Vec<IssuerConfig> = Vec::new();
+    for (i, r) in raw.issuers.into_iter().enumerate() {
+        let (mark, written) = (ctx.mark(), format!("{r:?}"));
+        let iss = issuers::validate(&ctx, i, r, &issuers)?;
+        let section = format!("issuers.{}", iss.name);
+        fingerprints.insert(section, ctx.fingerprint(mark, &written));
+        issuers.push(iss);
+    }
+    let (mark, written) = (ctx.mark(), format!("{:?}", raw.flows));
     let flows = flows::validate(&ctx, raw.flows)?;
+    fingerprints.insert("flows".to_owned(), ctx.fingerprint(mark, &written));
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -191,5 +216,7 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         issuers,
         routes,
         flows,
+        files: ctx.files(),
+        fingerprints,
     })
 }

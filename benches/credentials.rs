@@ -70,8 +70,13 @@ client_secret = "secret"
         )
         .expect("config");
         let http = credgate::testing::http_client(&[], Duration::from_secs(5)).expect("client");
-        let creds = Credentials::build(&cfg.credentials, &http, &Arc::new(Metrics::default()))
-            .expect("credentials");
+        let creds = Credentials::build(
+            &cfg.credentials,
+            &http,
+            &Arc::new(Metrics::default()),
+            |_| None,
+        )
+        .expect("credentials");
         creds
             .get("oauth2")
             .expect("oauth2")

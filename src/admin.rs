@@ -1,10 +1,15 @@
 //! The admin listener: `/healthz` (process up), `/readyz` (every dependency ready, e.g. issuer keys loaded),
 //! `/metrics` (OpenMetrics text), `GET /admin/credentials` and `GET /admin/issuers` (token and key state) and their
-//! `POST .../{name}/refresh` (renew or refetch now). Plain HTTP; bind it to loopback. Exposes no secret.
+//! `POST .../{name}/refresh` (renew or refetch now), `GET /admin/config` (the config in force, secrets redacted) and
+//! `POST /admin/reload`. Plain HTTP; bind it to loopback. Exposes no secret.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 
 use prometheus_client::encoding::{EncodeLabelSet, text};
 use prometheus_client::metrics::counter::Counter;
@@ -17,12 +22,153 @@ use crate::gateway::Gateway;
 use crate::metrics;
 use crate::problem::Problem;
 
+/// How long `POST /admin/reload` waits for the reload it asked for.
+const RELOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// A reload asked for on the admin API, answered by whoever drives reloads (see `server::Running::reload`).
+#[derive(Debug)]
+pub struct ReloadRequest {
+    reply: oneshot::Sender<ReloadRecord>,
+}
+
+impl ReloadRequest {
+    /// Tell the asker how the reload went.
+    pub fn answer(self, record: ReloadRecord) {
+        let _ = self.reply.send(record);
+    }
+}
+
+/// How a reload ended, as the admin API and `/readyz` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    /// `"ok"` or `"error"`.
+    pub result: &'static str,
+    /// When, in seconds since the epoch.
+    pub at: u64,
+    /// What changed (listeners), or the error naming the key.
+    pub detail: String,
+    /// The generation of the config in force: 1 at start, one more per reload put in force.
+    pub generation: u64,
+}
+
+/// What the admin API knows beyond the gateway in force: how to ask for a reload and how the last one went.
+#[derive(Debug)]
+pub(crate) struct Control {
+    requests: mpsc::Sender<ReloadRequest>,
+    state: Mutex<(u64, Option<ReloadRecord>)>,
+}
+
+impl Control {
+    /// Reload requests go to `requests`.
+    pub(crate) fn new(requests: mpsc::Sender<ReloadRequest>) -> Self {
+        Self {
+            requests,
+            state: Mutex::new((1, None)),
+        }
+    }
+
+    /// Record a reload's outcome: the notes of one put in force, or the error of one refused.
+    pub(crate) fn reloaded(&self, outcome: Result<Vec<String>, String>) -> ReloadRecord {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (result, detail) = match outcome {
+            Ok(notes) => {
+                st.0 += 1;
+                ("ok", notes.join("; "))
+            }
+            Err(e) => ("error", e),
+        };
+        let record = ReloadRecord {
+            result,
+            at: crate::unix_time::now_secs().try_into().unwrap_or(0),
+            detail,
+            generation: st.0,
+        };
+        st.1 = Some(record.clone());
+        record
+    }
+
+    fn snapshot(&self) -> (u64, Option<ReloadRecord>) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Answer one admin request.
-pub(crate) fn handle<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
+pub(crate) async fn handle<B>(
+    gw: Arc<Gateway>,
+    control: Arc<Control>,
+    req: Request<B>,
+) -> Response<Body> {
+    if req.uri().path() == "/admin/reload" {
+        if req.method() != Method::POST {
+            return method_not_allowed("POST");
+        }
+        return reload(&control).await;
+    }
+    answer(&gw, &control, &req)
+}
+
+/// `POST /admin/reload`: reload and answer how it went (422 with the error when the running config stays).
+async fn reload(control: &Control) -> Response<Body> {
+    let (reply, answered) = oneshot::channel();
+    let unavailable = |detail: &str| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_unavailable",
+            "Reload not available",
+        )
+        .detail(detail.to_owned())
+        .into_response("-")
+    };
+    if control.requests.try_send(ReloadRequest { reply }).is_err() {
+        return unavailable("a reload is already queued, or this gateway does not reload");
+    }
+    match tokio::time::timeout(RELOAD_WAIT, answered).await {
+        Ok(Ok(record)) if record.result == "ok" => text(
+            StatusCode::OK,
+            json!({ "reload": record }).to_string(),
+            "application/json",
+        ),
+        Ok(Ok(record)) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reload_failed",
+            "Reload failed; the running config stays",
+        )
+        .detail(record.detail)
+        .into_response("-"),
+        Ok(Err(_)) | Err(_) => unavailable("the reload did not finish"),
+    }
+}
+
+fn answer<B>(gw: &Gateway, control: &Control, req: &Request<B>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/admin/config" if req.method() == Method::GET => {
+            let (generation, last) = control.snapshot();
+            let doc = json!({
+                "generation": generation,
+                "version": gw.config_version(),
+                "source": gw.config_source(),
+                "last_reload": last,
+                "effective": gw.config_text(),
+            });
+            text(StatusCode::OK, doc.to_string(), "application/json")
+        }
+        "/admin/config" => method_not_allowed("GET"),
         "/readyz" => {
-            let checks = gw.readiness();
+            let mut checks = gw.readiness();
+            // A refused reload leaves the gateway serving the previous config: ready, and saying so.
+            if let (_, Some(last)) = control.snapshot()
+                && last.result == "error"
+            {
+                checks.push((
+                    "config".to_owned(),
+                    true,
+                    format!(
+                        "last reload failed, previous config in force: {}",
+                        last.detail
+                    ),
+                ));
+            }
             let ready = checks.iter().all(|(_, ok, _)| *ok);
             let doc = json!({
                 "ready": ready,

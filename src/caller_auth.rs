@@ -379,6 +379,17 @@ pub(crate) fn problem(e: &AuthError) -> Problem {
     }
 }
 
+/// Each claim once, in the order first named.
+fn forwarded_set<'c>(claims: impl IntoIterator<Item = &'c str>) -> Box<[Box<str>]> {
+    let mut out: Vec<Box<str>> = Vec::new();
+    for claim in claims {
+        if !out.iter().any(|f| **f == *claim) {
+            out.push(claim.into());
+        }
+    }
+    out.into_boxed_slice()
+}
+
 /// An issuer's JWKS could not be fetched at startup with `startup = "fail_fast"`.
 #[derive(Debug, thiserror::Error)]
 #[error("issuer {issuer}: JWKS fetch at startup failed: {reason}")]
@@ -393,7 +404,9 @@ pub struct StartError {
 #[derive(Debug)]
 pub struct CallerAuth {
     issuers: Vec<Arc<Issuer>>,
-    cache: VerifiedCache,
+    /// Shared with the `CallerAuth` a reload replaces when the forwarded claims are the same: an entry is honoured
+    /// only while its exact key is in its issuer's key set, so entries of a changed issuer stop counting at once.
+    cache: Arc<VerifiedCache>,
     /// `credgate_auth_rejections_total` by reason: a `Copy` key, so counting allocates nothing.
     rejections: Family<RejectionLabels, Counter>,
     /// Claims some route forwards: the only ones prepared as header values when a token is verified.
@@ -409,12 +422,6 @@ impl CallerAuth {
         http: &HttpClient,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut forwarded: Vec<Box<str>> = Vec::new();
-        for claim in forwarded_claims {
-            if !forwarded.iter().any(|f| **f == *claim) {
-                forwarded.push(claim.into());
-            }
-        }
         let rejections = Family::default();
         metrics.register(
             "credgate_auth_rejections",
@@ -426,9 +433,42 @@ impl CallerAuth {
                 .iter()
                 .map(|c| Arc::new(Issuer::new(c.clone(), http, &metrics)))
                 .collect(),
-            cache: VerifiedCache::default(),
+            cache: Arc::default(),
             rejections,
-            forwarded: forwarded.into_boxed_slice(),
+            forwarded: forwarded_set(forwarded_claims),
+        }
+    }
+
+    /// The caller authentication a reload puts in place of this one: an issuer for which `unchanged` says so is kept
+    /// with its keys and refresh loop; the others start fresh (and a removed one's loop ends with it). The
+    /// verified-token cache is kept when the forwarded claims are the same.
+    pub fn rebuild<'c>(
+        &self,
+        issuers: &[IssuerConfig],
+        forwarded_claims: impl IntoIterator<Item = &'c str>,
+        http: &HttpClient,
+        metrics: &Arc<Metrics>,
+        unchanged: impl Fn(&str) -> bool,
+    ) -> Self {
+        let forwarded = forwarded_set(forwarded_claims);
+        let kept = |c: &IssuerConfig| {
+            self.issuers
+                .iter()
+                .find(|i| i.cfg.name == c.name && unchanged(&c.name))
+                .cloned()
+        };
+        Self {
+            issuers: issuers
+                .iter()
+                .map(|c| kept(c).unwrap_or_else(|| Arc::new(Issuer::new(c.clone(), http, metrics))))
+                .collect(),
+            cache: if forwarded == self.forwarded {
+                self.cache.clone()
+            } else {
+                Arc::default()
+            },
+            rejections: self.rejections.clone(),
+            forwarded,
         }
     }
 
@@ -437,6 +477,9 @@ impl CallerAuth {
     pub async fn start(&self) -> Result<(), StartError> {
         for iss in &self.issuers {
             let Some(j) = &iss.cfg.jwks else { continue };
+            if !iss.claim_start() {
+                continue;
+            }
             if j.fail_fast {
                 iss.initial_fetch().await.map_err(|reason| StartError {
                     issuer: iss.cfg.name.clone(),

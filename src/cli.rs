@@ -12,6 +12,7 @@ use crate::config::ConfigError;
 use crate::gateway::Config;
 use crate::gateway::{BuildError, Gateway};
 use crate::pipeline::DisplayChain;
+use crate::reload::Triggers;
 use crate::server::{self, ServerError};
 
 /// credgate: OAuth2 client-credentials gateway and reverse proxy.
@@ -47,6 +48,15 @@ pub enum Command {
     /// Validate a config file without serving.
     Check {
         /// Config file.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Tell a running gateway to reload its config (through its admin listener), and say how it went.
+    Reload {
+        /// The admin listener's address (default: `[admin] address` of the config file).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Config file naming the admin listener, when `--admin` is not given.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
@@ -149,10 +159,7 @@ fn init_tracing(format: LogFormat) {
 /// Run one subcommand.
 pub async fn run(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Run { config } => {
-            let cfg = Config::load(&config)?;
-            serve(cfg, None).await
-        }
+        Command::Run { config } => serve(config, None).await,
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             Gateway::build(&cfg)?;
@@ -165,16 +172,13 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Status { admin, config } => {
-            let admin = match admin {
-                Some(a) => a,
-                None => Config::load(&config)?.admin.ok_or_else(|| {
-                    std::io::Error::other(format!(
-                        "{} has no [admin] listener; give --admin ADDRESS",
-                        config.display()
-                    ))
-                })?,
-            };
+            let admin = admin_address(admin, &config)?;
             print_out(&status::render(admin).await?);
+            Ok(())
+        }
+        Command::Reload { admin, config } => {
+            let admin = admin_address(admin, &config)?;
+            print_out(&status::reload(admin).await?);
             Ok(())
         }
         Command::DevCerts { dir } => {
@@ -195,25 +199,76 @@ pub async fn run(command: Command) -> Result<(), CliError> {
                 print_out(&demo.config_toml);
                 return Ok(());
             }
-            let cfg = Config::from_toml(&demo.config_toml, "<demo>")?;
-            serve(cfg, Some(demo)).await
+            // Served from a file, like any config: editing it (or `credgate reload`) reloads the demo.
+            let path = demo.config_path();
+            std::fs::write(&path, &demo.config_toml)?;
+            serve(path, Some(demo)).await
         }
     }
 }
 
-async fn serve(cfg: Config, demo: Option<crate::demo::Demo>) -> Result<(), CliError> {
+/// `--admin`, or the `[admin]` address of the config file.
+fn admin_address(
+    admin: Option<std::net::SocketAddr>,
+    config: &std::path::Path,
+) -> Result<std::net::SocketAddr, CliError> {
+    match admin {
+        Some(a) => Ok(a),
+        None => Ok(Config::load(config)?.admin.ok_or_else(|| {
+            std::io::Error::other(format!(
+                "{} has no [admin] listener; give --admin ADDRESS",
+                config.display()
+            ))
+        })?),
+    }
+}
+
+/// Serve the config at `path` until SIGINT/SIGTERM, reloading it on SIGHUP, `POST /admin/reload` and a change to
+/// any file it was read from.
+async fn serve(path: PathBuf, demo: Option<crate::demo::Demo>) -> Result<(), CliError> {
     let stop = stop_signal();
+    tokio::pin!(stop);
+    let cfg = Config::load(&path)?;
+    // Installed before the listeners announce themselves: a SIGHUP from then on reloads rather than kills.
+    let mut triggers = Triggers::new(&cfg.files);
     let gw = Gateway::build(&cfg)?;
-    let running = server::start(gw, &cfg).await?;
+    let mut running = server::start(gw, &cfg).await?;
     if let (Some(demo), Some(addr)) = (&demo, running.addrs.first()) {
         print_out(&format!(
             "{}\n",
             crate::demo::instructions(demo, *addr, running.admin)
         ));
     }
-    stop.await;
-    tracing::info!(grace = ?cfg.shutdown_grace, "shutting down");
-    running.shutdown(cfg.shutdown_grace).await;
+    let mut grace = cfg.shutdown_grace;
+    drop(cfg);
+    loop {
+        let asked = tokio::select! {
+            () = &mut stop => break,
+            why = triggers.next() => {
+                tracing::info!(?why, "reloading");
+                None
+            }
+            Some(req) = running.reload_requested() => {
+                tracing::info!("reloading, as asked on the admin API");
+                Some(req)
+            }
+        };
+        let loaded = Config::load(&path);
+        let next = loaded
+            .as_ref()
+            .ok()
+            .map(|c| (c.files.clone(), c.shutdown_grace));
+        let record = running.reload(loaded).await;
+        if let (Some((files, g)), "ok") = (next, record.result) {
+            triggers.follow(&files);
+            grace = g;
+        }
+        if let Some(req) = asked {
+            req.answer(record);
+        }
+    }
+    tracing::info!(?grace, "shutting down");
+    running.shutdown(grace).await;
     // The demo's dev keys were generated for this run only; none is left behind in the temp directory.
     if let Some(demo) = demo
         && let Err(e) = demo.remove_files()

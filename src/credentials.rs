@@ -331,14 +331,20 @@ pub struct BuildError {
 
 impl Credentials {
     /// Build every credential in `cfg`; token kinds call out through `http`. Fetches nothing: tokens are obtained on
-    /// first use, so `credgate check` never contacts a vendor.
+    /// first use, so `credgate check` never contacts a vendor. A credential `keep` returns (a reload's unchanged one)
+    /// is kept as it is, with its cached token and renewal timer.
     pub fn build(
         cfg: &BTreeMap<String, CredentialConfig>,
         http: &HttpClient,
         metrics: &Arc<Metrics>,
+        keep: impl Fn(&str) -> Option<Arc<dyn Credential>>,
     ) -> Result<Self, BuildError> {
         let mut by_name: BTreeMap<String, Arc<dyn Credential>> = BTreeMap::new();
         for (name, c) in cfg {
+            if let Some(kept) = keep(name) {
+                by_name.insert(name.clone(), kept);
+                continue;
+            }
             let cred: Arc<dyn Credential> = match c {
                 CredentialConfig::Static(s) => {
                     Arc::new(StaticCredential::new(s).map_err(|source| BuildError {

@@ -43,6 +43,11 @@ pub struct Demo {
 }
 
 impl Demo {
+    /// Where the demo's config is written to be served from.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
     /// Delete the files the demo wrote (the dev CA and server keys among them); for when the demo stops.
     pub fn remove_files(&self) -> std::io::Result<()> {
         std::fs::remove_dir_all(&self.dir)

@@ -10,11 +10,12 @@ pub mod config;
 
 pub use config::Config;
 
+use crate::config::Fingerprint;
 use crate::credentials::{self, Credentials};
-use crate::flows::{self, FlowDeps, FlowError};
+use crate::flows::{self, FlowDeps, FlowError, Handler};
 use crate::http_client::{self, ClientBuildError, HttpClient};
 use crate::metrics::Metrics;
-use crate::proxy::Upstream;
+use crate::proxy::{Upstream, UpstreamPool};
 use crate::routes::config::RouteTarget;
 use crate::routes::{Route, RouteTable, Target};
 use crate::timer::Timer;
@@ -39,6 +40,12 @@ pub enum BuildError {
     Flow(#[from] FlowError),
 }
 
+/// The first 16 hex digits of the SHA-256 of `text`.
+fn version_of(text: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Everything shared by all requests.
 #[derive(Debug)]
 pub struct Gateway {
@@ -54,6 +61,20 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Per-request deadlines (header read, upstream response).
     pub timer: Timer,
+    /// Upstreams by name, each with its connections.
+    upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The flows' handlers by name.
+    flows: BTreeMap<String, Arc<dyn Handler>>,
+    /// What each stateful section was built from (see [`Config::fingerprints`]).
+    fingerprints: BTreeMap<String, Fingerprint>,
+    /// The pool kind the upstreams were built with.
+    upstream_pool: UpstreamPool,
+    /// The config it was built from, as the admin API shows it: every secret redacted.
+    config_text: String,
+    /// A digest of `config_text`, to tell configs apart.
+    config_version: String,
+    /// The file the config came from.
+    config_source: String,
 }
 
 impl Gateway {
@@ -66,34 +87,126 @@ impl Gateway {
                 source,
             }
         })?;
-        let timer = Timer::of_kind(cfg.timer);
+        let caller_auth = CallerAuth::new(
+            &cfg.issuers,
+            cfg.routes.iter().flat_map(|r| r.auth.forwarded_claims()),
+            &http,
+            metrics.clone(),
+        );
+        Self::assemble(
+            cfg,
+            None,
+            caller_auth,
+            http,
+            metrics,
+            Timer::of_kind(cfg.timer),
+        )
+    }
+
+    /// The gateway a reload puts in place of this one, for `cfg`: every part whose section is unchanged is kept with
+    /// its state (a credential's cached token and renewal timer, an issuer's keys, an upstream's connections, the
+    /// flows, a route's counters); the rest is built fresh. Opens no sockets; [`Gateway::start_background`] starts
+    /// what is new.
+    pub fn rebuild(&self, cfg: &Config) -> Result<Arc<Self>, BuildError> {
+        let caller_auth = self.caller_auth.rebuild(
+            &cfg.issuers,
+            cfg.routes.iter().flat_map(|r| r.auth.forwarded_claims()),
+            &self.http,
+            &self.metrics,
+            |name| self.unchanged(cfg, &format!("issuers.{name}")),
+        );
+        // A new timer only when its kind changed: connections in flight keep the one they were served with.
+        let timer = if self.timer.kind() == cfg.timer {
+            self.timer.clone()
+        } else {
+            Timer::of_kind(cfg.timer)
+        };
+        Self::assemble(
+            cfg,
+            Some(self),
+            caller_auth,
+            self.http.clone(),
+            self.metrics.clone(),
+            timer,
+        )
+    }
+
+    /// Whether `section` has the same fingerprint in `cfg` as in the config this gateway was built from.
+    fn unchanged(&self, cfg: &Config, section: &str) -> bool {
+        match (
+            self.fingerprints.get(section),
+            cfg.fingerprints.get(section),
+        ) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn assemble(
+        cfg: &Config,
+        prev: Option<&Self>,
+        caller_auth: CallerAuth,
+        http: HttpClient,
+        metrics: Arc<Metrics>,
+        timer: Timer,
+    ) -> Result<Arc<Self>, BuildError> {
+        // What a reload keeps: the parts of `prev` whose sections did not change.
+        let kept_upstream = |name: &str| {
+            let p = prev?;
+            let same = p.upstream_pool == cfg.upstream_pool
+                && p.timer.kind() == timer.kind()
+                && p.unchanged(cfg, &format!("upstreams.{name}"));
+            same.then(|| p.upstreams.get(name).cloned()).flatten()
+        };
+        let kept_credential = |name: &str| {
+            let p = prev?;
+            p.unchanged(cfg, &format!("credentials.{name}"))
+                .then(|| p.credentials.get(name))
+                .flatten()
+        };
         let mut upstreams = BTreeMap::new();
         for (name, u) in &cfg.upstreams {
-            let upstream = Upstream::new(u, &timer, cfg.upstream_pool).map_err(|source| {
-                BuildError::Client {
-                    upstream: name.clone(),
-                    source,
-                }
-            })?;
-            upstreams.insert(name.clone(), Arc::new(upstream));
+            let upstream = match kept_upstream(name) {
+                Some(kept) => kept,
+                None => Arc::new(Upstream::new(u, &timer, cfg.upstream_pool).map_err(
+                    |source| BuildError::Client {
+                        upstream: name.clone(),
+                        source,
+                    },
+                )?),
+            };
+            upstreams.insert(name.clone(), upstream);
         }
-        let credentials = Credentials::build(&cfg.credentials, &http, &metrics)?;
-        let handlers = flows::build(
-            &cfg.flows,
-            &FlowDeps {
-                http: &http,
-                credentials: &credentials,
-            },
-        )?;
+        let credentials = Credentials::build(&cfg.credentials, &http, &metrics, kept_credential)?;
+        // The flows name credentials of their own (Incode's admin token): kept only while those are kept too.
+        let flows = match prev {
+            Some(p)
+                if p.unchanged(cfg, "flows")
+                    && p.credentials.iter().all(|(name, c)| {
+                        credentials
+                            .get(name)
+                            .is_some_and(|now| Arc::ptr_eq(&now, c))
+                    }) =>
+            {
+                p.flows.clone()
+            }
+            _ => flows::build(
+                &cfg.flows,
+                &FlowDeps {
+                    http: &http,
+                    credentials: &credentials,
+                },
+            )?,
+        };
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for r in &cfg.routes {
             // Names were checked by config validation; a miss here would be a bug, so skip rather than panic.
             let target = match &r.target {
                 RouteTarget::Upstream(u) => upstreams.get(u).cloned().map(Target::Upstream),
-                RouteTarget::Flow(f) => handlers.get(f).cloned().map(Target::Flow),
+                RouteTarget::Flow(f) => flows.get(f).cloned().map(Target::Flow),
             };
             let Some(target) = target else { continue };
-            routes.push(Route::new(
+            let mut route = Route::new(
                 r.name.clone(),
                 &r.path_prefix,
                 r.host.clone(),
@@ -103,21 +216,43 @@ impl Gateway {
                 r.max_body_bytes,
                 r.max_header_bytes,
                 RoutePolicy::new(r.auth.clone()),
-            ));
+            );
+            if let Some(stats) = prev.and_then(|p| p.routes.iter().find(|o| o.name == r.name)) {
+                route.stats = stats.stats.clone();
+            }
+            routes.push(route);
         }
+        let config_text = format!("{cfg:#?}");
         Ok(Arc::new(Self {
             routes: RouteTable::new(routes),
-            caller_auth: CallerAuth::new(
-                &cfg.issuers,
-                cfg.routes.iter().flat_map(|r| r.auth.forwarded_claims()),
-                &http,
-                metrics.clone(),
-            ),
+            caller_auth,
             credentials,
             http,
             metrics,
             timer,
+            upstreams,
+            flows,
+            fingerprints: cfg.fingerprints.clone(),
+            upstream_pool: cfg.upstream_pool,
+            config_version: version_of(&config_text),
+            config_text,
+            config_source: cfg.source.clone(),
         }))
+    }
+
+    /// The config in force, every secret redacted (secrets are `secrecy` types, which print as `[REDACTED]`).
+    pub fn config_text(&self) -> &str {
+        &self.config_text
+    }
+
+    /// A short digest of [`Gateway::config_text`]: equal for equal configs.
+    pub fn config_version(&self) -> &str {
+        &self.config_version
+    }
+
+    /// The file the config in force came from.
+    pub fn config_source(&self) -> &str {
+        &self.config_source
     }
 
     /// Start background work (issuer key fetching and refresh). Called when serving starts; `check` never calls it.

@@ -45,6 +45,7 @@ pub mod pipeline;
 pub mod problem;
 pub(crate) mod proxy;
 pub(crate) mod refresh;
+pub mod reload;
 pub(crate) mod routes;
 pub mod server;
 #[doc(hidden)]

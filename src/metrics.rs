@@ -162,6 +162,12 @@ pub struct Metrics {
     connections_open: Family<ListenerLabels, Gauge>,
     tls_failures: Family<ListenerLabels, Counter>,
     token_fetch_seconds: Family<CredentialLabels, Histogram, fn() -> Histogram>,
+    config_reloads: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: Outcome,
 }
 
 impl Default for Metrics {
@@ -178,7 +184,13 @@ impl Default for Metrics {
             connections_open: Family::default(),
             tls_failures: Family::default(),
             token_fetch_seconds: Family::new_with_constructor(fetch_histogram),
+            config_reloads: Family::default(),
         };
+        m.register(
+            "credgate_config_reloads",
+            "Config reloads by result: an error leaves the running config in place.",
+            m.config_reloads.clone(),
+        );
         // Counters are registered under their base name: the encoder appends `_total`.
         m.register(
             "credgate_credential_waits",
@@ -244,6 +256,13 @@ impl Metrics {
     /// named without `_total`.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         self.registry().register(name, help, metric);
+    }
+
+    /// Count a config reload that ended with `result`.
+    pub(crate) fn config_reload(&self, result: Outcome) {
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// The series of credential `name`, resolved once so counting is one atomic add.

@@ -62,8 +62,8 @@ pub struct Route {
     pub max_header_bytes: usize,
     /// Caller authentication policy.
     pub auth: RoutePolicy,
-    /// Response counters.
-    pub stats: RouteStats,
+    /// Response counters (kept across a reload for a route of the same name).
+    pub stats: Arc<RouteStats>,
 }
 
 impl Route {
@@ -90,7 +90,7 @@ impl Route {
             max_body_bytes,
             max_header_bytes,
             auth,
-            stats: RouteStats::default(),
+            stats: Arc::default(),
         }
     }
 

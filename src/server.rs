@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -21,16 +22,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::{Control, ReloadRecord, ReloadRequest};
 use crate::body::{Body, BoxError, RequestBody};
 use crate::config::ListenerConfig;
 use crate::conn::{BodyTimeouts, ConnInfo};
 use crate::gateway::Config;
 use crate::gateway::Gateway;
-use crate::metrics::ListenerCounters;
+use crate::metrics::{ListenerCounters, Outcome};
 use crate::timer::Timer;
 use crate::tls::{self, TlsError};
 
@@ -64,97 +66,308 @@ pub enum ServerError {
     Startup(#[from] crate::caller_auth::StartError),
 }
 
-/// A running gateway: its bound addresses and the handle to stop it.
+/// A running gateway: its bound addresses, the handle to stop it, and [`Running::reload`].
 #[derive(Debug)]
 pub struct Running {
     /// Bound addresses of the gateway listeners, in config order.
     pub addrs: Vec<SocketAddr>,
     /// Bound admin address.
     pub admin: Option<SocketAddr>,
-    stop: watch::Sender<bool>,
+    /// The gateway new requests are served by; a reload swaps it.
+    live: Arc<ArcSwap<Gateway>>,
+    listeners: Vec<Listener>,
+    control: Arc<Control>,
+    reload_requests: mpsc::Receiver<ReloadRequest>,
+    fd_limit: Option<u64>,
+    admin_configured: Option<SocketAddr>,
     tasks: JoinSet<()>,
+    admin_stop: watch::Sender<bool>,
+}
+
+/// One gateway listener: its configured and bound address, what it serves new connections with, and its stop.
+#[derive(Debug)]
+struct Listener {
+    configured: SocketAddr,
+    bound: SocketAddr,
+    serving: Arc<ArcSwap<Serving>>,
+    stop: watch::Sender<bool>,
+    /// Resolves once the accept loop has closed its socket after `stop`.
+    closed: oneshot::Receiver<()>,
+}
+
+/// What a listener serves each new connection with: swapped whole by a reload (new certificate, client CA, limits),
+/// while connections already open keep what they started with.
+struct Serving {
+    acceptor: Option<TlsAcceptor>,
+    settings: ConnSettings,
+    builders: Builders,
+    timer: Timer,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("tls", &self.acceptor.is_some())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serving {
+    fn new(acceptor: Option<TlsAcceptor>, settings: ConnSettings, timer: &Timer) -> Self {
+        Self {
+            acceptor,
+            builders: Builders::new(settings, timer),
+            settings,
+            timer: timer.clone(),
+        }
+    }
+}
+
+/// A reload could not be applied; the running config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config is invalid (the message names the key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The gateway could not be assembled from it.
+    #[error(transparent)]
+    Build(#[from] crate::gateway::BuildError),
+    /// A listener could not be bound or its TLS settings were refused, or a new issuer failed to start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+impl From<crate::caller_auth::StartError> for ReloadError {
+    fn from(e: crate::caller_auth::StartError) -> Self {
+        Self::Server(ServerError::Startup(e))
+    }
 }
 
 impl Running {
     /// Stop accepting, then wait up to `grace` for in-flight requests to finish.
     pub async fn shutdown(mut self, grace: Duration) {
-        let _ = self.stop.send(true);
+        for l in &self.listeners {
+            let _ = l.stop.send(true);
+        }
+        let _ = self.admin_stop.send(true);
         let all_done = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all_done).await.is_err() {
             tracing::warn!(?grace, "grace period over; closing remaining connections");
             self.tasks.abort_all();
         }
     }
+
+    /// The next reload asked for on the admin API (`POST /admin/reload`); whoever drives reloads answers it.
+    pub async fn reload_requested(&mut self) -> Option<ReloadRequest> {
+        self.reload_requests.recv().await
+    }
+
+    /// The gateway serving new requests now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.load_full()
+    }
+
+    /// Put `cfg` in force without dropping a connection: the new config is assembled completely first (a credential,
+    /// issuer or upstream whose section is unchanged keeps its state, see [`Gateway::rebuild`]), new listeners are
+    /// bound and new TLS settings built; only then is everything swapped at once. Requests in flight finish on the
+    /// config they started with; new requests and new TLS handshakes use the new one; removed listeners stop
+    /// accepting and drain. On any error nothing changes. The outcome is logged, counted and kept for `/readyz` and
+    /// the admin API.
+    pub async fn reload(
+        &mut self,
+        cfg: Result<Config, crate::config::ConfigError>,
+    ) -> ReloadRecord {
+        let outcome = match cfg {
+            Ok(cfg) => self.apply(&cfg).await,
+            Err(e) => Err(ReloadError::Config(e)),
+        };
+        let metrics = self.live.load().metrics.clone();
+        match outcome {
+            Ok(notes) => {
+                metrics.config_reload(Outcome::Ok);
+                tracing::info!(notes = %notes.join("; "), "config reloaded");
+                self.control.reloaded(Ok(notes))
+            }
+            Err(e) => {
+                metrics.config_reload(Outcome::Error);
+                let message = e.to_string();
+                tracing::error!(error = %message, "config reload failed; the running config stays");
+                self.control.reloaded(Err(message))
+            }
+        }
+    }
+
+    async fn apply(&mut self, cfg: &Config) -> Result<Vec<String>, ReloadError> {
+        let gw = self.live.load_full().rebuild(cfg)?;
+        gw.start_background().await?;
+        let per_listener = connection_budget(self.fd_limit, cfg.listeners.len());
+        // Everything that can fail, first: TLS settings of every listener, and sockets for new ones.
+        let mut prepared = Vec::with_capacity(cfg.listeners.len());
+        let mut kept = vec![false; self.listeners.len()];
+        for l in &cfg.listeners {
+            let acceptor = acceptor(l)?;
+            let s = budgeted(settings(l), per_listener, l.address);
+            let serving = Serving::new(acceptor, s, &gw.timer);
+            // The same configured address keeps its socket (each old listener once: `127.0.0.1:0` may repeat).
+            let same =
+                (0..kept.len()).find(|&i| !kept[i] && self.listeners[i].configured == l.address);
+            let socket = match same {
+                Some(i) => {
+                    kept[i] = true;
+                    Err(i)
+                }
+                None => Ok(bind(l.address).await?),
+            };
+            prepared.push((l.address, serving, socket));
+        }
+        // Nothing fails from here on.
+        let mut notes = Vec::new();
+        if cfg.admin != self.admin_configured {
+            notes.push("admin.address changes take effect at the next start".to_owned());
+        }
+        self.live.store(gw.clone());
+        let mut old: Vec<Option<Listener>> = self.listeners.drain(..).map(Some).collect();
+        for (configured, serving, socket) in prepared {
+            let listener = match socket {
+                Err(i) => {
+                    let Some(l) = old.get_mut(i).and_then(Option::take) else {
+                        continue;
+                    };
+                    l.serving.store(Arc::new(serving));
+                    l
+                }
+                Ok(socket) => {
+                    let l = spawn_listener(
+                        &mut self.tasks,
+                        socket,
+                        configured,
+                        serving,
+                        &self.live,
+                        &gw,
+                    );
+                    notes.push(format!("listening on {}", l.bound));
+                    l
+                }
+            };
+            self.listeners.push(listener);
+        }
+        for l in old.into_iter().flatten() {
+            tracing::info!(addr = %l.bound, "listener removed; draining its connections");
+            notes.push(format!("stopped listening on {}", l.bound));
+            let _ = l.stop.send(true);
+            // Once the reload is reported, the removed address accepts no more.
+            let _ = l.closed.await;
+        }
+        self.addrs = self.listeners.iter().map(|l| l.bound).collect();
+        Ok(notes)
+    }
+}
+
+/// The TLS acceptor of a listener's config, `None` for plain HTTP.
+fn acceptor(l: &ListenerConfig) -> Result<Option<TlsAcceptor>, ServerError> {
+    l.tls
+        .as_ref()
+        .map(|t| {
+            tls::server_config(t)
+                .map(TlsAcceptor::from)
+                .map_err(|source| ServerError::Tls {
+                    addr: l.address,
+                    source,
+                })
+        })
+        .transpose()
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// `s` with its connection limit lowered to what fits the open-files limit.
+fn budgeted(mut s: ConnSettings, per_listener: usize, addr: SocketAddr) -> ConnSettings {
+    if s.max_connections > per_listener {
+        tracing::warn!(%addr, configured = s.max_connections, allowed = per_listener,
+            "max_connections does not fit the open-files limit; lowered");
+        s.max_connections = per_listener;
+    }
+    s
+}
+
+/// Start serving a bound gateway listener: each request goes to the gateway in force when it arrives.
+fn spawn_listener(
+    tasks: &mut JoinSet<()>,
+    (socket, bound): (TcpListener, SocketAddr),
+    configured: SocketAddr,
+    serving: Serving,
+    live: &Arc<ArcSwap<Gateway>>,
+    gw: &Gateway,
+) -> Listener {
+    tracing::info!(addr = %bound, tls = serving.acceptor.is_some(), "listening");
+    let counters = gw.metrics.listener(&bound.to_string());
+    let live = live.clone();
+    let handler = move |req: Request<Incoming>, conn: ConnInfo| {
+        let drain = req.version() == http::Version::HTTP_2;
+        crate::pipeline::handle(
+            live.load_full(),
+            req.map(|b| RequestBody::new(b, drain)),
+            conn,
+        )
+    };
+    let serving = Arc::new(ArcSwap::from_pointee(serving));
+    let (stop, stopped) = watch::channel(false);
+    let (closing, closed) = oneshot::channel();
+    tasks.spawn(accept_loop(
+        socket,
+        serving.clone(),
+        handler,
+        counters,
+        stopped,
+        Some(closing),
+    ));
+    Listener {
+        configured,
+        bound,
+        serving,
+        stop,
+        closed,
+    }
 }
 
 /// Bind every listener in `cfg` (and the admin listener) and start serving `gw`.
 pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerError> {
     gw.start_background().await?;
-    let per_listener = connection_budget(raise_open_files_limit(), cfg.listeners.len());
-    let (stop, _) = watch::channel(false);
+    let fd_limit = raise_open_files_limit();
+    let per_listener = connection_budget(fd_limit, cfg.listeners.len());
+    let live = Arc::new(ArcSwap::new(gw.clone()));
     let mut tasks = JoinSet::new();
-    let mut addrs = Vec::new();
+    let mut listeners = Vec::new();
     for l in &cfg.listeners {
-        let acceptor = match &l.tls {
-            Some(t) => Some(TlsAcceptor::from(tls::server_config(t).map_err(
-                |source| ServerError::Tls {
-                    addr: l.address,
-                    source,
-                },
-            )?)),
-            None => None,
-        };
-        let listener = TcpListener::bind(l.address)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: l.address,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: l.address,
-            source,
-        })?;
-        tracing::info!(%addr, tls = acceptor.is_some(), "listening");
-        addrs.push(addr);
-        let timer = gw.timer.clone();
-        let counters = gw.metrics.listener(&addr.to_string());
-        let gw = gw.clone();
-        let handler = move |req: Request<Incoming>, conn: ConnInfo| {
-            let drain = req.version() == http::Version::HTTP_2;
-            crate::pipeline::handle(gw.clone(), req.map(|b| RequestBody::new(b, drain)), conn)
-        };
-        let mut s = settings(l);
-        if s.max_connections > per_listener {
-            tracing::warn!(%addr, configured = s.max_connections, allowed = per_listener,
-                "max_connections does not fit the open-files limit; lowered");
-            s.max_connections = per_listener;
-        }
-        tasks.spawn(accept_loop(
-            listener,
-            acceptor,
-            s,
-            timer,
-            handler,
-            counters,
-            stop.subscribe(),
+        let acceptor = acceptor(l)?;
+        let socket = bind(l.address).await?;
+        let s = budgeted(settings(l), per_listener, socket.1);
+        let serving = Serving::new(acceptor, s, &gw.timer);
+        listeners.push(spawn_listener(
+            &mut tasks, socket, l.address, serving, &live, &gw,
         ));
     }
+    let (reload_tx, reload_requests) = mpsc::channel(4);
+    let control = Arc::new(Control::new(reload_tx));
+    let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = match cfg.admin {
         None => None,
         Some(a) => {
-            let listener = TcpListener::bind(a)
-                .await
-                .map_err(|source| ServerError::Bind { addr: a, source })?;
-            let addr = listener
-                .local_addr()
-                .map_err(|source| ServerError::Bind { addr: a, source })?;
+            let (listener, addr) = bind(a).await?;
             tracing::info!(%addr, "admin listening");
-            let timer = gw.timer.clone();
             let counters = gw.metrics.listener(&addr.to_string());
-            let gw = gw.clone();
+            let (live, control) = (live.clone(), control.clone());
             let handler = move |req: Request<Incoming>, _conn: ConnInfo| {
-                let rsp = crate::admin::handle(&gw, &req);
-                async move { rsp }
+                crate::admin::handle(live.load_full(), control.clone(), req)
             };
             let s = ConnSettings {
                 tls_handshake_timeout: Duration::from_secs(5),
@@ -170,23 +383,29 @@ pub async fn start(gw: Arc<Gateway>, cfg: &Config) -> Result<Running, ServerErro
                 },
                 send_timeout: Duration::from_secs(30),
             };
+            let serving = Arc::new(ArcSwap::from_pointee(Serving::new(None, s, &gw.timer)));
             tasks.spawn(accept_loop(
                 listener,
-                None,
-                s,
-                timer,
+                serving,
                 handler,
                 counters,
-                stop.subscribe(),
+                admin_stopped,
+                None,
             ));
             Some(addr)
         }
     };
     Ok(Running {
-        addrs,
+        addrs: listeners.iter().map(|l| l.bound).collect(),
         admin,
-        stop,
+        live,
+        listeners,
+        control,
+        reload_requests,
+        fd_limit,
+        admin_configured: cfg.admin,
         tasks,
+        admin_stop,
     })
 }
 
@@ -346,17 +565,15 @@ enum Sniffed {
 
 async fn accept_loop<H, F>(
     listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    settings: ConnSettings,
-    timer: Timer,
+    serving: Arc<ArcSwap<Serving>>,
     handler: H,
     counters: ListenerCounters,
     mut stop: watch::Receiver<bool>,
+    closing: Option<oneshot::Sender<()>>,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builders = Arc::new(Builders::new(settings, &timer));
     let shutdown = Arc::new(Shutdown::default());
     let open = Arc::new(AtomicUsize::new(0));
     // Connection tasks live in this set so that aborting the accept loop (grace period over) closes them too.
@@ -365,6 +582,9 @@ async fn accept_loop<H, F>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // What the listener serves with now: a reload swaps it for new connections only.
+                    let now = serving.load_full();
+                    let settings = now.settings;
                     // Over the limit: closed at once, so that the caller learns it now rather than after a timeout.
                     let Some(slot) = OpenSlot::take(&open, settings.max_connections, &counters.open) else {
                         counters.refused.inc();
@@ -375,13 +595,13 @@ async fn accept_loop<H, F>(
                     let _ = tcp.set_nodelay(true);
                     let guard = ConnGuard {
                         shutdown: shutdown.clone(),
-                        timer: timer.clone(),
+                        timer: now.timer.clone(),
                         head_period: settings.header_read_timeout,
                         idle_period: settings.idle_timeout,
                         send_timeout: settings.send_timeout,
                         tls_failures: counters.tls_failures.clone(),
                     };
-                    let serve = serve_conn(tcp, peer, acceptor.clone(), settings, builders.clone(), handler.clone(), guard);
+                    let serve = serve_conn(tcp, peer, now, handler.clone(), guard);
                     conns.spawn(async move {
                         serve.await;
                         drop(slot);
@@ -398,6 +618,9 @@ async fn accept_loop<H, F>(
         }
     }
     drop(listener);
+    if let Some(c) = closing {
+        let _ = c.send(());
+    }
     shutdown.trigger();
     while conns.join_next().await.is_some() {}
 }
@@ -446,16 +669,16 @@ impl ConnGuard {
 async fn serve_conn<H, F>(
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: Option<TlsAcceptor>,
-    settings: ConnSettings,
-    builders: Arc<Builders>,
+    serving: Arc<Serving>,
     handler: H,
     guard: ConnGuard,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let conn = ConnInfo::new(peer, acceptor.is_some(), settings.body);
+    let settings = serving.settings;
+    let builders = &serving.builders;
+    let conn = ConnInfo::new(peer, serving.acceptor.is_some(), settings.body);
     // Counted for the head deadline: every connection's first head is due within `header_read_timeout` (also while
     // the protocol is being sniffed or an HTTP/2 preface is incomplete), and HTTP/1 connections must keep making
     // progress at that pace.
@@ -472,7 +695,7 @@ async fn serve_conn<H, F>(
     let deadline = Instant::now() + settings.header_read_timeout;
     // Each protocol's connection is boxed on its own: this future is allocated for every connection the moment it
     // is accepted, and holding the largest (TLS, HTTP/2) inline would cost every idle plain HTTP/1 connection as much.
-    let served = match acceptor {
+    let served = match &serving.acceptor {
         None => match guard.timer.timeout_at(deadline, sniff(&tcp, peer)).await {
             Ok(Some(Sniffed::Http1)) => {
                 let c = builders.http1.serve_connection(TokioIo::new(tcp), svc);

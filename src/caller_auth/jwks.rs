@@ -4,6 +4,7 @@
 //! good keys until `max_staleness`, and is retried with [`Backoff`]. Requests never wait on a lock: a fetch runs in
 //! its own task ([`Flight`]) and waiters await its landing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,8 @@ pub(crate) struct Issuer {
     pub cfg: IssuerConfig,
     keys: ArcSwap<KeySet>,
     fetcher: Option<Fetcher>,
+    /// Set once its background work started: an issuer kept across a reload is not started twice.
+    started: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -104,7 +107,17 @@ impl Issuer {
             fetches: Mutex::default(),
             status: Mutex::default(),
         });
-        Self { cfg, keys, fetcher }
+        Self {
+            cfg,
+            keys,
+            fetcher,
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// True the first time only: whoever gets it starts the issuer's background work.
+    pub(crate) fn claim_start(&self) -> bool {
+        !self.started.swap(true, Ordering::AcqRel)
     }
 
     /// The key set in force.

@@ -80,6 +80,44 @@ pub(super) async fn render(admin: SocketAddr) -> Result<String, std::io::Error> 
 
 /// `GET path` on the admin listener, as JSON.
 async fn get(admin: SocketAddr, path: &str) -> Result<Value, std::io::Error> {
+    let (status, doc) = call(admin, http::Method::GET, path).await?;
+    if !status.is_success() {
+        return Err(std::io::Error::other(format!(
+            "admin listener {admin}{path}: answered {status}"
+        )));
+    }
+    Ok(doc)
+}
+
+/// `credgate reload`: ask the gateway to reload and say how it went; an error when the running config stays.
+pub(super) async fn reload(admin: SocketAddr) -> Result<String, std::io::Error> {
+    let (status, doc) = call(admin, http::Method::POST, "/admin/reload").await?;
+    if status.is_success() {
+        let r = &doc["reload"];
+        let detail = text(&r["detail"]);
+        Ok(format!(
+            "reloaded: config generation {}{}\n",
+            r["generation"],
+            if detail.is_empty() || detail == "-" {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            }
+        ))
+    } else {
+        Err(std::io::Error::other(format!(
+            "reload refused ({status}): {}",
+            text(&doc["detail"])
+        )))
+    }
+}
+
+/// One request to the admin listener: its status and JSON body.
+async fn call(
+    admin: SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> Result<(http::StatusCode, Value), std::io::Error> {
     let fail =
         |what: String| std::io::Error::other(format!("admin listener {admin}{path}: {what}"));
     let tcp = tokio::net::TcpStream::connect(admin)
@@ -89,7 +127,9 @@ async fn get(admin: SocketAddr, path: &str) -> Result<Value, std::io::Error> {
         .await
         .map_err(|e| fail(e.to_string()))?;
     tokio::spawn(conn);
-    let req = http::Request::get(path)
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, admin.to_string())
         .body(Empty::<Bytes>::new())
         .map_err(|e| fail(e.to_string()))?;
@@ -97,16 +137,16 @@ async fn get(admin: SocketAddr, path: &str) -> Result<Value, std::io::Error> {
         .send_request(req)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    if !rsp.status().is_success() {
-        return Err(fail(format!("answered {}", rsp.status())));
-    }
+    let status = rsp.status();
     let body = rsp
         .into_body()
         .collect()
         .await
         .map_err(|e| fail(e.to_string()))?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| fail(format!("not JSON: {e}")))
+    let doc =
+        serde_json::from_slice(&body).map_err(|e| fail(format!("{status}, not JSON: {e}")))?;
+    Ok((status, doc))
 }
 
 fn list<'a>(doc: &'a Value, key: &str) -> &'a [Value] {

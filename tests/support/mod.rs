@@ -1,6 +1,7 @@
 //! Shared test support: start the real gateway on loopback from TOML, real TLS clients, and fake upstreams.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod binary;
 pub mod callers;
 pub mod certs;
 pub mod fake_citadel;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use secrecy::SecretString;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -98,13 +99,39 @@ pub(crate) async fn handle<B>(
     control: Arc<Control>,
     req: Request<B>,
 ) -> Response<Body> {
-    if req.uri().path() == "/admin/reload" {
+    let path = req.uri().path();
+    let open = path == "/healthz" || path == "/readyz";
+    if !open
+        && let Some(token) = gw.admin_token()
+        && !presents(&req, token)
+    {
+        let mut rsp = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "admin_token_required",
+            "Admin token required",
+        )
+        .into_response("-");
+        rsp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"credgate-admin\""),
+        );
+        return rsp;
+    }
+    if path == "/admin/reload" {
         if req.method() != Method::POST {
             return method_not_allowed("POST");
         }
         return reload(&control).await;
     }
     answer(&gw, &control, &req)
+}
+
+/// Whether `req` carries `Authorization: Bearer <token>` (compared in constant time).
+fn presents<B>(req: &Request<B>, token: &SecretString) -> bool {
+    req.headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|t| crate::config::secret::constant_time_eq(token, t))
 }
 
 /// `POST /admin/reload`: reload and answer how it went (422 with the error when the running config stays).

@@ -56,18 +56,24 @@ pub enum Command {
         /// The admin listener's address (default: `[admin] address` of the config file).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
-        /// Config file naming the admin listener, when `--admin` is not given.
+        /// Config file naming the admin listener (and its token), when `--admin` is not given.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
+        /// The admin listener's token, when it has one (default: `[admin] token` of the config file).
+        #[arg(long, env = "CREDGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Show a running gateway's credentials and issuers, from its admin listener.
     Status {
         /// The admin listener's address (default: `[admin] address` of the config file).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
-        /// Config file naming the admin listener, when `--admin` is not given.
+        /// Config file naming the admin listener (and its token), when `--admin` is not given.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
+        /// The admin listener's token, when it has one (default: `[admin] token` of the config file).
+        #[arg(long, env = "CREDGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Write a local development CA and localhost server certificate.
     DevCerts {
@@ -171,14 +177,22 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Status { admin, config } => {
-            let admin = admin_address(admin, &config)?;
-            print_out(&status::render(admin).await?);
+        Command::Status {
+            admin,
+            config,
+            token,
+        } => {
+            let admin = admin_target(admin, &config, token)?;
+            print_out(&status::render(&admin).await?);
             Ok(())
         }
-        Command::Reload { admin, config } => {
-            let admin = admin_address(admin, &config)?;
-            print_out(&status::reload(admin).await?);
+        Command::Reload {
+            admin,
+            config,
+            token,
+        } => {
+            let admin = admin_target(admin, &config, token)?;
+            print_out(&status::reload(&admin).await?);
             Ok(())
         }
         Command::DevCerts { dir } => {
@@ -207,19 +221,28 @@ pub async fn run(command: Command) -> Result<(), CliError> {
     }
 }
 
-/// `--admin`, or the `[admin]` address of the config file.
-fn admin_address(
+/// The admin listener to talk to: `--admin` and `--token`, or what the config file says of them.
+fn admin_target(
     admin: Option<std::net::SocketAddr>,
     config: &std::path::Path,
-) -> Result<std::net::SocketAddr, CliError> {
+    token: Option<String>,
+) -> Result<status::Admin, CliError> {
+    let token = token.map(secrecy::SecretString::from);
     match admin {
-        Some(a) => Ok(a),
-        None => Ok(Config::load(config)?.admin.ok_or_else(|| {
-            std::io::Error::other(format!(
-                "{} has no [admin] listener; give --admin ADDRESS",
-                config.display()
-            ))
-        })?),
+        Some(address) => Ok(status::Admin { address, token }),
+        None => {
+            let cfg = Config::load(config)?;
+            let address = cfg.admin.ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{} has no [admin] listener; give --admin ADDRESS",
+                    config.display()
+                ))
+            })?;
+            Ok(status::Admin {
+                address,
+                token: token.or(cfg.admin_token),
+            })
+        }
     }
 }
 

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::SecretString;
+
 use crate::caller_auth::{CallerAuth, RoutePolicy};
 pub mod config;
 
@@ -75,6 +77,10 @@ pub struct Gateway {
     config_version: String,
     /// The file the config came from.
     config_source: String,
+    /// What `/metrics` and `/admin/*` require, when set.
+    admin_token: Option<SecretString>,
+    /// Whether requests are timed for the histograms: only when an admin listener can show them.
+    histograms: bool,
 }
 
 impl Gateway {
@@ -150,11 +156,14 @@ impl Gateway {
         metrics: Arc<Metrics>,
         timer: Timer,
     ) -> Result<Arc<Self>, BuildError> {
+        // Timing costs two clock reads a request: only worth it when an admin listener shows the histograms.
+        let histograms = cfg.admin.is_some();
         // What a reload keeps: the parts of `prev` whose sections did not change.
         let kept_upstream = |name: &str| {
             let p = prev?;
             let same = p.upstream_pool == cfg.upstream_pool
                 && p.timer.kind() == timer.kind()
+                && p.histograms == histograms
                 && p.unchanged(cfg, &format!("upstreams.{name}"));
             same.then(|| p.upstreams.get(name).cloned()).flatten()
         };
@@ -168,12 +177,14 @@ impl Gateway {
         for (name, u) in &cfg.upstreams {
             let upstream = match kept_upstream(name) {
                 Some(kept) => kept,
-                None => Arc::new(Upstream::new(u, &timer, cfg.upstream_pool).map_err(
-                    |source| BuildError::Client {
-                        upstream: name.clone(),
-                        source,
-                    },
-                )?),
+                None => Arc::new(
+                    Upstream::new(u, &timer, cfg.upstream_pool)
+                        .map_err(|source| BuildError::Client {
+                            upstream: name.clone(),
+                            source,
+                        })?
+                        .with_latency(histograms.then(|| metrics.upstream_latency(name))),
+                ),
             };
             upstreams.insert(name.clone(), upstream);
         }
@@ -220,6 +231,7 @@ impl Gateway {
             if let Some(stats) = prev.and_then(|p| p.routes.iter().find(|o| o.name == r.name)) {
                 route.stats = stats.stats.clone();
             }
+            route.latency = histograms.then(|| metrics.route_latency(&r.name));
             routes.push(route);
         }
         let config_text = format!("{cfg:#?}");
@@ -237,6 +249,8 @@ impl Gateway {
             config_version: version_of(&config_text),
             config_text,
             config_source: cfg.source.clone(),
+            admin_token: cfg.admin_token.clone(),
+            histograms,
         }))
     }
 
@@ -248,6 +262,16 @@ impl Gateway {
     /// A short digest of [`Gateway::config_text`]: equal for equal configs.
     pub fn config_version(&self) -> &str {
         &self.config_version
+    }
+
+    /// Whether requests and upstream responses are timed for the histograms.
+    pub fn histograms(&self) -> bool {
+        self.histograms
+    }
+
+    /// The bearer token the admin API requires, when set.
+    pub fn admin_token(&self) -> Option<&SecretString> {
+        self.admin_token.as_ref()
     }
 
     /// The file the config in force came from.

@@ -125,6 +125,34 @@ fn fetch_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 12))
 }
 
+/// Buckets for request and upstream times: 0.5 ms to 16 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteClassLabels {
+    route: Arc<str>,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: Arc<str>,
+}
+
+/// One route's request-time histograms, by status class (1xx to 5xx).
+#[derive(Clone, Debug)]
+pub struct RouteLatency([Histogram; 5]);
+
+impl RouteLatency {
+    /// Count one request answered with `status` after `seconds`.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[class].observe(seconds);
+    }
+}
+
 /// One listener's series.
 #[derive(Clone, Debug, Default)]
 pub struct ListenerCounters {
@@ -163,6 +191,8 @@ pub struct Metrics {
     tls_failures: Family<ListenerLabels, Counter>,
     token_fetch_seconds: Family<CredentialLabels, Histogram, fn() -> Histogram>,
     config_reloads: Family<ResultLabels, Counter>,
+    request_seconds: Family<RouteClassLabels, Histogram, fn() -> Histogram>,
+    upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -185,7 +215,19 @@ impl Default for Metrics {
             tls_failures: Family::default(),
             token_fetch_seconds: Family::new_with_constructor(fetch_histogram),
             config_reloads: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            upstream_seconds: Family::new_with_constructor(latency_histogram),
         };
+        m.register(
+            "credgate_request_duration_seconds",
+            "Time from a request's head to its response's head, by route and status class.",
+            m.request_seconds.clone(),
+        );
+        m.register(
+            "credgate_upstream_response_seconds",
+            "Time from sending a request upstream to its response's head, by upstream.",
+            m.upstream_seconds.clone(),
+        );
         m.register(
             "credgate_config_reloads",
             "Config reloads by result: an error leaves the running config in place.",
@@ -256,6 +298,35 @@ impl Metrics {
     /// named without `_total`.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         self.registry().register(name, help, metric);
+    }
+
+    /// Route `name`'s request-time histograms, resolved once so that a request only observes.
+    pub fn route_latency(&self, name: &str) -> RouteLatency {
+        let route: Arc<str> = name.into();
+        let class = |class| {
+            self.request_seconds
+                .get_or_create(&RouteClassLabels {
+                    route: route.clone(),
+                    class,
+                })
+                .clone()
+        };
+        RouteLatency([
+            class("1xx"),
+            class("2xx"),
+            class("3xx"),
+            class("4xx"),
+            class("5xx"),
+        ])
+    }
+
+    /// Upstream `name`'s response-time histogram.
+    pub fn upstream_latency(&self, name: &str) -> Histogram {
+        self.upstream_seconds
+            .get_or_create(&UpstreamLabels {
+                upstream: name.into(),
+            })
+            .clone()
     }
 
     /// Count a config reload that ended with `result`.

@@ -37,9 +37,10 @@ pub async fn handle(
     mut req: Request<RequestBody>,
     conn: ConnInfo,
 ) -> Response<Body> {
-    // The clock and the method are taken only for the access log.
-    let logged = tracing::enabled!(target: "credgate::access", tracing::Level::INFO)
-        .then(|| (Instant::now(), req.method().clone()));
+    // The clock is read only for the access log and the histograms, the method only for the log.
+    let log = tracing::enabled!(target: "credgate::access", tracing::Level::INFO);
+    let start = (log || gw.histograms()).then(Instant::now);
+    let method = log.then(|| req.method().clone());
     // A request carries a handful of headers: comparing names (an integer compare for every standard one) is cheaper
     // than hashing this custom name for a lookup.
     let sent = req
@@ -61,8 +62,11 @@ pub async fn handle(
     let status = rsp.status().as_u16();
     if let Some(r) = route {
         r.stats.record(status);
+        if let (Some(h), Some(start)) = (&r.latency, start) {
+            h.observe(status, start.elapsed().as_secs_f64());
+        }
     }
-    if let Some((start, method)) = logged {
+    if let (Some(start), Some(method)) = (start, method) {
         tracing::info!(
             target: "credgate::access",
             method = %method,

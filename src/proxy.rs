@@ -22,6 +22,7 @@ use crate::conn::ConnInfo;
 use crate::credentials::Attachment;
 use crate::http_client::{self, ClientBuildError, HttpClient};
 use crate::timer::Timer;
+use prometheus_client::metrics::histogram::Histogram;
 
 mod conn_pool;
 mod error;
@@ -78,6 +79,8 @@ pub struct Upstream {
     body_idle_timeout: Duration,
     timer: Timer,
     transport: Transport,
+    /// Response-time histogram, when the gateway keeps them.
+    latency: Option<Histogram>,
 }
 
 /// Which pool carries requests to `http://` upstreams (`server.upstream_pool`); `https://` ones always use
@@ -149,7 +152,14 @@ impl Upstream {
             body_idle_timeout: cfg.body_idle_timeout,
             timer: timer.clone(),
             transport,
+            latency: None,
         })
+    }
+
+    /// This upstream, observing each response's time in `latency`.
+    pub fn with_latency(mut self, latency: Option<Histogram>) -> Self {
+        self.latency = latency;
+        self
     }
 
     /// Send a prepared request (origin-form URI, `Host` set) at `now`; the response head is back, its body streams.
@@ -555,6 +565,7 @@ pub(crate) async fn forward(
         .into()
     };
     let (parts, body) = req.into_parts();
+    let sent_at = up.latency.as_ref().map(|_| Instant::now());
     let result = if http_body::Body::is_end_stream(&body) {
         // Nothing to send (most GETs): the response clock starts now, and nothing needs watching.
         // One clock read serves the deadline and the pool's idle bookkeeping.
@@ -589,6 +600,9 @@ pub(crate) async fn forward(
         }
         Ok(rsp) => rsp,
     };
+    if let (Some(h), Some(at)) = (&up.latency, sent_at) {
+        h.observe(at.elapsed().as_secs_f64());
+    }
     let (mut parts, body) = rsp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // An upstream that stalls mid-body cuts the response off instead of holding the caller.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::caller_auth::RoutePolicy;
 use crate::credentials::Credential;
 use crate::flows::Handler;
+use crate::metrics::RouteLatency;
 use crate::proxy::Upstream;
 
 /// What answers a matched route.
@@ -64,6 +65,8 @@ pub struct Route {
     pub auth: RoutePolicy,
     /// Response counters (kept across a reload for a route of the same name).
     pub stats: Arc<RouteStats>,
+    /// Request-time histograms, when the gateway keeps them (it has an admin listener to show them).
+    pub latency: Option<RouteLatency>,
 }
 
 impl Route {
@@ -91,6 +94,7 @@ impl Route {
             max_header_bytes,
             auth,
             stats: Arc::default(),
+            latency: None,
         }
     }
 

@@ -590,3 +590,139 @@ async fn a_kubernetes_style_symlink_swap_is_a_change() {
     assert_eq!(plain_get(&gw, "/u/2", &[]).await, StatusCode::OK);
     assert_eq!(sent("/u/2"), ["k8s-2"]);
 }
+
+#[tokio::test]
+async fn an_admin_token_guards_metrics_and_the_admin_api_but_not_the_probes() {
+    let dir = support::temp_dir("reload-admin-token");
+    let up = upstream::start(Behaviour::Ok).await;
+    let token = dir.join("admin-token");
+    std::fs::write(&token, "t0p-admin-token\n").expect("token");
+    let path = dir.join("config.toml");
+    let config = plain_config(&up, OPEN_ROUTE).replace(
+        "[admin]\naddress = \"127.0.0.1:0\"\n",
+        &format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    );
+    assert!(config.contains("token_file"));
+    std::fs::write(&path, &config).expect("config");
+    let mut gw = Binary::run(&path, "info", 1, true);
+    let addr = gw.admin.expect("admin");
+    let at = |p: &str| format!("http://{addr}{p}");
+    for open in ["/healthz", "/readyz"] {
+        assert_eq!(
+            fake_http::call(Method::GET, &at(open), &[], "")
+                .await
+                .status,
+            StatusCode::OK,
+            "{open}"
+        );
+    }
+    for guarded in ["/metrics", "/admin/credentials", "/admin/config"] {
+        let none = fake_http::call(Method::GET, &at(guarded), &[], "").await;
+        assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{guarded}");
+        assert_eq!(none.json()["code"], "admin_token_required");
+        let wrong = [("authorization", "Bearer t0p-admin-tokeX")];
+        assert_eq!(
+            fake_http::call(Method::GET, &at(guarded), &wrong, "")
+                .await
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+        let right = [("authorization", "Bearer t0p-admin-token")];
+        assert_eq!(
+            fake_http::call(Method::GET, &at(guarded), &right, "")
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let refused = fake_http::call(Method::POST, &at("/admin/reload"), &[], "").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    // The command line takes the token from the environment (or `--token`, or the config file).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
+        .args(["reload", "--admin", &addr.to_string()])
+        .env("CREDGATE_ADMIN_TOKEN", "t0p-admin-token")
+        .output()
+        .expect("credgate reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(gw.wait_reload().0);
+    // A rotated token is in force after the reload its file sets off.
+    replace(&token, "rotated-admin-token\n");
+    assert!(gw.wait_reload().0);
+    let old = [("authorization", "Bearer t0p-admin-token")];
+    assert_eq!(
+        fake_http::call(Method::GET, &at("/metrics"), &old, "")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let new = [("authorization", "Bearer rotated-admin-token")];
+    assert_eq!(
+        fake_http::call(Method::GET, &at("/metrics"), &new, "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert!(
+        !gw.log
+            .iter()
+            .any(|l| l.contains("t0p-admin-token") || l.contains("rotated-admin-token")),
+        "the token is never logged"
+    );
+}
+
+#[tokio::test]
+async fn requests_and_upstream_responses_are_timed_by_route_class_and_upstream() {
+    let dir = support::temp_dir("reload-histograms");
+    let up = upstream::start(Behaviour::Ok).await;
+    let path = dir.join("config.toml");
+    std::fs::write(&path, plain_config(&up, OPEN_ROUTE)).expect("config");
+    let gw = Binary::run(&path, "info", 1, true);
+    for i in 0..3 {
+        assert_eq!(
+            plain_get(&gw, &format!("/u/{i}"), &[]).await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(plain_get(&gw, "/nowhere", &[]).await, StatusCode::NOT_FOUND);
+    let text = admin(&gw, Method::GET, "/metrics").await.text();
+    let count = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    // Routes without a name are named by their prefix.
+    let route = text
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("credgate_request_duration_seconds_count{route=\"")?;
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .expect("a request-time series");
+    assert_eq!(
+        count(&format!(
+            "credgate_request_duration_seconds_count{{route=\"{route}\",class=\"2xx\"}}"
+        )),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(&format!(
+            "credgate_request_duration_seconds_count{{route=\"{route}\",class=\"5xx\"}}"
+        )),
+        0.0
+    );
+    assert_eq!(
+        count("credgate_upstream_response_seconds_count{upstream=\"echo\"}"),
+        3.0,
+        "{text}"
+    );
+    let bucket = "credgate_upstream_response_seconds_bucket{le=\"+Inf\",upstream=\"echo\"}";
+    assert_eq!(count(bucket), 3.0, "{text}");
+}

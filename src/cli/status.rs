@@ -6,10 +6,19 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+/// An admin listener: where, and the token it wants.
+pub(super) struct Admin {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Its bearer token, when it has one.
+    pub token: Option<SecretString>,
+}
+
 /// Both tables, from the admin listener at `admin`.
-pub(super) async fn render(admin: SocketAddr) -> Result<String, std::io::Error> {
+pub(super) async fn render(admin: &Admin) -> Result<String, std::io::Error> {
     let creds = get(admin, "/admin/credentials").await?;
     let issuers = get(admin, "/admin/issuers").await?;
     let mut out = String::new();
@@ -79,18 +88,19 @@ pub(super) async fn render(admin: SocketAddr) -> Result<String, std::io::Error> 
 }
 
 /// `GET path` on the admin listener, as JSON.
-async fn get(admin: SocketAddr, path: &str) -> Result<Value, std::io::Error> {
+async fn get(admin: &Admin, path: &str) -> Result<Value, std::io::Error> {
     let (status, doc) = call(admin, http::Method::GET, path).await?;
     if !status.is_success() {
         return Err(std::io::Error::other(format!(
-            "admin listener {admin}{path}: answered {status}"
+            "admin listener {}{path}: answered {status}",
+            admin.address
         )));
     }
     Ok(doc)
 }
 
 /// `credgate reload`: ask the gateway to reload and say how it went; an error when the running config stays.
-pub(super) async fn reload(admin: SocketAddr) -> Result<String, std::io::Error> {
+pub(super) async fn reload(admin: &Admin) -> Result<String, std::io::Error> {
     let (status, doc) = call(admin, http::Method::POST, "/admin/reload").await?;
     if status.is_success() {
         let r = &doc["reload"];
@@ -114,23 +124,31 @@ pub(super) async fn reload(admin: SocketAddr) -> Result<String, std::io::Error> 
 
 /// One request to the admin listener: its status and JSON body.
 async fn call(
-    admin: SocketAddr,
+    admin: &Admin,
     method: http::Method,
     path: &str,
 ) -> Result<(http::StatusCode, Value), std::io::Error> {
+    let address = admin.address;
     let fail =
-        |what: String| std::io::Error::other(format!("admin listener {admin}{path}: {what}"));
-    let tcp = tokio::net::TcpStream::connect(admin)
+        |what: String| std::io::Error::other(format!("admin listener {address}{path}: {what}"));
+    let tcp = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| fail(e.to_string()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| fail(e.to_string()))?;
     tokio::spawn(conn);
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, admin.to_string())
+        .header(http::header::HOST, address.to_string());
+    if let Some(t) = &admin.token {
+        req = req.header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", t.expose_secret()),
+        );
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| fail(e.to_string()))?;
     let rsp = sender

@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::caller_auth::config::{self as issuers, IssuerConfig, RawIssuer};
 use crate::config::{
     ConfigError, Ctx, Fingerprint, ListenerConfig, RawListener, RawUpstream, UpstreamConfig,
-    validate_listener, validate_upstream,
+    secret, validate_listener, validate_upstream,
 };
 use crate::credentials::config::{self as credentials, CredentialConfig};
 use crate::flows::{self, FlowsConfig, RawFlows};
@@ -71,6 +72,11 @@ pub struct RawAdmin {
     /// Allow a non-loopback `address` (e.g. inside a pod, behind a network policy). Default false.
     #[serde(default)]
     pub allow_non_loopback: bool,
+    /// A bearer token `/metrics` and `/admin/*` require (`${ENV}` or `${file:…}`); `/healthz` and `/readyz` stay
+    /// open for probes.
+    pub token: Option<String>,
+    /// The token, from a file.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -88,6 +94,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Admin listener address.
     pub admin: Option<SocketAddr>,
+    /// The bearer token the admin API and metrics require, when set.
+    pub admin_token: Option<SecretString>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Credentials by name.
@@ -106,22 +114,33 @@ pub struct Config {
     pub fingerprints: BTreeMap<String, Fingerprint>,
 }
 
-/// Check `[admin]`: it answers anyone who reaches it, so it binds to loopback unless told otherwise.
-fn validate_admin(ctx: &Ctx, a: RawAdmin) -> Result<SocketAddr, ConfigError> {
+/// Check `[admin]`: without a token it answers anyone who reaches it, so it binds to loopback unless told otherwise.
+fn validate_admin(
+    ctx: &Ctx,
+    a: RawAdmin,
+) -> Result<(SocketAddr, Option<SecretString>), ConfigError> {
+    if a.token.is_some() && a.token_file.is_some() {
+        return Err(ctx.invalid(
+            "admin.token_file",
+            "set both token and token_file; keep one",
+        ));
+    }
+    let token = secret::resolve(ctx, a.token.as_deref(), a.token_file.as_deref())
+        .map_err(|e| ctx.invalid("admin.token", e))?;
     let addr: SocketAddr = a
         .address
         .parse()
         .map_err(|e| ctx.invalid("admin.address", format!("bad address {:?}: {e}", a.address)))?;
-    if !addr.ip().is_loopback() && !a.allow_non_loopback {
+    if !addr.ip().is_loopback() && !a.allow_non_loopback && token.is_none() {
         return Err(ctx.invalid(
             "admin.address",
             format!(
-                "{addr} is not a loopback address; the admin listener has no authentication (set \
-                 admin.allow_non_loopback = true to expose it anyway)"
+                "{addr} is not a loopback address and the admin listener has no token (set admin.token, or \
+                 admin.allow_non_loopback = true to expose it without one)"
             ),
         ));
     }
-    Ok(addr)
+    Ok((addr, token))
 }
 
 impl Config {
@@ -160,7 +179,13 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     for (i, l) in raw.listeners.into_iter().enumerate() {
         listeners.push(validate_listener(&ctx, i, l)?);
     }
-    let admin = raw.admin.map(|a| validate_admin(&ctx, a)).transpose()?;
+    let (admin, admin_token) = match raw.admin {
+        Some(a) => {
+            let (addr, token) = validate_admin(&ctx, a)?;
+            (Some(addr), token)
+        }
+        None => (None, None),
+    };
 
     let mut fingerprints = BTreeMap::new();
     let mut upstreams = BTreeMap::new();
@@ -211,6 +236,7 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         timer: raw.server.timer.unwrap_or_default(),
         listeners,
         admin,
+        admin_token,
         upstreams,
         credentials,
         issuers,

@@ -26,7 +26,7 @@ use crate::http_client::HttpClient;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 pub(crate) use config::RejectPolicy;
-use config::{CredentialConfig, StaticConfig, TokenSettings};
+use config::{CredentialConfig, Readiness, StaticConfig, TokenSettings};
 use token_cache::{TokenCache, TokenSource};
 
 /// Headers to add to one upstream request, shared cheaply between requests.
@@ -102,6 +102,14 @@ pub trait Credential: Send + Sync + fmt::Debug {
     fn refresh_now(&self) -> bool {
         false
     }
+
+    /// Whether it is ready, with a detail, for kinds that count for readiness; `None` for the others.
+    fn readiness(&self) -> Option<(bool, String)> {
+        None
+    }
+
+    /// Serving starts: fetch a first token now, for kinds that count for readiness and have none yet.
+    fn warm_up(&self) {}
 }
 
 /// A credential as the admin API shows it: never a secret or token.
@@ -120,6 +128,7 @@ pub(crate) struct TokenCredential {
     kind: &'static str,
     names: Vec<HeaderName>,
     reject: RejectPolicy,
+    readiness: Readiness,
     cache: Arc<TokenCache>,
 }
 
@@ -136,6 +145,7 @@ impl TokenCredential {
             kind,
             names: settings.headers.iter().map(|(n, _)| n.clone()).collect(),
             reject: settings.reject.clone(),
+            readiness: settings.readiness,
             cache: TokenCache::new(name, source, settings, metrics),
         }
     }
@@ -172,6 +182,29 @@ impl Credential for TokenCredential {
     fn refresh_now(&self) -> bool {
         self.cache.refresh_now();
         true
+    }
+
+    fn readiness(&self) -> Option<(bool, String)> {
+        if self.readiness == Readiness::Ignored {
+            return None;
+        }
+        let st = self.cache.status();
+        let ready = st.usable_for_secs.is_some();
+        let detail = match (ready, st.last_fetch_ok) {
+            (true, _) => format!("token {}", st.state),
+            (false, None) => "no token yet".to_owned(),
+            (false, Some(_)) => format!(
+                "no usable token; {} token requests failed in a row",
+                st.consecutive_failures
+            ),
+        };
+        Some((ready, detail))
+    }
+
+    fn warm_up(&self) {
+        if self.readiness == Readiness::Required {
+            self.cache.warm_up();
+        }
     }
 }
 

@@ -279,13 +279,23 @@ impl Gateway {
         &self.config_source
     }
 
-    /// Start background work (issuer key fetching and refresh). Called when serving starts; `check` never calls it.
+    /// Start background work: issuer key fetching and refresh, and the first token of each credential readiness
+    /// waits for. Called when serving starts (and for what a reload built); `check` never calls it.
     pub async fn start_background(self: &Arc<Self>) -> Result<(), crate::caller_auth::StartError> {
+        for (_, c) in self.credentials.iter() {
+            c.warm_up();
+        }
         self.caller_auth.start().await
     }
 
-    /// Readiness checks: name, ready, detail.
+    /// Readiness checks: name, ready, detail (issuers' keys, and the credentials readiness waits for).
     pub fn readiness(&self) -> Vec<(String, bool, String)> {
-        self.caller_auth.readiness()
+        let mut checks = self.caller_auth.readiness();
+        for (name, c) in self.credentials.iter() {
+            if let Some((ready, detail)) = c.readiness() {
+                checks.push((format!("credential {name}"), ready, detail));
+            }
+        }
+        checks
     }
 }

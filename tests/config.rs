@@ -582,10 +582,22 @@ fn status_shows_the_running_demos_credentials_and_issuer() {
                 .map(|(_, a)| a.trim().to_owned())
         })
         .expect("instructions naming the admin listener");
-    let out = Command::new(BIN)
-        .args(["status", "--admin", &admin])
-        .output()
-        .expect("credgate status");
+    // The demo fetches its credentials' first tokens as it starts serving: asked until it shows them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let out = loop {
+        let out = Command::new(BIN)
+            .args(["status", "--admin", &admin])
+            .output()
+            .expect("credgate status");
+        let shown = String::from_utf8_lossy(&out.stdout);
+        if shown
+            .lines()
+            .any(|l| l.starts_with("tropipay_sandbox ") && l.contains(" fresh "))
+            || std::time::Instant::now() > deadline
+        {
+            break out;
+        }
+    };
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -605,7 +617,7 @@ fn status_shows_the_running_demos_credentials_and_issuer() {
     };
     assert_eq!(
         row("tropipay_sandbox")[1..3],
-        ["oauth2_client_credentials", "no_token"]
+        ["oauth2_client_credentials", "fresh"]
     );
     assert_eq!(row("demo_api_key")[1], "static");
     assert_eq!(row("demo")[1], "yes", "the dev issuer is ready");

@@ -1002,7 +1002,8 @@ async fn the_admin_api_shows_token_state_and_renews_on_request_never_showing_a_t
     let toml = format!(
         "[admin]\naddress = \"127.0.0.1:0\"\n{}\n[credentials.fixed]\nkind = \"static\"\nallowed_hosts = [\"127.0.0.1\"]\n\
          headers = {{ \"X-Api-Key\" = \"fixed-secret-value\" }}\n",
-        gateway_toml(&v, &oauth2(&v, ""))
+        // Fetched on first use (not when serving starts), so that its cold state can be seen.
+        gateway_toml(&v, &oauth2(&v, "readiness = \"ignored\""))
     );
     let gw = support::start_gateway(&toml).await;
     let find = |doc: &serde_json::Value, name: &str| {
@@ -1077,4 +1078,63 @@ async fn the_admin_api_shows_token_state_and_renews_on_request_never_showing_a_t
         );
     }
     assert!(!text_after.contains("fixed-secret-value") && !text_after.contains("secret"));
+}
+
+#[tokio::test]
+async fn readiness_waits_for_a_token_fetched_as_serving_starts_unless_the_credential_is_ignored() {
+    let v = fake_vendor::new().run().await;
+    v.set_mode(Mode::Fail500);
+    let lazy = fake_vendor::new().run().await;
+    let toml = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n{}\n[credentials.lazy]\nallowed_hosts = [\"127.0.0.1\"]\n{}\n",
+        gateway_toml(&v, &oauth2(&v, "")),
+        oauth2(&lazy, "readiness = \"ignored\"")
+    );
+    let gw = support::start_gateway(&toml).await;
+    let check = |doc: &serde_json::Value, name: &str| {
+        doc["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name).cloned())
+    };
+    // Not ready while the vendor fails: the first token was asked for as serving started, without a caller.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let doc = loop {
+        let (status, doc, _) = admin(&gw, "GET", "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{doc}");
+        if v.grants() >= 1
+            && check(&doc, "credential v").is_some_and(|c| c["detail"] != "no token yet")
+        {
+            break doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed token request shown: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v_check = check(&doc, "credential v").expect("credential v counts");
+    assert_eq!(v_check["ready"], false);
+    assert!(
+        v_check["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("failed in a row")),
+        "{v_check}"
+    );
+    assert!(
+        check(&doc, "credential lazy").is_none(),
+        "an ignored credential does not count: {doc}"
+    );
+    assert_eq!(lazy.grants(), 0, "and is fetched on first use only");
+    // The vendor recovers: the background retry gets a token and the gateway becomes ready.
+    v.set_mode(Mode::Ok);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, doc, _) = admin(&gw, "GET", "/readyz").await;
+        if status == StatusCode::OK {
+            assert_eq!(check(&doc, "credential v").expect("listed")["ready"], true);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {doc}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -95,13 +95,13 @@ auth = "none"
         }
     };
     assert_eq!(call("GET", "/api/a", "").await, 200);
+    assert_eq!(call("GET", "/incode/omni/get/score?id=1", "").await, 200);
     v.revoke_all();
     assert_eq!(
         call("POST", "/api/b", "{\"amount\":1}").await,
         200,
         "401 replay"
     );
-    assert_eq!(call("GET", "/incode/omni/get/score?id=1", "").await, 200);
     v.set_mode(Mode::Html);
     v.revoke_all();
     assert_eq!(

@@ -127,6 +127,19 @@ pub(crate) struct RawTokenSettings {
     pub reject_body_marker: Option<String>,
     /// Request bodies up to this many bytes are kept to replay once after a rejection (default 65536).
     pub retry_body_limit: Option<usize>,
+    /// Whether `/readyz` waits for this credential's token (`"required"`, the default) or not (`"ignored"`).
+    pub readiness: Option<Readiness>,
+}
+
+/// Whether a token credential counts for readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Not ready until it holds a usable token; its first token is fetched when serving starts.
+    #[default]
+    Required,
+    /// Ready with or without a token (degraded); the first token is fetched on first use.
+    Ignored,
 }
 
 /// A validated credential.
@@ -320,6 +333,8 @@ pub struct TokenSettings {
     pub min_token_age: Duration,
     /// Upstream rejection handling.
     pub reject: RejectPolicy,
+    /// Whether readiness waits for a token.
+    pub readiness: Readiness,
 }
 
 impl CredentialConfig {
@@ -622,6 +637,7 @@ fn token_settings(
             body_marker: raw.reject_body_marker.filter(|m| !m.is_empty()),
             retry_body_limit: raw.retry_body_limit.unwrap_or(64 * 1024),
         },
+        readiness: raw.readiness.unwrap_or_default(),
     })
 }
 

@@ -360,6 +360,17 @@ impl TokenCache {
         }
     }
 
+    /// Fetch a first token when none was ever fetched and none is being fetched (serving starts).
+    pub(crate) fn warm_up(&self) {
+        let st = self.state();
+        let never =
+            st.last_fetch.is_none() && st.current.is_none() && st.flight.in_flight().is_none();
+        drop(st);
+        if never {
+            drop(self.start_fetch());
+        }
+    }
+
     /// Renew now, an operator's request: joins a fetch in flight, and does not wait out a backoff.
     pub(crate) fn refresh_now(&self) {
         drop(self.start_fetch());

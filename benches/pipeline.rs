@@ -116,6 +116,7 @@ fn hot_path(
         .expect("attach");
     let request_id = proxy::X_REQUEST_ID.clone();
     let id = credgate::pipeline::request_id(req.headers().get(&request_id));
+    let trace = credgate::trace::TraceContext::of(req.headers());
     let out = Outgoing {
         strip_len: route.strip_len(),
         attachment: Some(&attachment),
@@ -123,6 +124,7 @@ fn hot_path(
         caller_headers: &[],
         max_body_bytes: route.max_body_bytes,
         request_id: &id,
+        traceparent: trace.traceparent(),
     };
     proxy::prepare(req, up, &out, conn).expect("prepare")
 }
@@ -169,6 +171,7 @@ fn benches(c: &mut Criterion) {
         .expect("ready")
         .expect("attach");
     let id = HeaderValue::from_static("bench-request-id-0001");
+    let trace = credgate::trace::TraceContext::start().traceparent().clone();
     c.bench_function("prepare/static_credential", |b| {
         b.iter_batched(
             request,
@@ -180,6 +183,7 @@ fn benches(c: &mut Criterion) {
                     caller_headers: &[],
                     max_body_bytes: route.max_body_bytes,
                     request_id: &id,
+                    traceparent: &trace,
                 };
                 proxy::prepare(req, up, &out, &conn).expect("prepare")
             },

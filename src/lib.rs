@@ -52,4 +52,5 @@ pub mod server;
 pub mod testing;
 pub(crate) mod timer;
 pub(crate) mod tls;
+pub mod trace;
 pub(crate) mod unix_time;

@@ -23,6 +23,7 @@ use crate::path;
 use crate::proxy::RequestError;
 use crate::proxy::{self, Outgoing, Upstream, X_REQUEST_ID};
 use crate::routes::{Route, Target};
+use crate::trace::TraceContext;
 
 mod error;
 
@@ -48,10 +49,11 @@ pub async fn handle(
         .iter()
         .find_map(|(n, v)| (*n == X_REQUEST_ID).then_some(v));
     let request_id = request_id(sent);
+    let trace = TraceContext::of(req.headers());
     let (route, result) = match canonicalise(&mut req).and_then(|()| find_route(&gw, &req)) {
         Ok(route) => (
             Some(route),
-            serve_route(&gw, route, req, &conn, &request_id).await,
+            serve_route(&gw, route, req, &conn, &request_id, &trace).await,
         ),
         Err(e) => (None, Err(e)),
     };
@@ -74,6 +76,7 @@ pub async fn handle(
             status,
             latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
             request_id = request_id.to_str().unwrap_or("-"),
+            trace_id = trace.trace_id(),
             "request"
         );
     }
@@ -117,6 +120,7 @@ async fn serve_route(
     req: Request<RequestBody>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
+    trace: &TraceContext,
 ) -> Result<Response<Body>, Error> {
     if proxy::header_bytes(req.headers()) > route.max_header_bytes {
         return Err(RequestError::HeadersTooLarge {
@@ -145,6 +149,7 @@ async fn serve_route(
                 caller_headers: &caller.forward_headers,
                 max_body_bytes: route.max_body_bytes,
                 request_id,
+                traceparent: trace.traceparent(),
             };
             match (cred, attachment.as_ref()) {
                 (Some(c), Some(used)) => match c.reject_policy() {

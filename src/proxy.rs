@@ -22,6 +22,7 @@ use crate::conn::ConnInfo;
 use crate::credentials::Attachment;
 use crate::http_client::{self, ClientBuildError, HttpClient};
 use crate::timer::Timer;
+use crate::trace::TRACEPARENT;
 use prometheus_client::metrics::histogram::Histogram;
 
 mod conn_pool;
@@ -333,6 +334,8 @@ pub struct Outgoing<'a> {
     pub max_body_bytes: u64,
     /// Request id.
     pub request_id: &'a HeaderValue,
+    /// The `traceparent` sent upstream: the caller's when well-formed, else one the gateway started.
+    pub traceparent: &'a HeaderValue,
 }
 
 impl Outgoing<'_> {
@@ -510,7 +513,7 @@ pub(crate) fn set_gateway_headers(
     conn: &ConnInfo,
 ) {
     // The parsed head was sized for the caller's headers; make room for the gateway's once, not by doubling.
-    h.reserve(3 + out.caller_headers.len() + out.attachment.map_or(0, |a| a.headers.len()));
+    h.reserve(4 + out.caller_headers.len() + out.attachment.map_or(0, |a| a.headers.len()));
     h.insert(header::HOST, up.host.clone());
     if let Some(v) = forwarded_for {
         h.insert(X_FORWARDED_FOR.clone(), v);
@@ -520,6 +523,7 @@ pub(crate) fn set_gateway_headers(
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     h.insert(X_REQUEST_ID.clone(), out.request_id.clone());
+    h.insert(TRACEPARENT.clone(), out.traceparent.clone());
     for (n, v) in out.caller_headers {
         h.insert(n.clone(), v.clone());
     }

@@ -300,6 +300,7 @@ proptest! {
         let cred = route.credential.as_ref().expect("credential");
         let attachment = cred.attach().now_or_never().expect("ready").expect("attach");
         let id = http::HeaderValue::from_static("gateway-request-id");
+        let trace = http::HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         let out = credgate::testing::Outgoing {
             strip_len: route.strip_len(),
             attachment: Some(&attachment),
@@ -307,6 +308,7 @@ proptest! {
             caller_headers: &[],
             max_body_bytes: route.max_body_bytes,
             request_id: &id,
+            traceparent: &trace,
         };
         let conn = credgate::conn::ConnInfo::new(
             std::net::SocketAddr::from(([192, 0, 2, 7], 40000)),

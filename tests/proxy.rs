@@ -835,3 +835,73 @@ auth = "none"
         }
     }
 }
+
+#[tokio::test]
+async fn a_callers_trace_is_forwarded_and_a_request_without_one_starts_one_named_in_the_access_log()
+{
+    let up = upstream::start(Behaviour::Ok).await;
+    let dir = support::temp_dir("trace");
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\ntls = false\n[upstreams.u]\nurl = \"{}\"\n\
+             [[routes]]\npath_prefix = \"/t\"\nupstream = \"u\"\nauth = \"none\"\n",
+            up.url()
+        ),
+    )
+    .expect("config");
+    let mut gw = support::binary::Binary::run(&path, "info", 1, false);
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let url = |p: &str| format!("http://{}{p}", gw.addrs[0]);
+    let call = |p: String, tp: Option<&'static str>| async move {
+        let mut h = vec![("tracestate", "vendor=opaque")];
+        if let Some(tp) = tp {
+            h.push(("traceparent", tp));
+        }
+        support::fake_http::call(http::Method::GET, &p, &h, "")
+            .await
+            .status
+    };
+    assert_eq!(call(url("/t/kept"), Some(sent)).await, StatusCode::OK);
+    assert_eq!(call(url("/t/started"), None).await, StatusCode::OK);
+    assert_eq!(
+        call(url("/t/malformed"), Some("00-not-a-trace-01")).await,
+        StatusCode::OK
+    );
+    let seen = |p: &str| {
+        up.seen()
+            .into_iter()
+            .find(|s| s.uri == p)
+            .unwrap_or_else(|| panic!("{p} not forwarded"))
+    };
+    let tp = |p: &str| {
+        let s = seen(p);
+        let all: Vec<_> = s.headers.get_all("traceparent").iter().cloned().collect();
+        assert_eq!(all.len(), 1, "one traceparent upstream: {all:?}");
+        assert_eq!(
+            s.headers["tracestate"], "vendor=opaque",
+            "tracestate passes through"
+        );
+        all[0].to_str().expect("ascii").to_owned()
+    };
+    assert_eq!(tp("/t/kept"), sent, "the caller's trace, as sent");
+    // The access log names each request's trace, in the order they came.
+    let line = gw.wait_for(&format!("trace_id=\"{}\"", &sent[3..35]));
+    assert!(line.contains("credgate::access"), "{line}");
+    for p in ["/t/started", "/t/malformed"] {
+        let started = tp(p);
+        assert_eq!(started.len(), 55, "{started}");
+        assert!(
+            started.starts_with("00-") && started.ends_with("-01"),
+            "{started}"
+        );
+        let trace_id = &started[3..35];
+        assert_ne!(trace_id, &sent[3..35]);
+        let line = gw.wait_for(&format!("trace_id=\"{trace_id}\""));
+        assert!(
+            line.contains("credgate::access"),
+            "the started trace: {line}"
+        );
+    }
+}

@@ -125,7 +125,11 @@ pub fn instructions(demo: &Demo, gateway: SocketAddr, admin: Option<SocketAddr>)
         flows::instructions(&ca.to_string(), gateway),
         admin.map_or_else(String::new, |a| format!(
             "\nThe credentials' token state and the issuer's keys, from the admin listener:\n\n  \
-             credgate status --admin {a}\n"
+             credgate status --admin {a}\n\n\
+             The demo serves {config}: edit it (add a route, say) and it reloads without dropping a \
+             connection; or ask for a reload:\n\n  \
+             credgate reload --admin {a}\n",
+            config = demo.config_path().display()
         ))
     )
 }

@@ -21,6 +21,7 @@
 #   when a source is newer than it. PGO=0: a plain `cargo build --release`.
 # POOL=hyper_util, TIMER=tokio: the standard fallbacks for the upstream pool and the timer ([server] keys).
 # CREDGATE_BIN=path: bench that binary as is (no build), e.g. to compare two builds in one sitting.
+# ADMIN=1: with an admin listener (127.0.0.1:PORT+2), which turns on the request and upstream time histograms.
 # CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead
 #   (CACHESIM=1 as well: and its L1 instruction and data cache misses per request).
 # The access log is off (RUST_LOG=warn), as nginx's is in its peer config.
@@ -118,6 +119,11 @@ client_id = \"bench\"
 client_secret = \"bench-secret\""
 fi
 name=${NAME:-$label$suffix}
+admin=""
+if [ "${ADMIN:-0}" = 1 ]; then
+  admin="[admin]
+address = \"127.0.0.1:$((port + 2))\""
+fi
 
 cat > "$work/config.toml" <<EOF
 [server]
@@ -129,6 +135,7 @@ timer = "${TIMER:-credgate}"
 address = "127.0.0.1:$port"
 $listener
 
+$admin
 [upstreams.origin]
 url = "$origin"
 

@@ -200,7 +200,6 @@ impl Running {
 
     async fn apply(&mut self, cfg: &Config) -> Result<Vec<String>, ReloadError> {
         let gw = self.live.load_full().rebuild(cfg)?;
-        gw.start_background().await?;
         let per_listener = connection_budget(self.fd_limit, cfg.listeners.len());
         // Everything that can fail, first: TLS settings of every listener, and sockets for new ones.
         let mut prepared = Vec::with_capacity(cfg.listeners.len());
@@ -221,6 +220,8 @@ impl Running {
             };
             prepared.push((l.address, serving, socket));
         }
+        // Last, as it contacts vendors and IdPs: a fail_fast issuer's first JWKS fetch, new credentials' first tokens.
+        gw.start_background().await?;
         // Nothing fails from here on.
         let mut notes = Vec::new();
         if cfg.admin != self.admin_configured {

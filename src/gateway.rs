@@ -10,6 +10,8 @@ pub mod config;
 
 pub use config::Config;
 
+use crate::cluster::Cluster;
+use crate::credentials::fleet::Fleet;
 use crate::credentials::{self, Credentials};
 use crate::flows::{self, FlowDeps, FlowError};
 use crate::http_client::{self, ClientBuildError, HttpClient};
@@ -37,6 +39,9 @@ pub enum BuildError {
     /// A flow could not be built.
     #[error("flows: {0}")]
     Flow(#[from] FlowError),
+    /// Fleet mode could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::BuildError),
 }
 
 /// Everything shared by all requests.
@@ -54,6 +59,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Per-request deadlines (header read, upstream response).
     pub timer: Timer,
+    /// The fleet this replica belongs to, in fleet mode.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Gateway {
@@ -77,7 +84,13 @@ impl Gateway {
             })?;
             upstreams.insert(name.clone(), Arc::new(upstream));
         }
-        let credentials = Credentials::build(&cfg.credentials, &http, &metrics)?;
+        let cluster = cfg
+            .cluster
+            .as_ref()
+            .map(|c| Cluster::new(c, &metrics))
+            .transpose()?;
+        let fleet = cluster.as_deref().map(|c| c as &dyn Fleet);
+        let credentials = Credentials::build_in_fleet(&cfg.credentials, &http, &metrics, fleet)?;
         let handlers = flows::build(
             &cfg.flows,
             &FlowDeps {
@@ -117,16 +130,22 @@ impl Gateway {
             http,
             metrics,
             timer,
+            cluster,
         }))
     }
 
     /// Start background work (issuer key fetching and refresh). Called when serving starts; `check` never calls it.
     pub async fn start_background(self: &Arc<Self>) -> Result<(), crate::caller_auth::StartError> {
+        if let Some(c) = &self.cluster {
+            c.start().await;
+        }
         self.caller_auth.start().await
     }
 
     /// Readiness checks: name, ready, detail.
     pub fn readiness(&self) -> Vec<(String, bool, String)> {
-        self.caller_auth.readiness()
+        let mut checks = self.caller_auth.readiness();
+        checks.extend(self.cluster.as_ref().map(|c| c.readiness()));
+        checks
     }
 }

@@ -22,7 +22,9 @@
 //! verified-token cache; [`credentials`] holds static headers and token kinds (OAuth2 client credentials, vendor
 //! login) behind one cache with refresh-ahead and single flight. Around them: [`admin`] serves health, readiness and
 //! metrics; [`cli`] is the command line (`run`, `check`, `dev-certs`, `demo`); [`demo`] starts sandbox vendors on
-//! loopback and [`dev_certs`] makes a local CA; [`body`] is the one body type handed to hyper.
+//! loopback and [`dev_certs`] makes a local CA; [`body`] is the one body type handed to hyper. [`cluster`] is fleet
+//! mode: replicas sharing one token per credential through Redis, behind the interface the token cache defines
+//! (`credentials::fleet`), so the core never names Redis.
 
 #![warn(missing_docs)]
 
@@ -30,6 +32,7 @@ pub(crate) mod admin;
 pub mod body;
 pub(crate) mod caller_auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub(crate) mod credentials;

@@ -105,6 +105,8 @@ pub struct CredentialCounters {
     pub rejections_kept: Counter,
     /// `credgate_token_request_duration_seconds`: how long token requests take, whatever their result.
     pub fetch_seconds: Histogram,
+    /// `credgate_token_adoptions_total`: tokens another replica of the fleet fetched and announced, taken here.
+    pub adopted: Counter,
 }
 
 impl Default for CredentialCounters {
@@ -116,6 +118,7 @@ impl Default for CredentialCounters {
             rejections_renewed: Counter::default(),
             rejections_kept: Counter::default(),
             fetch_seconds: fetch_histogram(),
+            adopted: Counter::default(),
         }
     }
 }
@@ -162,6 +165,7 @@ pub struct Metrics {
     connections_open: Family<ListenerLabels, Gauge>,
     tls_failures: Family<ListenerLabels, Counter>,
     token_fetch_seconds: Family<CredentialLabels, Histogram, fn() -> Histogram>,
+    token_adoptions: Family<CredentialLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -178,6 +182,7 @@ impl Default for Metrics {
             connections_open: Family::default(),
             tls_failures: Family::default(),
             token_fetch_seconds: Family::new_with_constructor(fetch_histogram),
+            token_adoptions: Family::default(),
         };
         // Counters are registered under their base name: the encoder appends `_total`.
         m.register(
@@ -224,6 +229,11 @@ impl Default for Metrics {
             "credgate_token_request_duration_seconds",
             "How long token requests take, per credential.",
             m.token_fetch_seconds.clone(),
+        );
+        m.register(
+            "credgate_token_adoptions",
+            "Tokens another replica of the fleet fetched and announced, taken by this one (fleet mode).",
+            m.token_adoptions.clone(),
         );
         m.register(
             "credgate_connections_refused",
@@ -286,6 +296,12 @@ impl Metrics {
                 credential: credential.clone(),
             })
             .clone();
+        let adopted = self
+            .token_adoptions
+            .get_or_create(&CredentialLabels {
+                credential: credential.clone(),
+            })
+            .clone();
         CredentialCounters {
             waits,
             fetched,
@@ -293,6 +309,7 @@ impl Metrics {
             rejections_renewed,
             rejections_kept,
             fetch_seconds,
+            adopted,
         }
     }
 

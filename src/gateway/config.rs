@@ -1,5 +1,5 @@
 //! The root of the config file: the TOML schema that assembles every module's own section (server, listeners,
-//! admin, upstreams, credentials, issuers, routes, flows), and [`validate`], which hands each section to its owner.
+//! admin, upstreams, credentials, issuers, routes, flows, cluster), and [`validate`], which hands each section to its owner.
 //! TOML → raw structs (`deny_unknown_fields`) → [`validate`] → [`Config`]. Nothing here opens sockets.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::caller_auth::config::{self as issuers, IssuerConfig, RawIssuer};
+use crate::cluster::{self, ClusterConfig, RawCluster};
 use crate::config::{
     ConfigError, Ctx, ListenerConfig, RawListener, RawUpstream, UpstreamConfig, validate_listener,
     validate_upstream,
@@ -47,6 +48,8 @@ pub struct RawConfig {
     /// Vendor flows (token servers) and their settings.
     #[serde(default)]
     pub flows: RawFlows,
+    /// Fleet mode: replicas sharing tokens through Redis; off when absent.
+    pub cluster: Option<RawCluster>,
 }
 
 /// `[server]`: process-wide settings.
@@ -98,6 +101,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Vendor flows.
     pub flows: FlowsConfig,
+    /// Fleet mode, when configured.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Check `[admin]`: it answers anyone who reaches it, so it binds to loopback unless told otherwise.
@@ -165,6 +170,10 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     }
     let issuers = issuers::validate(&ctx, raw.issuers)?;
     let flows = flows::validate(&ctx, raw.flows)?;
+    let cluster = raw
+        .cluster
+        .map(|c| cluster::config::validate(&ctx, c))
+        .transpose()?;
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -191,5 +200,6 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         issuers,
         routes,
         flows,
+        cluster,
     })
 }

@@ -9,6 +9,7 @@ pub mod fake_idp;
 pub mod fake_incode;
 pub mod fake_vendor;
 pub mod raw_upstream;
+pub mod redis;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -1,0 +1,392 @@
+//! Fleet mode on a real Redis: three gateways, each with its own config naming the same `redis-server`, share one
+//! upstream token. In its own file (its own process): the herd opens about a thousand sockets.
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use support::fake_vendor::{self, FakeVendor, Mode};
+use support::redis::Redis;
+use support::{TestGateway, start_gateway};
+
+/// A test key (32 bytes, base64); real deployments give a secret reference.
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn http() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One replica named `node`, in fleet mode on `redis`, with vendor `v` behind `/api`.
+async fn replica(node: &str, redis: &Redis, v: &FakeVendor) -> TestGateway {
+    start_gateway(&format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[admin]
+address = "127.0.0.1:0"
+[upstreams.v]
+url = "{}"
+[credentials.v]
+kind = "oauth2_client_credentials"
+allowed_hosts = ["127.0.0.1"]
+token_url = "{}"
+client_id = "id"
+client_secret = "secret"
+min_token_age = "0s"
+# Rejection-driven renewals in a row wait from here; the 401 test renews twice within milliseconds.
+backoff_min = "1ms"
+# Long enough that a held token request never outlasts the lease (the timeout and a second).
+timeout = "30s"
+[[routes]]
+path_prefix = "/api"
+upstream = "v"
+credential = "v"
+auth = "none"
+[cluster]
+redis_url = "{}"
+node_id = "{node}"
+key_prefix = "test:"
+encryption_key = "{KEY}"
+"#,
+        v.url(),
+        v.token_url(),
+        redis.url()
+    ))
+    .await
+}
+
+async fn fleet(redis: &Redis, v: &FakeVendor) -> Vec<TestGateway> {
+    let mut gws = Vec::new();
+    for node in ["a", "b", "c"] {
+        gws.push(replica(node, redis, v).await);
+    }
+    gws
+}
+
+async fn get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    gw: &TestGateway,
+    i: usize,
+) -> StatusCode {
+    let req = Request::get(format!("http://{}/api/item/{i}", gw.addr()))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    client.request(req).await.expect("response").status()
+}
+
+async fn admin_post(gw: &TestGateway, path: &str) -> StatusCode {
+    let req = Request::post(format!("http://{}{path}", gw.admin.expect("admin")))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let rsp = http().request(req).await.expect("response");
+    let status = rsp.status();
+    let _ = rsp.into_body().collect().await;
+    status
+}
+
+fn metric(gw: &TestGateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    gw.gw.metrics.get(name, labels)
+}
+
+fn tokens(gw: &TestGateway, source: &str) -> f64 {
+    metric(
+        gw,
+        "credgate_cluster_tokens_total",
+        &[("credential", "v"), ("source", source)],
+    )
+}
+
+fn adoptions(gw: &TestGateway) -> f64 {
+    metric(gw, "credgate_token_adoptions_total", &[("credential", "v")])
+}
+
+/// Wait until `cond` holds, checking every 10 ms; the message names what never happened.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The token the vendor saw on its last API request.
+fn last_token(v: &FakeVendor) -> String {
+    let log = v.api_log();
+    let seen = log.last().expect("an API request");
+    seen.headers["authorization"]
+        .to_str()
+        .expect("ascii")
+        .trim_start_matches("Bearer ")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_herd_of_3_replicas_x_300_makes_exactly_one_token_request_and_redis_holds_ciphertext()
+ {
+    let redis = Redis::start().await;
+    let v = fake_vendor::new().run().await;
+    let gws = fleet(&redis, &v).await;
+    v.set_mode(Mode::Hold);
+    let client = http();
+    let mut tasks = Vec::new();
+    for (g, gw) in gws.iter().enumerate() {
+        for i in 0..300 {
+            let client = client.clone();
+            let url = format!("http://{}/api/item/{g}-{i}", gw.addr());
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get(url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                client.request(req).await.expect("response").status()
+            }));
+        }
+    }
+    // All 900 wait inside their gateways: one replica's token request is held by the vendor, the others wait for
+    // the fleet's token.
+    until("the herd gathers on every replica", || {
+        v.grants() >= 1
+            && gws.iter().all(|gw| {
+                metric(
+                    gw,
+                    "credgate_credential_waits_total",
+                    &[("credential", "v")],
+                ) >= 300.0
+            })
+    })
+    .await;
+    assert_eq!(v.grants(), 1, "one token request for the whole fleet");
+    v.release();
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 1);
+    assert_eq!(v.api_log().len(), 900);
+    let token = v.issued()[0].clone();
+    assert!(
+        v.api_log()
+            .iter()
+            .all(|s| s.headers["authorization"] == format!("Bearer {token}").as_str()),
+        "every replica sent the one token"
+    );
+    let fetched: f64 = gws.iter().map(|gw| tokens(gw, "fetched")).sum();
+    let shared: f64 = gws.iter().map(|gw| tokens(gw, "fleet")).sum();
+    assert_eq!(
+        (fetched, shared),
+        (1.0, 2.0),
+        "one fetched, two read from the fleet"
+    );
+
+    // Redis holds the token sealed: no key or value shows the token or a secret.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(keys.contains("test:{v}:token"), "{keys}");
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        let value = redis.cli(&["GET", key]);
+        for secret in [token.as_str(), "secret", "Bearer"] {
+            assert!(!value.contains(secret), "{key} shows {secret:?}");
+        }
+    }
+    let value = redis.cli(&["GET", "test:{v}:token"]);
+    let (generation, sealed) = value.trim().split_once('.').expect("generation.sealed");
+    assert!(generation.parse::<u64>().is_ok(), "{value}");
+    assert!(sealed.len() > token.len(), "the sealed token and its times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_401_renews_the_token_once_fleet_wide_and_every_replica_switches() {
+    let redis = Redis::start().await;
+    let v = fake_vendor::new().run().await;
+    let gws = fleet(&redis, &v).await;
+    let client = http();
+    for gw in &gws {
+        assert_eq!(get(&client, gw, 0).await, StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 1);
+
+    // The vendor revokes the token; replica a sees the 401 first, renews once and replays.
+    v.revoke_all();
+    assert_eq!(get(&client, &gws[0], 1).await, StatusCode::OK);
+    assert_eq!(v.grants(), 2);
+    let renewed = v.issued()[1].clone();
+    assert_eq!(last_token(&v), renewed);
+    // b and c adopt it from the announcement, and never send the revoked token.
+    until("b and c adopt the renewed token", || {
+        gws[1..].iter().all(|gw| adoptions(gw) >= 1.0)
+    })
+    .await;
+    let rejected_before = v.api_log().iter().filter(|s| s.status == 401).count();
+    for gw in &gws[1..] {
+        assert_eq!(get(&client, gw, 2).await, StatusCode::OK);
+        assert_eq!(last_token(&v), renewed);
+    }
+    assert_eq!(
+        v.api_log().iter().filter(|s| s.status == 401).count(),
+        rejected_before,
+        "b and c switched before using the revoked token"
+    );
+
+    // Revoked again, and all three see the 401 at once: still one new token, and none is lost to the race (the
+    // generation is compared before it is deleted, so the newer token survives).
+    v.revoke_all();
+    let mut tasks = Vec::new();
+    for gw in &gws {
+        for i in 0..20 {
+            let client = client.clone();
+            let url = format!("http://{}/api/again/{i}", gw.addr());
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get(url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                client.request(req).await.expect("response").status()
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 3, "one new token for the fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_and_restarted_fails_no_request_and_sharing_resumes() {
+    let mut redis = Redis::start().await;
+    let v = fake_vendor::new().run().await;
+    let gws = Arc::new(fleet(&redis, &v).await);
+    let client = http();
+    for gw in gws.iter() {
+        assert_eq!(get(&client, gw, 0).await, StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 1);
+
+    // Load on every replica for the whole run, counting what fails.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let failed = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for g in 0..gws.len() {
+        let (gws, client, stop, failed, sent) = (
+            gws.clone(),
+            client.clone(),
+            stop.clone(),
+            failed.clone(),
+            sent.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let stopped = stop.notified();
+            tokio::pin!(stopped);
+            let mut i = 0;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    status = get(&client, &gws[g], i) => {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if status != StatusCode::OK {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+
+    redis.kill();
+    until("every replica notices redis is gone", || {
+        gws.iter()
+            .all(|gw| metric(gw, "credgate_cluster_redis_up", &[]) == 0.0)
+    })
+    .await;
+    let outages: f64 = gws
+        .iter()
+        .map(|gw| metric(gw, "credgate_cluster_redis_outages_total", &[]))
+        .sum();
+    assert_eq!(outages, 3.0, "one outage each, counted once");
+    // A renewal while Redis is down is made by the replica alone.
+    assert_eq!(
+        admin_post(&gws[0], "/admin/credentials/v/refresh").await,
+        StatusCode::ACCEPTED
+    );
+    until("a renews on its own", || tokens(&gws[0], "local") >= 1.0).await;
+    assert_eq!(v.grants(), 2);
+
+    // Back, empty (as after a flush): sharing resumes. b's next renewal is the fleet's, and a and c adopt it.
+    redis.restart().await;
+    until("every replica sees redis again", || {
+        gws.iter()
+            .all(|gw| metric(gw, "credgate_cluster_redis_up", &[]) == 1.0)
+    })
+    .await;
+    let adopted = adoptions;
+    let (a_before, c_before) = (adopted(&gws[0]), adopted(&gws[2]));
+    assert_eq!(
+        admin_post(&gws[1], "/admin/credentials/v/refresh").await,
+        StatusCode::ACCEPTED
+    );
+    until("b fetches for the fleet", || {
+        tokens(&gws[1], "fetched") >= 1.0
+    })
+    .await;
+    until("a and c adopt b's token", || {
+        adopted(&gws[0]) > a_before && adopted(&gws[2]) > c_before
+    })
+    .await;
+    assert_eq!(v.grants(), 3);
+    let shared = v.issued()[2].clone();
+    stop.notify_waiters();
+    for t in load {
+        t.await.expect("load task");
+    }
+    for gw in gws.iter() {
+        assert_eq!(get(&client, gw, 1).await, StatusCode::OK);
+        assert_eq!(
+            last_token(&v),
+            shared,
+            "every replica uses the fleet's token again"
+        );
+    }
+    assert!(sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_redis_is_down_from_the_start_serves_and_is_ready_but_degraded() {
+    let (_held, addr) = support::closed_port();
+    let v = fake_vendor::new().run().await;
+    let nowhere = Redis::nowhere(addr.port());
+    let gw = replica("a", &nowhere, &v).await;
+    let client = http();
+    for i in 0..3 {
+        assert_eq!(get(&client, &gw, i).await, StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 1, "fetched on its own, once");
+    assert_eq!(tokens(&gw, "local"), 1.0);
+    let req = Request::get(format!("http://{}/readyz", gw.admin.expect("admin")))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let rsp = client.request(req).await.expect("response");
+    assert_eq!(rsp.status(), StatusCode::OK, "ready without Redis");
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let cluster = doc["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "cluster")
+        .expect("a cluster check")
+        .clone();
+    assert_eq!(cluster["ready"], true);
+    assert!(
+        cluster["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("degraded"),
+        "{cluster}"
+    );
+}

@@ -23,8 +23,31 @@ fn http() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// The OAuth2 credential most tests use, with `extra` keys.
+fn oauth2(v: &FakeVendor, extra: &str) -> String {
+    format!(
+        r#"kind = "oauth2_client_credentials"
+allowed_hosts = ["127.0.0.1"]
+token_url = "{}"
+client_id = "id"
+client_secret = "secret"
+min_token_age = "0s"
+# Long enough that a held token request never outlasts the lease (the timeout and a second).
+timeout = "30s"
+{extra}
+"#,
+        v.token_url()
+    )
+}
+
 /// One replica named `node`, in fleet mode on `redis`, with vendor `v` behind `/api`.
 async fn replica(node: &str, redis: &Redis, v: &FakeVendor) -> TestGateway {
+    // Rejection-driven renewals in a row wait from backoff_min; the 401 test renews twice within milliseconds.
+    replica_with(node, redis, v, &oauth2(v, r#"backoff_min = "1ms""#)).await
+}
+
+/// One replica named `node`, in fleet mode on `redis`, its credential `v` configured by `credential`.
+async fn replica_with(node: &str, redis: &Redis, v: &FakeVendor, credential: &str) -> TestGateway {
     start_gateway(&format!(
         r#"
 [[listeners]]
@@ -35,16 +58,7 @@ address = "127.0.0.1:0"
 [upstreams.v]
 url = "{}"
 [credentials.v]
-kind = "oauth2_client_credentials"
-allowed_hosts = ["127.0.0.1"]
-token_url = "{}"
-client_id = "id"
-client_secret = "secret"
-min_token_age = "0s"
-# Rejection-driven renewals in a row wait from here; the 401 test renews twice within milliseconds.
-backoff_min = "1ms"
-# Long enough that a held token request never outlasts the lease (the timeout and a second).
-timeout = "30s"
+{credential}
 [[routes]]
 path_prefix = "/api"
 upstream = "v"
@@ -57,7 +71,6 @@ key_prefix = "test:"
 encryption_key = "{KEY}"
 "#,
         v.url(),
-        v.token_url(),
         redis.url()
     ))
     .await
@@ -69,6 +82,37 @@ async fn fleet(redis: &Redis, v: &FakeVendor) -> Vec<TestGateway> {
         gws.push(replica(node, redis, v).await);
     }
     gws
+}
+
+async fn fleet_with(redis: &Redis, v: &FakeVendor, credential: &str) -> Vec<TestGateway> {
+    let mut gws = Vec::new();
+    for node in ["a", "b", "c"] {
+        gws.push(replica_with(node, redis, v, credential).await);
+    }
+    gws
+}
+
+/// `n` concurrent GETs of `/api/{tag}/{i}` on each replica; their statuses once all are answered.
+async fn burst(gws: &[TestGateway], tag: &str, n: usize) -> Vec<StatusCode> {
+    let client = http();
+    let mut tasks = Vec::new();
+    for (g, gw) in gws.iter().enumerate() {
+        for i in 0..n {
+            let client = client.clone();
+            let url = format!("http://{}/api/{tag}/{g}/{i}", gw.addr());
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get(url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                client.request(req).await.expect("response").status()
+            }));
+        }
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
 }
 
 async fn get(
@@ -389,4 +433,130 @@ async fn a_replica_whose_redis_is_down_from_the_start_serves_and_is_ready_but_de
             .contains("degraded"),
         "{cluster}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_token_request_backs_the_whole_fleet_off() {
+    let redis = Redis::start().await;
+    let v = fake_vendor::new().run().await;
+    // A backoff long enough that no replica's request can come after it ends.
+    let gws = fleet_with(&redis, &v, &oauth2(&v, r#"backoff_min = "30s""#)).await;
+    v.set_mode(Mode::Fail500);
+    let statuses = burst(&gws, "down", 20).await;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        v.grants(),
+        1,
+        "one failed token request for the fleet, then every replica backs off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_credential_is_shared_too() {
+    let redis = Redis::start().await;
+    let v = fake_vendor::new().login("k", "e@x", "p").run().await;
+    let login = format!(
+        r#"kind = "login"
+allowed_hosts = ["127.0.0.1"]
+url = "{}"
+request_headers = {{ "x-api-key" = "k", "api-version" = "1.0" }}
+body = '{{"email": "e@x", "password": "p"}}'
+ttl = "1h"
+timeout = "30s"
+headers = {{ "X-Incode-Hardware-Id" = "{{token}}" }}
+"#,
+        v.login_url()
+    );
+    let gws = fleet_with(&redis, &v, &login).await;
+    v.set_mode(Mode::Hold);
+    let herd = {
+        let gws = &gws;
+        async move { burst(gws, "login", 100).await }
+    };
+    let release = async {
+        until("the login herd gathers", || {
+            v.grants() >= 1
+                && gws.iter().all(|gw| {
+                    metric(
+                        gw,
+                        "credgate_credential_waits_total",
+                        &[("credential", "v")],
+                    ) >= 100.0
+                })
+        })
+        .await;
+        v.release();
+    };
+    let (statuses, ()) = tokio::join!(herd, release);
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(v.grants(), 1, "one login for the fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_ahead_of_expiry_are_made_once_for_the_fleet_and_used_by_every_replica() {
+    let redis = Redis::start().await;
+    // Two-second tokens: renewed ahead about every 1.5 s.
+    let v = fake_vendor::new().ttl(Duration::from_secs(2)).run().await;
+    let gws = Arc::new(fleet(&redis, &v).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for g in 0..gws.len() {
+        let (gws, stop, failed) = (gws.clone(), stop.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let client = http();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let req = Request::get(format!("http://{}/api/r{g}/{i}", gws[g].addr()))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                if client.request(req).await.expect("response").status() != StatusCode::OK {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    // Three renewals.
+    until("three renewals", || v.grants() >= 4).await;
+    let issued = v.issued();
+    // The third token is in use by every replica before the run ends.
+    until("every replica uses the third token", || {
+        let log = v.api_log();
+        (0..3).all(|g| {
+            log.iter().any(|s| {
+                s.uri.starts_with(&format!("/api/r{g}/"))
+                    && s.headers["authorization"] == format!("Bearer {}", issued[2]).as_str()
+            })
+        })
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.expect("load task");
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    let grants = v.grants() as f64;
+    let fetched: f64 = gws.iter().map(|gw| tokens(gw, "fetched")).sum();
+    let local: f64 = gws.iter().map(|gw| tokens(gw, "local")).sum();
+    assert_eq!(
+        (fetched, local),
+        (grants, 0.0),
+        "every token request was made for the fleet"
+    );
+    // Each of the first three tokens served all three replicas: none was one replica's own.
+    let log = v.api_log();
+    for token in &issued[..3] {
+        let users: std::collections::BTreeSet<_> = log
+            .iter()
+            .filter(|s| s.headers["authorization"] == format!("Bearer {token}").as_str())
+            .filter_map(|s| s.uri.split('/').nth(2).map(str::to_owned))
+            .collect();
+        assert_eq!(users.len(), 3, "token {token} used by {users:?}");
+    }
 }

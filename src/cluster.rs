@@ -6,9 +6,11 @@
 //! that fails or is late marks Redis down, and while it is down token credentials fetch locally, exactly as a single
 //! node does. A probe every second marks it up again. Each transition is logged once and counted; `/readyz` shows
 //! it as degraded, never as unready. The per-credential protocol (lease, encrypted token, compare-and-delete) is in
-//! [`tokens`]; tokens are sealed with AES-256-GCM ([`seal`]).
+//! [`tokens`]; tokens are sealed with AES-256-GCM ([`seal`]). Rate limits the fleet enforces together (TeleSign's)
+//! run a GCRA script ([`limits`]).
 
 pub mod config;
+mod limits;
 mod seal;
 mod tokens;
 
@@ -33,6 +35,7 @@ pub use config::{ClusterConfig, RawCluster};
 use crate::credentials::config::TokenSettings;
 use crate::credentials::fleet::{Fleet, SharedToken};
 use crate::metrics::Metrics;
+use crate::rate_limit::SharedLimits;
 use seal::Sealer;
 
 /// How often Redis is probed, so that a replica notices it return (and go) without a request asking.
@@ -51,6 +54,7 @@ const DOWN: u8 = 2;
 /// A replica's view of its fleet.
 pub struct Cluster {
     inner: Arc<Inner>,
+    limits: Arc<limits::RedisLimits>,
 }
 
 impl fmt::Debug for Cluster {
@@ -134,22 +138,25 @@ impl Cluster {
             .set_protocol(ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(redis))
             .map_err(|e| BuildError(format!("not a usable Redis URL ({:?})", e.kind())))?;
-        Ok(Arc::new(Self {
-            inner: Arc::new(Inner {
-                client,
-                conn: OnceLock::new(),
-                prefix: cfg.key_prefix.clone(),
-                node_id: cfg.node_id.clone(),
-                command_timeout: cfg.command_timeout,
-                connect_timeout: cfg.connect_timeout,
-                sealer: Sealer::new(&cfg.encryption_key),
-                health: AtomicU8::new(UNKNOWN),
-                subscribed: AtomicBool::new(false),
-                unsealable_logged: AtomicBool::new(false),
-                announcements: Arc::default(),
-                metrics: ClusterMetrics::new(metrics),
-            }),
-        }))
+        let inner = Arc::new(Inner {
+            client,
+            conn: OnceLock::new(),
+            prefix: cfg.key_prefix.clone(),
+            node_id: cfg.node_id.clone(),
+            command_timeout: cfg.command_timeout,
+            connect_timeout: cfg.connect_timeout,
+            sealer: Sealer::new(&cfg.encryption_key),
+            health: AtomicU8::new(UNKNOWN),
+            subscribed: AtomicBool::new(false),
+            unsealable_logged: AtomicBool::new(false),
+            announcements: Arc::default(),
+            metrics: ClusterMetrics::new(metrics),
+        });
+        let limits = Arc::new(limits::RedisLimits::new(
+            &inner,
+            cfg.encryption_key.expose_secret(),
+        ));
+        Ok(Arc::new(Self { inner, limits }))
     }
 
     /// Connect, subscribe to the fleet's announcements and start the probe. Returns once the first attempt is over
@@ -202,6 +209,13 @@ impl Cluster {
             _ => "redis not reached yet: tokens are fetched on this node until it is".to_owned(),
         };
         ("cluster".to_owned(), true, detail)
+    }
+}
+
+impl Cluster {
+    /// The fleet's shared rate limits.
+    pub(crate) fn limits(&self) -> Arc<dyn SharedLimits> {
+        self.limits.clone()
     }
 }
 

@@ -96,6 +96,7 @@ impl Gateway {
             &FlowDeps {
                 http: &http,
                 credentials: &credentials,
+                limits: cluster.as_ref().map(|c| c.limits()),
             },
         )?;
         let mut routes = Vec::with_capacity(cfg.routes.len());

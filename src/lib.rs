@@ -47,6 +47,7 @@ pub(crate) mod path;
 pub mod pipeline;
 pub mod problem;
 pub(crate) mod proxy;
+pub(crate) mod rate_limit;
 pub(crate) mod refresh;
 pub(crate) mod routes;
 pub mod server;

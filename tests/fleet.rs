@@ -560,3 +560,97 @@ async fn renewals_ahead_of_expiry_are_made_once_for_the_fleet_and_used_by_every_
         assert_eq!(users.len(), 3, "token {token} used by {users:?}");
     }
 }
+
+/// A replica serving TeleSign tokens at `/telesign`, 3 per phone a minute, in fleet mode on `redis`.
+async fn telesign_replica(node: &str, redis: &Redis) -> TestGateway {
+    let db = support::temp_dir("fleet-telesign").join("flows.db");
+    start_gateway(&format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[flows]
+database = "{}"
+[flows.telesign]
+customer_id = "CUSTOMER-0001"
+api_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlBQkNERUY="
+caller_limit = {{ requests = 100, per = "1h" }}
+phone_limit = {{ requests = 3, per = "1m" }}
+[[routes]]
+path_prefix = "/telesign"
+flow = "telesign"
+auth = "none"
+[cluster]
+redis_url = "{}"
+node_id = "{node}"
+key_prefix = "test:"
+encryption_key = "{KEY}"
+"#,
+        db.display(),
+        redis.url()
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telesign_phone_limit_of_3_a_minute_holds_across_3_replicas() {
+    let mut redis = Redis::start().await;
+    let mut gws = Vec::new();
+    for node in ["a", "b", "c"] {
+        gws.push(telesign_replica(node, &redis).await);
+    }
+    let client = http();
+    let mint = |gw: &TestGateway| {
+        let req = Request::get(format!("http://{}/telesign/token/15551234567", gw.addr()))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        client.request(req)
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        for gw in &gws {
+            statuses.push(mint(gw).await.expect("response").status());
+        }
+    }
+    let minted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        (minted, limited),
+        (3, 6),
+        "3 tokens for the fleet, not 9: {statuses:?}"
+    );
+    // The budget comes back one token per 20 s, and the answer says so.
+    let limited = mint(&gws[0]).await.expect("response");
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=20).contains(&retry), "retry-after {retry}");
+    // Redis never sees the phone number: the limit's key carries a keyed hash of it.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(keys.contains("test:limit:telesign:phone:"), "{keys}");
+    assert!(!keys.contains("15551234567"), "{keys}");
+
+    // Without Redis each replica falls back to its own limiter: the limit then holds per replica.
+    redis.kill();
+    let other = |gw: &TestGateway| {
+        let req = Request::get(format!("http://{}/telesign/token/15550000002", gw.addr()))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        client.request(req)
+    };
+    let mut minted = 0;
+    for _ in 0..4 {
+        for gw in &gws {
+            if other(gw).await.expect("response").status() == StatusCode::OK {
+                minted += 1;
+            }
+        }
+    }
+    assert_eq!(minted, 9, "3 per replica while Redis is down");
+}

@@ -37,6 +37,8 @@ pub(crate) struct FlowDeps<'a> {
     pub http: &'a crate::http_client::HttpClient,
     /// The configured upstream credentials (flows name theirs, e.g. Incode's admin token).
     pub credentials: &'a crate::credentials::Credentials,
+    /// Rate limits shared by the fleet, in fleet mode.
+    pub limits: Option<std::sync::Arc<dyn crate::rate_limit::SharedLimits>>,
 }
 
 /// Build the enabled flows' handlers, by name. Opens and migrates the embedded database when a flow needs it.
@@ -62,7 +64,10 @@ pub(crate) fn build(
         out.insert(citadel::FLOW.to_owned(), citadel::build(c, deps));
     }
     if let (Some(c), Some(store)) = (&cfg.telesign, &store) {
-        out.insert(telesign::FLOW.to_owned(), telesign::build(c, store.clone()));
+        out.insert(
+            telesign::FLOW.to_owned(),
+            telesign::build(c, store.clone(), deps.limits.clone()),
+        );
     }
     Ok(out)
 }

@@ -237,8 +237,8 @@ impl Fleet for Cluster {
 }
 
 /// A message on the announcement channel (`"{generation} {credential}"`) or a (re)subscription.
-fn on_push(a: &Announcements, push: PushInfo) {
-    let a = a.lock().unwrap_or_else(|p| p.into_inner());
+fn on_push(announcements: &Announcements, push: PushInfo) {
+    let a = announcements.lock().unwrap_or_else(|p| p.into_inner());
     match push.kind {
         PushKind::Message => {
             let Some(redis::Value::BulkString(payload)) = push.data.get(1) else {
@@ -257,11 +257,17 @@ fn on_push(a: &Announcements, push: PushInfo) {
         }
         // Subscribed anew after a reconnection: messages sent meanwhile are lost, so every credential looks again.
         PushKind::Subscribe => {
-            for tx in a.values() {
-                tx.send_replace(u64::MAX);
-            }
+            drop(a);
+            poke_all(announcements);
         }
         _ => {}
+    }
+}
+
+/// Wake everything waiting on an announcement, to look again.
+fn poke_all(a: &Announcements) {
+    for tx in a.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        tx.send_replace(u64::MAX);
     }
 }
 
@@ -319,6 +325,8 @@ impl Inner {
                 "redis unavailable: tokens are fetched by this replica alone until it answers again");
             // A later message may be lost while down: have every credential look again once it is back.
             self.subscribed.store(false, Ordering::Relaxed);
+            // Replicas waiting for another's token would wait out its lease: wake them to fetch on their own.
+            poke_all(&self.announcements);
         }
     }
 

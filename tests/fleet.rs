@@ -706,3 +706,56 @@ fn assert_every_replica_used(v: &FakeVendor, n: usize) {
         assert_eq!(users.len(), 3, "token {token} used by {users:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waiting_for_another_s_token_fetches_itself_when_redis_dies() {
+    let mut redis = Redis::start().await;
+    let v = fake_vendor::new().run().await;
+    let gws = fleet(&redis, &v).await;
+    v.set_mode(Mode::Hold);
+    let client = http();
+    // a takes the lease and its token request is held; b waits for a's token (the lease holds for 31 s).
+    let a = tokio::spawn({
+        let (client, url) = (client.clone(), format!("http://{}/api/a", gws[0].addr()));
+        async move {
+            let req = Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            client.request(req).await.expect("response").status()
+        }
+    });
+    until("a's token request arrives", || v.grants() == 1).await;
+    let b = tokio::spawn({
+        let (client, url) = (client.clone(), format!("http://{}/api/b", gws[1].addr()));
+        async move {
+            let req = Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            client.request(req).await.expect("response").status()
+        }
+    });
+    until("b waits", || {
+        metric(
+            &gws[1],
+            "credgate_credential_waits_total",
+            &[("credential", "v")],
+        ) >= 1.0
+    })
+    .await;
+    // Redis goes: b stops waiting for a's lease and asks the vendor itself, long before the lease would end.
+    redis.kill();
+    until("b fetches on its own", || v.grants() == 2).await;
+    assert_eq!(
+        metric(
+            &gws[0],
+            "credgate_token_requests_total",
+            &[("credential", "v"), ("result", "error")]
+        ),
+        0.0,
+        "the second token request is b's, not a retry of a's"
+    );
+    v.release();
+    assert_eq!(a.await.expect("a"), StatusCode::OK);
+    assert_eq!(b.await.expect("b"), StatusCode::OK);
+    assert_eq!(tokens(&gws[1], "local"), 1.0);
+}

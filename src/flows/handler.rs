@@ -41,16 +41,17 @@ pub(crate) struct FlowDeps<'a> {
     pub limits: Option<std::sync::Arc<dyn crate::rate_limit::SharedLimits>>,
 }
 
-/// Build the enabled flows' handlers, by name. Opens and migrates the embedded database when a flow needs it.
+/// Build the enabled flows' handlers, by name. Opens and migrates the embedded database when a flow needs it (a
+/// PostgreSQL one is connected and migrated on first use).
 pub(crate) fn build(
     cfg: &FlowsConfig,
     deps: &FlowDeps<'_>,
 ) -> Result<BTreeMap<String, Arc<dyn Handler>>, FlowError> {
-    let store = match &cfg.database {
-        Some(path) if cfg.incode.is_some() || cfg.telesign.is_some() => {
-            Some(Store::open(path, cfg.retention)?)
-        }
-        _ => None,
+    let store = match (&cfg.database, &cfg.postgres) {
+        _ if cfg.incode.is_none() && cfg.telesign.is_none() => None,
+        (_, Some(pg)) => Some(Store::postgres(pg, cfg.retention)?),
+        (Some(path), None) => Some(Store::open(path, cfg.retention)?),
+        (None, None) => None,
     };
     let mut out: BTreeMap<String, Arc<dyn Handler>> = BTreeMap::new();
     if let (Some(c), Some(store)) = (&cfg.incode, &store) {

@@ -229,6 +229,7 @@ impl Fleet for Cluster {
             .insert(name.to_owned(), tx);
         Arc::new(tokens::RedisToken::new(
             Arc::downgrade(&self.inner),
+            &self.inner.prefix,
             name,
             settings,
             rx,

@@ -126,14 +126,11 @@ fn px(d: Duration) -> u64 {
 impl RedisToken {
     pub(super) fn new(
         cluster: Weak<Inner>,
+        prefix: &str,
         name: &str,
         settings: &TokenSettings,
         announced: watch::Receiver<u64>,
     ) -> Self {
-        let (prefix, _) = cluster
-            .upgrade()
-            .map(|c| (c.prefix.clone(), ()))
-            .unwrap_or_default();
         Self {
             cluster,
             name: name.to_owned(),

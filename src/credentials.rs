@@ -2,11 +2,14 @@
 //! pipeline only asks for the current [`Attachment`] and reports upstream rejections, through
 //! [`replay_on_rejection`], the one renewal mechanism the request path and the flows share. Kinds: `static` (fixed headers),
 //! `oauth2_client_credentials` ([`oauth2`]) and `login` ([`login`]), the last two behind a [`token_cache`]. Values
-//! are secret: they are marked sensitive in headers and never logged; logs name the credential only.
+//! are secret: they are marked sensitive in headers and never logged; logs name the credential only. In fleet mode
+//! the token kinds share one token per credential across replicas through a [`fleet::Fleet`].
 
 pub(crate) mod config;
+pub(crate) mod fleet;
 pub(crate) mod login;
 pub(crate) mod oauth2;
+pub(crate) mod source;
 pub(crate) mod token_cache;
 
 use std::collections::BTreeMap;
@@ -27,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::problem::Problem;
 pub(crate) use config::RejectPolicy;
 use config::{CredentialConfig, Readiness, StaticConfig, TokenSettings};
+use fleet::{Fleet, SharedToken};
 use token_cache::{TokenCache, TokenSource};
 
 /// Headers to add to one upstream request, shared cheaply between requests.
@@ -133,20 +137,21 @@ pub(crate) struct TokenCredential {
 }
 
 impl TokenCredential {
-    /// A credential named `name` of `kind` whose tokens come from `source`.
+    /// A credential named `name` of `kind` whose tokens come from `source`, shared through `share` in a fleet.
     pub(crate) fn new(
         name: &str,
         kind: &'static str,
         source: Box<dyn TokenSource>,
         settings: TokenSettings,
         metrics: Arc<Metrics>,
+        share: Option<Arc<dyn SharedToken>>,
     ) -> Self {
         Self {
             kind,
             names: settings.headers.iter().map(|(n, _)| n.clone()).collect(),
             reject: settings.reject.clone(),
             readiness: settings.readiness,
-            cache: TokenCache::new(name, source, settings, metrics),
+            cache: TokenCache::new(name, source, settings, metrics, share),
         }
     }
 }
@@ -372,6 +377,18 @@ impl Credentials {
         metrics: &Arc<Metrics>,
         keep: impl Fn(&str) -> Option<Arc<dyn Credential>>,
     ) -> Result<Self, BuildError> {
+        Self::build_in_fleet(cfg, http, metrics, None, keep)
+    }
+
+    /// [`Credentials::build`], the token kinds sharing their tokens through `fleet` when there is one.
+    pub(crate) fn build_in_fleet(
+        cfg: &BTreeMap<String, CredentialConfig>,
+        http: &HttpClient,
+        metrics: &Arc<Metrics>,
+        fleet: Option<&dyn Fleet>,
+        keep: impl Fn(&str) -> Option<Arc<dyn Credential>>,
+    ) -> Result<Self, BuildError> {
+        let share = |name: &str, settings: &TokenSettings| fleet.map(|f| f.token(name, settings));
         let mut by_name: BTreeMap<String, Arc<dyn Credential>> = BTreeMap::new();
         for (name, c) in cfg {
             if let Some(kept) = keep(name) {
@@ -391,6 +408,7 @@ impl Credentials {
                     Box::new(oauth2::OAuth2Source::new(name, o.clone(), http.clone())),
                     o.token.clone(),
                     metrics.clone(),
+                    share(name, &o.token),
                 )),
                 CredentialConfig::Login(l) => Arc::new(TokenCredential::new(
                     name,
@@ -398,6 +416,7 @@ impl Credentials {
                     Box::new(login::LoginSource::new(l.clone(), http.clone())),
                     l.token.clone(),
                     metrics.clone(),
+                    share(name, &l.token),
                 )),
             };
             by_name.insert(name.clone(), cred);
@@ -455,6 +474,7 @@ mod tests {
             Box::new(Counting::default()),
             settings,
             Arc::new(Metrics::default()),
+            None,
         )
     }
 

@@ -12,7 +12,9 @@ pub mod config;
 
 pub use config::Config;
 
+use crate::cluster::Cluster;
 use crate::config::Fingerprint;
+use crate::credentials::fleet::Fleet;
 use crate::credentials::{self, Credentials};
 use crate::flows::{self, FlowDeps, FlowError, Handler};
 use crate::http_client::{self, ClientBuildError, HttpClient};
@@ -40,6 +42,9 @@ pub enum BuildError {
     /// A flow could not be built.
     #[error("flows: {0}")]
     Flow(#[from] FlowError),
+    /// Fleet mode could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::BuildError),
 }
 
 /// The first 16 hex digits of the SHA-256 of `text`.
@@ -81,6 +86,8 @@ pub struct Gateway {
     admin_token: Option<SecretString>,
     /// Whether requests are timed for the histograms: only when an admin listener can show them.
     histograms: bool,
+    /// The fleet this replica belongs to, in fleet mode.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Gateway {
@@ -137,15 +144,10 @@ impl Gateway {
         )
     }
 
-    /// Whether `section` has the same fingerprint in `cfg` as in the config this gateway was built from.
+    /// Whether `section` has the same fingerprint in `cfg` as in the config this gateway was built from (or is
+    /// absent from both, as `[cluster]` may be).
     fn unchanged(&self, cfg: &Config, section: &str) -> bool {
-        match (
-            self.fingerprints.get(section),
-            cfg.fingerprints.get(section),
-        ) {
-            (Some(a), Some(b)) => a == b,
-            _ => false,
-        }
+        self.fingerprints.get(section) == cfg.fingerprints.get(section)
     }
 
     fn assemble(
@@ -167,9 +169,10 @@ impl Gateway {
                 && p.unchanged(cfg, &format!("upstreams.{name}"));
             same.then(|| p.upstreams.get(name).cloned()).flatten()
         };
+        // A token credential shares its token through the fleet it was built with: kept while that is kept too.
         let kept_credential = |name: &str| {
             let p = prev?;
-            p.unchanged(cfg, &format!("credentials.{name}"))
+            (p.unchanged(cfg, &format!("credentials.{name}")) && p.unchanged(cfg, "cluster"))
                 .then(|| p.credentials.get(name))
                 .flatten()
         };
@@ -188,11 +191,24 @@ impl Gateway {
             };
             upstreams.insert(name.clone(), upstream);
         }
-        let credentials = Credentials::build(&cfg.credentials, &http, &metrics, kept_credential)?;
-        // The flows name credentials of their own (Incode's admin token): kept only while those are kept too.
+        // Fleet mode: the Redis connection and its subscriptions are kept while [cluster] is unchanged.
+        let cluster = match prev {
+            Some(p) if p.unchanged(cfg, "cluster") => p.cluster.clone(),
+            _ => cfg
+                .cluster
+                .as_ref()
+                .map(|c| Cluster::new(c, &metrics))
+                .transpose()?,
+        };
+        let fleet = cluster.as_deref().map(|c| c as &dyn Fleet);
+        let credentials =
+            Credentials::build_in_fleet(&cfg.credentials, &http, &metrics, fleet, kept_credential)?;
+        // The flows name credentials of their own (Incode's admin token) and share the fleet's limits: kept only
+        // while those are kept too.
         let flows = match prev {
             Some(p)
                 if p.unchanged(cfg, "flows")
+                    && p.unchanged(cfg, "cluster")
                     && p.credentials.iter().all(|(name, c)| {
                         credentials
                             .get(name)
@@ -206,6 +222,7 @@ impl Gateway {
                 &FlowDeps {
                     http: &http,
                     credentials: &credentials,
+                    limits: cluster.as_ref().map(|c| c.limits()),
                 },
             )?,
         };
@@ -251,6 +268,7 @@ impl Gateway {
             config_source: cfg.source.clone(),
             admin_token: cfg.admin_token.clone(),
             histograms,
+            cluster,
         }))
     }
 
@@ -282,6 +300,9 @@ impl Gateway {
     /// Start background work: issuer key fetching and refresh, and the first token of each credential readiness
     /// waits for. Called when serving starts (and for what a reload built); `check` never calls it.
     pub async fn start_background(self: &Arc<Self>) -> Result<(), crate::caller_auth::StartError> {
+        if let Some(c) = &self.cluster {
+            c.start().await;
+        }
         for (_, c) in self.credentials.iter() {
             c.warm_up();
         }
@@ -296,6 +317,7 @@ impl Gateway {
                 checks.push((format!("credential {name}"), ready, detail));
             }
         }
+        checks.extend(self.cluster.as_ref().map(|c| c.readiness()));
         checks
     }
 }

@@ -26,6 +26,8 @@
 //! [`reload`] says when (SIGHUP, a changed file); [`cli`] is the command line (`run`, `check`, `status`, `reload`,
 //! `dev-certs`, `demo`); [`demo`] starts sandbox vendors on loopback and [`dev_certs`] makes a local CA; [`body`]
 //! is the one body type handed to hyper.
+//! [`cluster`] is fleet mode: replicas sharing one token per credential through Redis, behind the interface the
+//! token cache defines (`credentials::fleet`), so the core never names Redis.
 
 #![warn(missing_docs)]
 
@@ -33,6 +35,7 @@ pub(crate) mod admin;
 pub mod body;
 pub(crate) mod caller_auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub(crate) mod credentials;
@@ -47,6 +50,7 @@ pub(crate) mod path;
 pub mod pipeline;
 pub mod problem;
 pub(crate) mod proxy;
+pub(crate) mod rate_limit;
 pub(crate) mod refresh;
 pub mod reload;
 pub(crate) mod routes;

@@ -105,6 +105,8 @@ pub struct CredentialCounters {
     pub rejections_kept: Counter,
     /// `credgate_token_request_duration_seconds`: how long token requests take, whatever their result.
     pub fetch_seconds: Histogram,
+    /// `credgate_token_adoptions_total`: tokens another replica of the fleet fetched and announced, taken here.
+    pub adopted: Counter,
 }
 
 impl Default for CredentialCounters {
@@ -116,6 +118,7 @@ impl Default for CredentialCounters {
             rejections_renewed: Counter::default(),
             rejections_kept: Counter::default(),
             fetch_seconds: fetch_histogram(),
+            adopted: Counter::default(),
         }
     }
 }
@@ -191,6 +194,7 @@ pub struct Metrics {
     tls_failures: Family<ListenerLabels, Counter>,
     token_fetch_seconds: Family<CredentialLabels, Histogram, fn() -> Histogram>,
     config_reloads: Family<ResultLabels, Counter>,
+    token_adoptions: Family<CredentialLabels, Counter>,
     request_seconds: Family<RouteClassLabels, Histogram, fn() -> Histogram>,
     upstream_seconds: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
 }
@@ -217,6 +221,7 @@ impl Default for Metrics {
             config_reloads: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
+            token_adoptions: Family::default(),
         };
         m.register(
             "credgate_request_duration_seconds",
@@ -278,6 +283,11 @@ impl Default for Metrics {
             "credgate_token_request_duration_seconds",
             "How long token requests take, per credential.",
             m.token_fetch_seconds.clone(),
+        );
+        m.register(
+            "credgate_token_adoptions",
+            "Tokens another replica of the fleet fetched and announced, taken by this one (fleet mode).",
+            m.token_adoptions.clone(),
         );
         m.register(
             "credgate_connections_refused",
@@ -376,6 +386,12 @@ impl Metrics {
                 credential: credential.clone(),
             })
             .clone();
+        let adopted = self
+            .token_adoptions
+            .get_or_create(&CredentialLabels {
+                credential: credential.clone(),
+            })
+            .clone();
         CredentialCounters {
             waits,
             fetched,
@@ -383,6 +399,7 @@ impl Metrics {
             rejections_renewed,
             rejections_kept,
             fetch_seconds,
+            adopted,
         }
     }
 

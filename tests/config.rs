@@ -630,3 +630,63 @@ fn status_shows_the_running_demos_credentials_and_issuer() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin listener"));
 }
+
+/// A value each of the deploy examples' environment references accepts.
+fn deploy_value(name: &str) -> String {
+    use base64::Engine as _;
+    match name {
+        "CREDGATE_CLUSTER_KEY" => base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        "CREDGATE_REDIS_URL" => "redis://redis:6379".into(),
+        "CREDGATE_POSTGRES_URL" => "postgres://credgate:pw@postgres:5432/credgate".into(),
+        // Base64 text is a valid value for every other kind of secret (TeleSign's API key must be base64).
+        other => base64::engine::general_purpose::STANDARD.encode(format!("value of {other}")),
+    }
+}
+
+#[test]
+fn every_config_under_deploy_passes_check() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut configs = Vec::new();
+    let mut dirs = vec![deploy.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read deploy/").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                configs.push(p);
+            }
+        }
+    }
+    assert!(!configs.is_empty(), "no config under deploy/");
+    for config in configs {
+        // As mounted in the containers: the config and a tls/ directory beside it.
+        let dir = support::temp_dir("deploy");
+        std::fs::copy(&config, dir.join("credgate.toml")).expect("copy config");
+        let out = Command::new(BIN)
+            .args(["dev-certs", "--dir", "tls"])
+            .current_dir(&dir)
+            .output()
+            .expect("dev-certs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&config).expect("read config");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--config", "credgate.toml"])
+            .current_dir(&dir);
+        for name in env_refs(&text) {
+            cmd.env(&name, deploy_value(&name));
+        }
+        let out = cmd.output().expect("check");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{} fails check: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

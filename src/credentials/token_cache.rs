@@ -1,98 +1,28 @@
 //! The token cache behind the token-based credential kinds: a moka entry per credential that expires with its token,
 //! one in-flight fetch at a time ([`Flight`]), refresh ahead of expiry on a timer, exponential [`Backoff`] with jitter
-//! on failure, and generation-checked invalidation when an upstream rejects a token. It never logs a token or secret;
-//! log lines name the credential.
+//! on failure, and generation-checked invalidation when an upstream rejects a token. In fleet mode the same cache asks
+//! its [`SharedToken`] instead of the source, and adopts the tokens other replicas announce; the hot path stays a
+//! local read. It never logs a token or secret; log lines name the credential.
 
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::FutureExt;
 use http::HeaderValue;
 use rand::Rng as _;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::config::TokenSettings;
+use super::fleet::{FleetToken, Obtained, Replacing, SharedToken};
+pub(crate) use super::source::{FetchedToken, TokenError, TokenSource};
 use super::{Attachment, CredentialError, sensitive_value};
 use crate::config::secret::constant_time_eq;
-use crate::http_client::FetchError;
 use crate::jwt_payload;
 use crate::metrics::{CredentialCounters, Metrics};
 use crate::refresh::{Backoff, Flight, Landing};
 use crate::unix_time;
-
-/// A token as a token endpoint or login call handed it out.
-pub(crate) struct FetchedToken {
-    /// The token itself.
-    pub token: SecretString,
-    /// When it stops being valid.
-    pub expires_at: Instant,
-    /// The refresh token to use next time, if any.
-    pub refresh_token: Option<SecretString>,
-}
-
-/// Why a token could not be obtained. Never carries a response body, a token or a secret, so it is safe to log.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TokenError {
-    /// Connecting, sending or reading failed.
-    #[error("token endpoint unreachable: {0}")]
-    Http(#[from] FetchError),
-    /// No answer within the configured timeout.
-    #[error("token endpoint did not answer within {0:?}")]
-    Timeout(Duration),
-    /// A non-success status.
-    #[error("token endpoint answered status {0}")]
-    Status(http::StatusCode),
-    /// An OAuth2 error response (`error` code only).
-    #[error("token endpoint refused: {code} (status {status})")]
-    Refused {
-        /// HTTP status.
-        status: u16,
-        /// The `error` code, e.g. `invalid_client`.
-        code: String,
-    },
-    /// The answer is not a usable token response: HTML, non-JSON, missing or mistyped fields.
-    #[error("token endpoint answered garbage (status {status}): {what}")]
-    Garbage {
-        /// HTTP status.
-        status: u16,
-        /// What is wrong, without any of its content.
-        what: String,
-    },
-    /// The token expires before it could be used.
-    #[error("token endpoint handed out a token that is already expired")]
-    AlreadyExpired,
-    /// Nothing says how long the token lives (no `ttl`, not a JWT).
-    #[error("the token's lifetime is unknown: set ttl, or the token must be a JWT with exp")]
-    NoLifetime,
-    /// The token cannot be a header value.
-    #[error("the token cannot be sent as a header value")]
-    BadHeaderValue,
-}
-
-impl TokenError {
-    /// A `status` answer whose `body` is not the JSON token answer wanted, described by its shape and never its
-    /// content. `object_error` says where a JSON object failed to be a token answer, when the parser knows.
-    pub(crate) fn not_a_token_answer(status: u16, body: &[u8], object_error: Option<&str>) -> Self {
-        let what = match (body.iter().find(|b| !b.is_ascii_whitespace()), object_error) {
-            (Some(b'<'), _) => "an HTML or XML page, not JSON".to_owned(),
-            (Some(b'{'), Some(at)) => format!("a JSON object without a usable token (at `{at}`)"),
-            (Some(_), _) => "not JSON".to_owned(),
-            (None, _) => "an empty body".to_owned(),
-        };
-        Self::Garbage { status, what }
-    }
-}
-
-/// Where tokens come from: one call to a token endpoint or login URL.
-pub(crate) trait TokenSource: Send + Sync + fmt::Debug {
-    /// Obtain a token; `refresh` is the refresh token from the previous answer, when there was one.
-    fn fetch<'a>(
-        &'a self,
-        refresh: Option<&'a SecretString>,
-    ) -> BoxFuture<'a, Result<FetchedToken, TokenError>>;
-}
 
 /// A token credential as an operator sees it (the admin API): never the token.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -128,6 +58,8 @@ pub(crate) struct Issued {
     usable_until: Instant,
     /// When the token was first handed out: the same token handed back again keeps the earlier instant.
     fetched_at: Instant,
+    /// Its generation in the fleet, when it came from or went to one.
+    fleet_generation: Option<u64>,
 }
 
 /// What a fetch hands its waiters: the token issued, or nothing when the fetch failed.
@@ -152,6 +84,10 @@ struct State {
     refresh_token: Option<SecretString>,
     /// Bumped whenever a timer is scheduled; an older timer that wakes up finds a newer epoch and does nothing.
     timer_epoch: u64,
+    /// The fleet generation an upstream rejected, for the next fetch to replace fleet-wide.
+    rejected_fleet: Option<u64>,
+    /// Whether the task adopting the fleet's announced tokens runs.
+    following: bool,
 }
 
 struct UntilUsable;
@@ -194,6 +130,8 @@ pub(crate) struct TokenCache {
     name: Arc<str>,
     source: Box<dyn TokenSource>,
     settings: TokenSettings,
+    /// Where the fleet shares this token; `None` on a single node.
+    share: Option<Arc<dyn SharedToken>>,
     cache: moka::sync::Cache<(), Arc<Issued>, BuildHasherDefault<OneKey>>,
     state: Mutex<State>,
     counters: CredentialCounters,
@@ -210,17 +148,20 @@ impl fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// A cold cache for credential `name`. Fetches nothing until first asked.
+    /// A cold cache for credential `name`, shared with the fleet through `share` when there is one. Fetches nothing
+    /// until first asked.
     pub(crate) fn new(
         name: &str,
         source: Box<dyn TokenSource>,
         settings: TokenSettings,
         metrics: Arc<Metrics>,
+        share: Option<Arc<dyn SharedToken>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|weak| Self {
             name: name.into(),
             source,
             settings,
+            share,
             // One key per cache, so no capacity bound: without one moka keeps less eviction bookkeeping per read
             // (measured in benches/credentials.rs: about half the cost of a warm read).
             cache: moka::sync::Cache::builder()
@@ -322,6 +263,7 @@ impl TokenCache {
         };
         self.counters.rejections_renewed.inc();
         tracing::info!(credential = %self.name, generation = used.generation, token_age = ?age, "upstream rejected the token; fetching a new one");
+        st.rejected_fleet = current.fleet_generation;
         st.current = None;
         // Inside the state lock, and the fetch publishes to `current` before the cache: a token fetched meanwhile
         // has a newer generation and is never dropped here.
@@ -389,6 +331,23 @@ impl TokenCache {
     }
 
     async fn run_fetch(self: Arc<Self>) -> Option<Arc<Issued>> {
+        let result = match self.share.clone() {
+            None => self.fetch_from_source().await.map(|t| (t, None, true)),
+            Some(share) => self.obtain_from_fleet(&share).await,
+        };
+        match result.and_then(|(t, fleet, fetched)| Ok((self.issue(t, fleet)?, fetched))) {
+            Ok(((issued, refresh_token, near_expiry), fetched)) => {
+                self.publish(issued, refresh_token, near_expiry, fetched)
+            }
+            Err(e) => {
+                self.fail(&e);
+                None
+            }
+        }
+    }
+
+    /// One token request to the source, within the timeout.
+    async fn fetch_from_source(&self) -> Result<FetchedToken, TokenError> {
         let refresh = self.state().refresh_token.clone();
         let timeout = self.settings.timeout;
         let started = Instant::now();
@@ -400,22 +359,88 @@ impl TokenCache {
         self.counters
             .fetch_seconds
             .observe(started.elapsed().as_secs_f64());
-        match result.and_then(|t| self.issue(t)) {
+        result
+    }
+
+    /// The token from the fleet, or fetched here (for the fleet, or alone when it is unreachable). Also makes sure
+    /// the tokens other replicas announce are adopted from now on. Answers the token, its fleet generation and
+    /// first fetch, and whether this replica made the token request.
+    async fn obtain_from_fleet(
+        self: &Arc<Self>,
+        share: &Arc<dyn SharedToken>,
+    ) -> Result<(FetchedToken, Option<(u64, Instant)>, bool), TokenError> {
+        let (replacing, failures) = {
+            let mut st = self.state();
+            if !st.following {
+                st.following = true;
+                tokio::spawn(follow(self.weak.clone(), share.clone()));
+            }
+            let replacing = match (
+                st.rejected_fleet.take(),
+                st.current.as_ref().and_then(|c| c.fleet_generation),
+            ) {
+                (Some(g), _) => Replacing::Rejected(g),
+                (None, Some(g)) => Replacing::Renewing(g),
+                (None, None) => Replacing::Nothing,
+            };
+            (replacing, st.failures)
+        };
+        let fetched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = fetched.clone();
+        let fetch = async move {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.fetch_from_source().await
+        }
+        .boxed();
+        let obtained = share
+            .obtain(replacing, self.backoff(failures.saturating_add(1)), fetch)
+            .await?;
+        let fetched = fetched.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(match obtained {
+            Obtained::Fleet(f) => (f.token, Some((f.generation, f.fetched_at)), fetched),
+            Obtained::Local(t) => (t, None, fetched),
+        })
+    }
+
+    /// The fleet's generation of the current token.
+    fn fleet_generation(&self) -> Option<u64> {
+        self.state()
+            .current
+            .as_ref()
+            .and_then(|c| c.fleet_generation)
+    }
+
+    /// Take a token another replica announced, unless a fetch of this replica's is under way (it will end with the
+    /// fleet's token too) or it is the current one.
+    fn adopt(&self, t: FleetToken) {
+        {
+            let st = self.state();
+            if st.flight.in_flight().is_some()
+                || st.current.as_ref().and_then(|c| c.fleet_generation) == Some(t.generation)
+            {
+                return;
+            }
+        }
+        match self.issue(t.token, Some((t.generation, t.fetched_at))) {
             Ok((issued, refresh_token, near_expiry)) => {
-                self.publish(issued, refresh_token, near_expiry).await
+                tracing::debug!(credential = %self.name, fleet_generation = t.generation, "adopted the fleet's new token");
+                if self.install(issued, refresh_token, near_expiry, false) {
+                    self.counters.adopted.inc();
+                }
             }
             Err(e) => {
-                self.fail(&e);
-                None
+                tracing::warn!(credential = %self.name, error = %e, "the fleet's new token is unusable here; keeping ours");
             }
         }
     }
 
     /// Turn a fetched token into a cache entry. Returns the entry, the refresh token and whether it is already
     /// due for renewal (an endpoint handing back the same near-expiry token).
+    /// `fleet` is the token's fleet generation and first fetch, when it came from or went to the fleet.
     fn issue(
         &self,
         t: FetchedToken,
+        fleet: Option<(u64, Instant)>,
     ) -> Result<(Arc<Issued>, Option<SecretString>, bool), TokenError> {
         let now = Instant::now();
         let st = self.state();
@@ -423,6 +448,11 @@ impl TokenCache {
             .current
             .as_ref()
             .is_some_and(|c| constant_time_eq(&c.token, t.token.expose_secret().as_bytes()));
+        // The fleet's token this replica holds already (adopted while its own request waited): not "handed back".
+        let already_held = same
+            && fleet.is_some_and(|(g, _)| {
+                st.current.as_ref().and_then(|c| c.fleet_generation) == Some(g)
+            });
         // The same token handed back keeps its earlier expiry and safety margin: it is not fresh just because it was
         // returned again, and a margin recomputed from the shrinking remainder would let it be sent ever closer to
         // its real expiry.
@@ -434,7 +464,11 @@ impl TokenCache {
                 c.usable_until.min(t.expires_at - margin),
                 c.fetched_at,
             ),
-            _ => (t.expires_at, t.expires_at - margin, now),
+            _ => (
+                t.expires_at,
+                t.expires_at - margin,
+                fleet.map_or(now, |(_, at)| at.min(now)),
+            ),
         };
         let generation = if same {
             st.generation
@@ -452,7 +486,7 @@ impl TokenCache {
             headers.push((name.clone(), value));
         }
         // The same token handed back, or one already inside its renewal window, is renewed again after a backoff.
-        let near_expiry = same || self.refresh_at(now, expires_at) <= now;
+        let near_expiry = (same && !already_held) || self.refresh_at(now, expires_at) <= now;
         Ok((
             Arc::new(Issued {
                 attachment: Attachment {
@@ -463,6 +497,7 @@ impl TokenCache {
                 expires_at,
                 usable_until,
                 fetched_at,
+                fleet_generation: fleet.map(|(g, _)| g),
             }),
             t.refresh_token,
             near_expiry,
@@ -484,16 +519,38 @@ impl TokenCache {
             .max(now)
     }
 
-    async fn publish(
+    /// Make `issued` current as the end of this replica's fetch; `fetched` says whether it made a token request.
+    fn publish(
         &self,
         issued: Arc<Issued>,
         refresh_token: Option<SecretString>,
         near_expiry: bool,
+        fetched: bool,
     ) -> Option<Arc<Issued>> {
+        if fetched {
+            self.counters.fetched.inc();
+        }
+        self.install(issued.clone(), refresh_token, near_expiry, true);
+        Some(issued)
+    }
+
+    /// Make `issued` current and schedule its renewal; `landing` ends this replica's fetch (an adopted token does
+    /// not, and is dropped when a fetch started meanwhile: that fetch ends with the fleet's token itself). Returns
+    /// whether it was installed.
+    fn install(
+        &self,
+        issued: Arc<Issued>,
+        refresh_token: Option<SecretString>,
+        near_expiry: bool,
+        landing: bool,
+    ) -> bool {
         let now = Instant::now();
         let generation = issued.attachment.generation;
         {
             let mut st = self.state();
+            if !landing && st.flight.in_flight().is_some() {
+                return false;
+            }
             st.generation = generation;
             st.current = Some(issued.clone());
             if refresh_token.is_some() {
@@ -501,10 +558,11 @@ impl TokenCache {
             }
         }
         self.cache.insert((), issued.clone());
-        self.counters.fetched.inc();
         let mut st = self.state();
-        st.flight.land();
-        st.last_fetch = Some((SystemTime::now(), true));
+        if landing {
+            st.flight.land();
+            st.last_fetch = Some((SystemTime::now(), true));
+        }
         let next = if near_expiry {
             // Valid, so it is served, but renewal is due already: retry after a backoff, not in a tight loop.
             st.failures = st.failures.saturating_add(1);
@@ -519,7 +577,7 @@ impl TokenCache {
         };
         st.retry_at = None;
         self.schedule(&mut st, next);
-        Some(issued)
+        true
     }
 
     fn fail(&self, e: &TokenError) {
@@ -568,6 +626,21 @@ impl TokenCache {
     }
 }
 
+/// Adopt the tokens the fleet announces, for as long as the cache and the fleet live.
+async fn follow(weak: Weak<TokenCache>, share: Arc<dyn SharedToken>) {
+    loop {
+        let have = match weak.upgrade() {
+            Some(c) => c.fleet_generation(),
+            None => return,
+        };
+        let Some(t) = share.next_announced(have).await else {
+            return;
+        };
+        let Some(cache) = weak.upgrade() else { return };
+        cache.adopt(t);
+    }
+}
+
 /// Seconds from `now` until the `exp` claim of `token` when it is a JWT, read without verifying: the token is ours to
 /// send, not a caller's to trust, and its signature key is the vendor's.
 pub(crate) fn jwt_remaining(token: &str, now: SystemTime) -> Option<Duration> {
@@ -595,6 +668,7 @@ pub(crate) mod tests {
     use std::time::UNIX_EPOCH;
 
     use base64::Engine as _;
+    use futures_util::future::BoxFuture;
 
     use super::*;
     use crate::config::Ctx;
@@ -638,6 +712,7 @@ client_secret = "secret"
             Box::new(Unused),
             settings(),
             Arc::new(Metrics::default()),
+            None,
         )
     }
 
@@ -656,6 +731,7 @@ client_secret = "secret"
             expires_at: now + Duration::from_secs(200),
             usable_until: now + Duration::from_secs(100),
             fetched_at: now,
+            fleet_generation: None,
         });
         {
             let mut st = cache.state();
@@ -664,11 +740,14 @@ client_secret = "secret"
         }
         // Handed back again, claiming a fresh 2,000 s.
         let (again, _, due) = cache
-            .issue(FetchedToken {
-                token: SecretString::from("same"),
-                expires_at: now + Duration::from_secs(2000),
-                refresh_token: None,
-            })
+            .issue(
+                FetchedToken {
+                    token: SecretString::from("same"),
+                    expires_at: now + Duration::from_secs(2000),
+                    refresh_token: None,
+                },
+                None,
+            )
             .expect("still usable");
         assert!(due, "renewed again after a backoff");
         assert_eq!(again.attachment.generation, 1);

@@ -182,6 +182,15 @@ pub(crate) fn problem(e: &FlowError) -> Problem {
             Problem::new(*status, "vendor_refused", "Vendor refused the request").detail(detail)
         }
         FlowError::Credential(e) => crate::credentials::problem(e),
+        // A database server that cannot be reached is a passing outage: say so, and when to come back.
+        FlowError::Store(StoreError::Postgres(_)) => Problem {
+            retry_after: Some(5),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "flow_storage_unavailable",
+                "Flow storage unavailable",
+            )
+        },
         FlowError::Store(_) => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "flow_storage_error",

@@ -37,18 +37,21 @@ pub(crate) struct FlowDeps<'a> {
     pub http: &'a crate::http_client::HttpClient,
     /// The configured upstream credentials (flows name theirs, e.g. Incode's admin token).
     pub credentials: &'a crate::credentials::Credentials,
+    /// Rate limits shared by the fleet, in fleet mode.
+    pub limits: Option<std::sync::Arc<dyn crate::rate_limit::SharedLimits>>,
 }
 
-/// Build the enabled flows' handlers, by name. Opens and migrates the embedded database when a flow needs it.
+/// Build the enabled flows' handlers, by name. Opens and migrates the embedded database when a flow needs it (a
+/// PostgreSQL one is connected and migrated on first use).
 pub(crate) fn build(
     cfg: &FlowsConfig,
     deps: &FlowDeps<'_>,
 ) -> Result<BTreeMap<String, Arc<dyn Handler>>, FlowError> {
-    let store = match &cfg.database {
-        Some(path) if cfg.incode.is_some() || cfg.telesign.is_some() => {
-            Some(Store::open(path, cfg.retention)?)
-        }
-        _ => None,
+    let store = match (&cfg.database, &cfg.postgres) {
+        _ if cfg.incode.is_none() && cfg.telesign.is_none() => None,
+        (_, Some(pg)) => Some(Store::postgres(pg, cfg.retention)?),
+        (Some(path), None) => Some(Store::open(path, cfg.retention)?),
+        (None, None) => None,
     };
     let mut out: BTreeMap<String, Arc<dyn Handler>> = BTreeMap::new();
     if let (Some(c), Some(store)) = (&cfg.incode, &store) {
@@ -62,7 +65,10 @@ pub(crate) fn build(
         out.insert(citadel::FLOW.to_owned(), citadel::build(c, deps));
     }
     if let (Some(c), Some(store)) = (&cfg.telesign, &store) {
-        out.insert(telesign::FLOW.to_owned(), telesign::build(c, store.clone()));
+        out.insert(
+            telesign::FLOW.to_owned(),
+            telesign::build(c, store.clone(), deps.limits.clone()),
+        );
     }
     Ok(out)
 }

@@ -1,5 +1,6 @@
-//! The flows' embedded SQLite database: Incode webhook records and approval decisions (the idempotency ledger), and
-//! the TeleSign token ledger. Created and migrated at start; every query runs on the blocking pool so the request
+//! The flows' records: Incode webhook records and approval decisions (the idempotency ledger), and the TeleSign token
+//! ledger, in one of two backends behind [`Store`]: the embedded SQLite file (the default, for a single node) or
+//! PostgreSQL ([`postgres`], for a fleet, whose replicas then share the rows). This file is the SQLite one. Created and migrated at start; every query runs on the blocking pool so the request
 //! path never waits on disk inside the async runtime. Stores no secrets: TeleSign tokens are kept as SHA-256 digests.
 //! Rows older than the retention are purged at start and then by the first write of every hour.
 
@@ -11,6 +12,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::unix_time::now_secs;
+
+pub(crate) mod postgres;
+pub(crate) use postgres::PostgresConfig;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -69,11 +73,106 @@ pub enum StoreError {
     /// The blocking task running a query was lost, or the connection lock was poisoned by a panic.
     #[error("database worker failed")]
     Worker,
+    /// PostgreSQL could not be reached or a statement failed.
+    #[error("flows database (PostgreSQL): {0}")]
+    Postgres(String),
 }
 
-/// The shared database handle.
+/// The flows' records, in whichever backend is configured.
 #[derive(Debug, Clone)]
-pub(crate) struct Store {
+pub(crate) enum Store {
+    /// The embedded file.
+    Sqlite(Sqlite),
+    /// A PostgreSQL database shared by the fleet.
+    Postgres(Arc<postgres::Postgres>),
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the SQLite database at `path`.
+    pub(crate) fn open(path: &Path, retention: Duration) -> Result<Self, StoreError> {
+        Sqlite::open(path, retention).map(Store::Sqlite)
+    }
+
+    /// The PostgreSQL database of `cfg`; connected and migrated on first use.
+    pub(crate) fn postgres(cfg: &PostgresConfig, retention: Duration) -> Result<Self, StoreError> {
+        postgres::Postgres::new(cfg, retention).map(Store::Postgres)
+    }
+
+    /// Record one Incode webhook delivery.
+    pub(crate) async fn record_incode_event(&self, ev: IncodeEvent) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.record_incode_event(ev).await,
+            Store::Postgres(p) => p.record_incode_event(ev).await,
+        }
+    }
+
+    /// Try to become the one delivery (on any replica) that decides `interview_id`. A pending claim older than five
+    /// minutes is taken over, so a crash mid-decision does not block the interview forever.
+    pub(crate) async fn claim_approval(&self, interview_id: &str) -> Result<Claim, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.claim_approval(interview_id).await,
+            Store::Postgres(p) => p.claim_approval(interview_id).await,
+        }
+    }
+
+    /// Record the final decision for a claimed interview.
+    pub(crate) async fn finish_approval(
+        &self,
+        interview_id: &str,
+        approved: bool,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.finish_approval(interview_id, approved, reason).await,
+            Store::Postgres(p) => p.finish_approval(interview_id, approved, reason).await,
+        }
+    }
+
+    /// Drop a claim whose decision could not be made (a vendor call failed), so a redelivery can try again.
+    pub(crate) async fn release_approval(&self, interview_id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.release_approval(interview_id).await,
+            Store::Postgres(p) => p.release_approval(interview_id).await,
+        }
+    }
+
+    /// Record a minted TeleSign token.
+    pub(crate) async fn insert_token(&self, rec: TokenRecord) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert_token(rec).await,
+            Store::Postgres(p) => p.insert_token(rec).await,
+        }
+    }
+
+    /// Tokens minted for `xid`, newest first: by `caller` only, or by anyone when `None`.
+    pub(crate) async fn tokens_by_xid(
+        &self,
+        xid: &str,
+        caller: Option<String>,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.tokens("xid", xid.to_owned(), caller).await,
+            Store::Postgres(p) => p.tokens("xid", xid.to_owned(), caller).await,
+        }
+    }
+
+    /// The latest tokens minted for `phone` (digits only), newest first, at most 100: by `caller` only, or by
+    /// anyone when `None`.
+    pub(crate) async fn tokens_by_phone(
+        &self,
+        phone: &str,
+        caller: Option<String>,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.tokens("phone", phone.to_owned(), caller).await,
+            Store::Postgres(p) => p.tokens("phone", phone.to_owned(), caller).await,
+        }
+    }
+}
+
+/// The embedded SQLite database.
+#[derive(Debug, Clone)]
+pub(crate) struct Sqlite {
     conn: Arc<Mutex<Connection>>,
     /// Rows older than this many seconds are purged.
     retention_secs: i64,
@@ -133,7 +232,7 @@ pub(crate) struct TokenRecord {
     pub caller: String,
 }
 
-impl Store {
+impl Sqlite {
     /// Open (creating if needed) and migrate the database at `path`, then purge rows older than `retention`.
     pub(crate) fn open(path: &Path, retention: Duration) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
@@ -307,25 +406,7 @@ impl Store {
         .await
     }
 
-    /// Tokens minted for `xid`, newest first: by `caller` only, or by anyone when `None`.
-    pub(crate) async fn tokens_by_xid(
-        &self,
-        xid: &str,
-        caller: Option<String>,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens("xid", xid.to_owned(), caller).await
-    }
-
-    /// The latest tokens minted for `phone` (digits only), newest first, at most 100: by `caller` only, or by
-    /// anyone when `None`.
-    pub(crate) async fn tokens_by_phone(
-        &self,
-        phone: &str,
-        caller: Option<String>,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens("phone", phone.to_owned(), caller).await
-    }
-
+    /// Tokens whose `column` is `value`, newest first, at most 100: by `caller` only, or by anyone when `None`.
     async fn tokens(
         &self,
         column: &'static str,
@@ -396,6 +477,13 @@ mod tests {
         }
     }
 
+    fn sqlite(s: &Store) -> &Sqlite {
+        match s {
+            Store::Sqlite(s) => s,
+            Store::Postgres(_) => panic!("an SQLite store"),
+        }
+    }
+
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
     fn record(xid: &str, expires_at: i64) -> TokenRecord {
@@ -423,13 +511,13 @@ mod tests {
             .await
             .expect("insert");
         let count = |s: &Store| -> i64 {
-            let c = s.conn.lock().expect("lock");
+            let c = sqlite(s).conn.lock().expect("lock");
             c.query_row("SELECT count(*) FROM telesign_tokens", [], |r| r.get(0))
                 .expect("count")
         };
         assert_eq!(count(&store), 2, "no purge within the hour");
         // An hour later the next write purges.
-        store
+        sqlite(&store)
             .last_purge
             .store(now_secs() - PURGE_EVERY_SECS, Ordering::Relaxed);
         store
@@ -505,7 +593,7 @@ mod tests {
         let db = temp_db("reopen");
         {
             let s = Store::open(&db.0, DAY).expect("open");
-            let c = s.conn.lock().expect("lock");
+            let c = sqlite(&s).conn.lock().expect("lock");
             c.execute(
                 "INSERT INTO telesign_tokens (xid, phone, issued_at, expires_at, token_sha256) VALUES ('x', '1', 1, 9999999999, 'h')",
                 [],
@@ -513,7 +601,7 @@ mod tests {
             .expect("insert");
         }
         let s = Store::open(&db.0, DAY).expect("reopen");
-        let c = s.conn.lock().expect("lock");
+        let c = sqlite(&s).conn.lock().expect("lock");
         let v: usize = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");

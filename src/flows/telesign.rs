@@ -12,6 +12,8 @@ use base64::Engine as _;
 use futures_util::future::{BoxFuture, FutureExt};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::rate_limit::{Rate, SharedLimits};
 use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{Method, Response, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -87,14 +89,21 @@ pub struct TelesignConfig {
     pub include_phone: bool,
     /// Include `bta`.
     pub bta: bool,
-    /// Per-caller quota.
-    pub caller_quota: Quota,
-    /// Per-phone quota.
-    pub phone_quota: Quota,
-    /// Per-caller-and-phone quota, when set.
-    pub caller_phone_quota: Option<Quota>,
+    /// Per-caller limit.
+    pub caller_limit: Limit,
+    /// Per-phone limit.
+    pub phone_limit: Limit,
+    /// Per-caller-and-phone limit, when set.
+    pub caller_phone_limit: Option<Limit>,
     /// The scope that reads every caller's ledger.
     pub admin_scope: Option<String>,
+}
+
+/// A validated limit, as governor's quota (in process) and as the fleet's rate (shared): the same GCRA.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    quota: Quota,
+    rate: Rate,
 }
 
 fn quota(
@@ -102,16 +111,23 @@ fn quota(
     key: &str,
     raw: Option<RawRate>,
     default: (u32, Duration),
-) -> Result<Quota, ConfigError> {
+) -> Result<Limit, ConfigError> {
     let (n, per) = match raw {
         None => default,
         Some(r) => (r.requests, r.per),
     };
     let burst = NonZeroU32::new(n)
         .ok_or_else(|| ctx.invalid(format!("{key}.requests"), "must be at least 1"))?;
-    Quota::with_period(per / n)
+    let quota = Quota::with_period(per / n)
         .map(|q| q.allow_burst(burst))
-        .ok_or_else(|| ctx.invalid(format!("{key}.per"), "must be longer than zero"))
+        .ok_or_else(|| ctx.invalid(format!("{key}.per"), "must be longer than zero"))?;
+    Ok(Limit {
+        quota,
+        rate: Rate {
+            interval: per / n,
+            burst: n,
+        },
+    })
 }
 
 /// Validate `[flows.telesign]`.
@@ -143,19 +159,19 @@ pub(crate) fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, Co
         token_ttl,
         include_phone: raw.include_phone.unwrap_or(true),
         bta: raw.bta.unwrap_or(false),
-        caller_quota: quota(
+        caller_limit: quota(
             ctx,
             &k("caller_limit"),
             raw.caller_limit,
             (30, Duration::from_secs(60)),
         )?,
-        phone_quota: quota(
+        phone_limit: quota(
             ctx,
             &k("phone_limit"),
             raw.phone_limit,
             (3, Duration::from_secs(60)),
         )?,
-        caller_phone_quota: raw
+        caller_phone_limit: raw
             .caller_phone_limit
             .map(|r| quota(ctx, &k("caller_phone_limit"), Some(r), (1, Duration::ZERO)))
             .transpose()?,
@@ -163,17 +179,27 @@ pub(crate) fn validate(ctx: &Ctx, raw: RawTelesign) -> Result<TelesignConfig, Co
     })
 }
 
-/// Build the TeleSign handler.
-pub(crate) fn build(cfg: &TelesignConfig, store: Store) -> Arc<dyn Handler> {
+/// Build the TeleSign handler; its limits are the fleet's when `shared` is given, each replica's own otherwise (and
+/// while the fleet cannot answer).
+pub(crate) fn build(
+    cfg: &TelesignConfig,
+    store: Store,
+    shared: Option<Arc<dyn SharedLimits>>,
+) -> Arc<dyn Handler> {
+    let keyed = |l: &Limit| Limiter {
+        local: DefaultKeyedRateLimiter::keyed(l.quota),
+        rate: l.rate,
+    };
     Arc::new(Telesign {
         iss: cfg.customer_id.clone(),
         key: EncodingKey::from_secret(cfg.key.expose_secret()),
         ttl: i64::try_from(cfg.token_ttl.as_secs()).unwrap_or(i64::MAX),
         include_phone: cfg.include_phone,
         bta: cfg.bta,
-        per_caller: DefaultKeyedRateLimiter::keyed(cfg.caller_quota),
-        per_phone: DefaultKeyedRateLimiter::keyed(cfg.phone_quota),
-        per_caller_phone: cfg.caller_phone_quota.map(DefaultKeyedRateLimiter::keyed),
+        per_caller: keyed(&cfg.caller_limit),
+        per_phone: keyed(&cfg.phone_limit),
+        per_caller_phone: cfg.caller_phone_limit.as_ref().map(keyed),
+        shared,
         admin_scope: cfg.admin_scope.clone(),
         store,
     })
@@ -186,11 +212,18 @@ pub(crate) struct Telesign {
     ttl: i64,
     include_phone: bool,
     bta: bool,
-    per_caller: DefaultKeyedRateLimiter<String>,
-    per_phone: DefaultKeyedRateLimiter<String>,
-    per_caller_phone: Option<DefaultKeyedRateLimiter<String>>,
+    per_caller: Limiter,
+    per_phone: Limiter,
+    per_caller_phone: Option<Limiter>,
+    shared: Option<Arc<dyn SharedLimits>>,
     admin_scope: Option<String>,
     store: Store,
+}
+
+/// One limit: the in-process limiter and the rate the fleet enforces.
+struct Limiter {
+    local: DefaultKeyedRateLimiter<String>,
+    rate: Rate,
 }
 
 impl std::fmt::Debug for Telesign {
@@ -297,11 +330,28 @@ fn caller_key(caller: &Caller, conn: &ConnInfo) -> String {
     key
 }
 
-fn limit(
-    limiter: &DefaultKeyedRateLimiter<String>,
+/// Take one request from `key`'s budget: the fleet's when it answers, else this replica's own.
+async fn limit(
+    limiter: &Limiter,
+    shared: Option<&dyn SharedLimits>,
     key: String,
     scope: &'static str,
 ) -> Result<(), FlowError> {
+    if let Some(shared) = shared
+        && let Some(answer) = shared
+            .check(
+                &format!("telesign:{}", scope.replace(' ', "_")),
+                &key,
+                limiter.rate,
+            )
+            .await
+    {
+        return answer.map_err(|wait| FlowError::RateLimited {
+            scope,
+            retry_after: super::retry_after_secs(wait),
+        });
+    }
+    let limiter = &limiter.local;
     let result = limiter.check_key(&key);
     if limiter.len() > LIMITER_KEYS_MAX {
         limiter.retain_recent();
@@ -340,11 +390,12 @@ impl Telesign {
             None => uuid::Uuid::new_v4().to_string(),
         };
         let who = caller_key(caller, conn);
-        limit(&self.per_caller, who.clone(), "caller")?;
+        let shared = self.shared.as_deref();
+        limit(&self.per_caller, shared, who.clone(), "caller").await?;
         if let Some(l) = &self.per_caller_phone {
-            limit(l, format!("{who}\n{phone}"), "caller and phone")?;
+            limit(l, shared, format!("{who}\n{phone}"), "caller and phone").await?;
         }
-        limit(&self.per_phone, phone.clone(), "phone")?;
+        limit(&self.per_phone, shared, phone.clone(), "phone").await?;
         let iat = now_secs() - IAT_BACKDATE_SECS;
         let exp = iat + self.ttl;
         let claims = Claims {

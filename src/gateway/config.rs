@@ -1,5 +1,5 @@
 //! The root of the config file: the TOML schema that assembles every module's own section (server, listeners,
-//! admin, upstreams, credentials, issuers, routes, flows), and [`validate`], which hands each section to its owner.
+//! admin, upstreams, credentials, issuers, routes, flows, cluster), and [`validate`], which hands each section to its owner.
 //! TOML → raw structs (`deny_unknown_fields`) → [`validate`] → [`Config`]. Nothing here opens sockets.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::caller_auth::config::{self as issuers, IssuerConfig, RawIssuer};
+use crate::cluster::{self, ClusterConfig, RawCluster};
 use crate::config::{
     ConfigError, Ctx, Fingerprint, ListenerConfig, RawListener, RawUpstream, UpstreamConfig,
     secret, validate_listener, validate_upstream,
@@ -48,6 +49,8 @@ pub struct RawConfig {
     /// Vendor flows (token servers) and their settings.
     #[serde(default)]
     pub flows: RawFlows,
+    /// Fleet mode: replicas sharing tokens through Redis; off when absent.
+    pub cluster: Option<RawCluster>,
 }
 
 /// `[server]`: process-wide settings.
@@ -112,6 +115,8 @@ pub struct Config {
     /// What each stateful section was built from, by its dotted name (`credentials.NAME`, `issuers.NAME`,
     /// `upstreams.NAME`, `flows`): a reload keeps the state of a section whose fingerprint did not change.
     pub fingerprints: BTreeMap<String, Fingerprint>,
+    /// Fleet mode, when configured.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Check `[admin]`: without a token it answers anyone who reaches it, so it binds to loopback unless told otherwise.
@@ -215,6 +220,15 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     let (mark, written) = (ctx.mark(), format!("{:?}", raw.flows));
     let flows = flows::validate(&ctx, raw.flows)?;
     fingerprints.insert("flows".to_owned(), ctx.fingerprint(mark, &written));
+    let cluster = match raw.cluster {
+        Some(c) => {
+            let (mark, written) = (ctx.mark(), format!("{c:?}"));
+            let cluster = cluster::config::validate(&ctx, c)?;
+            fingerprints.insert("cluster".to_owned(), ctx.fingerprint(mark, &written));
+            Some(cluster)
+        }
+        None => None,
+    };
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -244,5 +258,6 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         flows,
         files: ctx.files(),
         fingerprints,
+        cluster,
     })
 }

@@ -102,6 +102,7 @@ struct Settings {
     client: (String, String),
     login: Option<(String, String, String)>,
     prefix: String,
+    one_live_token: bool,
 }
 
 struct Issued {
@@ -146,6 +147,7 @@ pub fn new() -> Builder {
             client: ("id".into(), "secret".into()),
             login: None,
             prefix: "tok".into(),
+            one_live_token: false,
         },
     }
 }
@@ -189,6 +191,12 @@ impl Builder {
     /// Accept Incode-style logins with this API key, email and password.
     pub fn login(mut self, api_key: &str, email: &str, password: &str) -> Self {
         self.s.login = Some((api_key.into(), email.into(), password.into()));
+        self
+    }
+    /// Keep one live token per client: each grant revokes every token issued before (vendors that do this turn
+    /// one token per replica into a revocation thrash).
+    pub fn one_live_token(mut self) -> Self {
+        self.s.one_live_token = true;
         self
     }
     /// Prefix of issued tokens (so log checks can find them).
@@ -417,7 +425,13 @@ fn mint(sh: &Shared) -> (String, Instant) {
         format!("{}-{n}-{}", s.prefix, uuid::Uuid::new_v4().simple())
     };
     let expires = Instant::now() + s.ttl;
-    sh.log.lock().expect("lock").issued.push(Issued {
+    let mut log = sh.log.lock().expect("lock");
+    if s.one_live_token {
+        for i in &mut log.issued {
+            i.revoked = true;
+        }
+    }
+    log.issued.push(Issued {
         token: token.clone(),
         expires,
         revoked: false,

@@ -9,7 +9,9 @@ pub mod fake_http;
 pub mod fake_idp;
 pub mod fake_incode;
 pub mod fake_vendor;
+pub mod postgres;
 pub mod raw_upstream;
+pub mod redis;
 pub mod upstream;
 
 use std::net::SocketAddr;

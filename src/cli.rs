@@ -52,29 +52,9 @@ pub enum Command {
         config: PathBuf,
     },
     /// Tell a running gateway to reload its config (through its admin listener), and say how it went.
-    Reload {
-        /// The admin listener's address (default: `[admin] address` of the config file).
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
-        /// Config file naming the admin listener (and its token), when `--admin` is not given.
-        #[arg(long, short, default_value = "config.toml")]
-        config: PathBuf,
-        /// The admin listener's token, when it has one (default: `[admin] token` of the config file).
-        #[arg(long, env = "CREDGATE_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-    },
+    Reload(AdminArgs),
     /// Show a running gateway's credentials and issuers, from its admin listener.
-    Status {
-        /// The admin listener's address (default: `[admin] address` of the config file).
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
-        /// Config file naming the admin listener (and its token), when `--admin` is not given.
-        #[arg(long, short, default_value = "config.toml")]
-        config: PathBuf,
-        /// The admin listener's token, when it has one (default: `[admin] token` of the config file).
-        #[arg(long, env = "CREDGATE_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-    },
+    Status(AdminArgs),
     /// Write a local development CA and localhost server certificate.
     DevCerts {
         /// Directory to write into.
@@ -90,6 +70,20 @@ pub enum Command {
         #[arg(long)]
         print_config: bool,
     },
+}
+
+/// Which running gateway `status` and `reload` talk to.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The admin listener's address (default: `[admin] address` of the config file).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// Config file naming the admin listener (and its token), when `--admin` is not given.
+    #[arg(long, short, default_value = "config.toml")]
+    config: PathBuf,
+    /// The admin listener's token, when it has one (default: `[admin] token` of the config file).
+    #[arg(long, env = "CREDGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// Why the command failed.
@@ -177,22 +171,12 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Status {
-            admin,
-            config,
-            token,
-        } => {
-            let admin = admin_target(admin, &config, token)?;
-            print_out(&status::render(&admin).await?);
+        Command::Status(args) => {
+            print_out(&status::render(&admin_target(args)?).await?);
             Ok(())
         }
-        Command::Reload {
-            admin,
-            config,
-            token,
-        } => {
-            let admin = admin_target(admin, &config, token)?;
-            print_out(&status::reload(&admin).await?);
+        Command::Reload(args) => {
+            print_out(&status::reload(&admin_target(args)?).await?);
             Ok(())
         }
         Command::DevCerts { dir } => {
@@ -222,16 +206,17 @@ pub async fn run(command: Command) -> Result<(), CliError> {
 }
 
 /// The admin listener to talk to: `--admin` and `--token`, or what the config file says of them.
-fn admin_target(
-    admin: Option<std::net::SocketAddr>,
-    config: &std::path::Path,
-    token: Option<String>,
-) -> Result<status::Admin, CliError> {
+fn admin_target(args: AdminArgs) -> Result<status::Admin, CliError> {
+    let AdminArgs {
+        admin,
+        config,
+        token,
+    } = args;
     let token = token.map(secrecy::SecretString::from);
     match admin {
         Some(address) => Ok(status::Admin { address, token }),
         None => {
-            let cfg = Config::load(config)?;
+            let cfg = Config::load(&config)?;
             let address = cfg.admin.ok_or_else(|| {
                 std::io::Error::other(format!(
                     "{} has no [admin] listener; give --admin ADDRESS",

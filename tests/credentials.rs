@@ -43,7 +43,14 @@ auth = "none"
     )
 }
 
+/// An OAuth2 credential fetched on first use (its tests watch each token request they cause), unless `extra` says
+/// otherwise about `readiness`.
 fn oauth2(v: &FakeVendor, extra: &str) -> String {
+    let readiness = if extra.contains("readiness") {
+        ""
+    } else {
+        "readiness = \"ignored\"\n"
+    };
     format!(
         r#"kind = "oauth2_client_credentials"
 token_url = "{}"
@@ -51,7 +58,7 @@ client_id = "id"
 client_secret = "secret"
 backoff_min = "50ms"
 backoff_max = "200ms"
-{extra}"#,
+{readiness}{extra}"#,
         v.token_url()
     )
 }
@@ -290,6 +297,7 @@ async fn incode_login_sends_the_documented_request_and_injects_three_headers() {
         .await;
     let cred = format!(
         r#"kind = "login"
+readiness = "ignored"
 url = "{}"
 request_headers = {{ "x-api-key" = "${{file:{key}}}", "api-version" = "1.0" }}
 body = {{ email = "admin@example.com", password = '{password}' }}
@@ -338,6 +346,7 @@ async fn login_token_lifetime_comes_from_its_jwt_exp() {
         .await;
     let cred = format!(
         r#"kind = "login"
+readiness = "ignored"
 url = "{}"
 request_headers = {{ "x-api-key" = "k", "api-version" = "1.0" }}
 body = '{{"email": "e@x", "password": "p"}}'
@@ -1002,8 +1011,7 @@ async fn the_admin_api_shows_token_state_and_renews_on_request_never_showing_a_t
     let toml = format!(
         "[admin]\naddress = \"127.0.0.1:0\"\n{}\n[credentials.fixed]\nkind = \"static\"\nallowed_hosts = [\"127.0.0.1\"]\n\
          headers = {{ \"X-Api-Key\" = \"fixed-secret-value\" }}\n",
-        // Fetched on first use (not when serving starts), so that its cold state can be seen.
-        gateway_toml(&v, &oauth2(&v, "readiness = \"ignored\""))
+        gateway_toml(&v, &oauth2(&v, ""))
     );
     let gw = support::start_gateway(&toml).await;
     let find = |doc: &serde_json::Value, name: &str| {
@@ -1087,7 +1095,7 @@ async fn readiness_waits_for_a_token_fetched_as_serving_starts_unless_the_creden
     let lazy = fake_vendor::new().run().await;
     let toml = format!(
         "[admin]\naddress = \"127.0.0.1:0\"\n{}\n[credentials.lazy]\nallowed_hosts = [\"127.0.0.1\"]\n{}\n",
-        gateway_toml(&v, &oauth2(&v, "")),
+        gateway_toml(&v, &oauth2(&v, "readiness = \"required\"")),
         oauth2(&lazy, "readiness = \"ignored\"")
     );
     let gw = support::start_gateway(&toml).await;

@@ -27,6 +27,8 @@ allowed_hosts = ["127.0.0.1"]
 token_url = "{}"
 client_id = "id"
 client_secret = "secret"
+# Fetched on first use: the herd below is the first use.
+readiness = "ignored"
 [[routes]]
 path_prefix = "/api"
 upstream = "v"

@@ -781,4 +781,18 @@ async fn replicas_starting_together_warm_up_with_one_token_request_for_the_fleet
         1,
         "one token request for three replicas warming up"
     );
+    // The admin API says whose token each replica uses: the fleet's.
+    for gw in &gws {
+        let url = format!("http://{}/admin/credentials", gw.admin.expect("admin"));
+        let req = Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let rsp = http().request(req).await.expect("admin answers");
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(doc["credentials"][0]["fleet"], "shared", "{doc}");
+    }
 }

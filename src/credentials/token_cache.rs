@@ -45,6 +45,11 @@ pub struct TokenStatus {
     pub fetches: u64,
     /// Token requests that failed, since start.
     pub failures: u64,
+    /// In fleet mode, where the token in use stands: `shared` (the fleet's, held in Redis for every replica) or
+    /// `local` (fetched by this replica alone while the fleet was unreachable); absent outside fleet mode or without
+    /// a token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<&'static str>,
 }
 
 /// A cached token with everything the hot path needs precomputed.
@@ -299,6 +304,13 @@ impl TokenCache {
             consecutive_failures: st.failures,
             fetches: self.counters.fetched.get(),
             failures: self.counters.failed.get(),
+            fleet: self.share.as_ref().and(usable).map(|c| {
+                if c.fleet_generation.is_some() {
+                    "shared"
+                } else {
+                    "local"
+                }
+            }),
         }
     }
 

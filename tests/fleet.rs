@@ -796,3 +796,99 @@ async fn replicas_starting_together_warm_up_with_one_token_request_for_the_fleet
         assert_eq!(doc["credentials"][0]["fleet"], "shared", "{doc}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_in_fleet_mode_keeps_the_shared_token_and_makes_no_token_request() {
+    let redis = Redis::start().await;
+    let v = fake_vendor::new().run().await;
+    let dir = support::temp_dir("fleet-reload");
+    let path = dir.join("config.toml");
+    let config = |extra: &str| {
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = false
+[admin]
+address = "127.0.0.1:0"
+[upstreams.v]
+url = "{}"
+[credentials.v]
+{}
+[[routes]]
+path_prefix = "/api"
+upstream = "v"
+credential = "v"
+auth = "none"
+{extra}
+[cluster]
+redis_url = "{}"
+node_id = "a"
+key_prefix = "test:"
+encryption_key = "{KEY}"
+"#,
+            v.url(),
+            oauth2(&v, "").replace("readiness = \"ignored\"\n", ""),
+            redis.url()
+        )
+    };
+    std::fs::write(&path, config("")).expect("config");
+    let mut gw = support::binary::Binary::run(&path, "info", 1, true);
+    let at = gw.addrs[0];
+    let get = |p: &'static str| {
+        let url = format!("http://{at}{p}");
+        async move {
+            let req = Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            http().request(req).await.expect("response").status()
+        }
+    };
+    assert_eq!(get("/api/1").await, StatusCode::OK);
+    assert_eq!(get("/more/1").await, StatusCode::NOT_FOUND);
+    assert_eq!(v.grants(), 1);
+    let admin = gw.admin.expect("admin");
+    let from_the_fleet = || async move {
+        let req = Request::get(format!("http://{admin}/metrics"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let rsp = http().request(req).await.expect("metrics");
+        let body = rsp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("credgate_cluster_tokens_total{credential=\"v\",source=\"fleet\"} ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let read_before = from_the_fleet().await;
+    let tmp = dir.join("config.toml.new");
+    std::fs::write(
+        &tmp,
+        config("[[routes]]\npath_prefix = \"/more\"\nupstream = \"v\"\ncredential = \"v\"\nauth = \"none\"\n"),
+    )
+    .expect("new config");
+    std::fs::rename(&tmp, &path).expect("rename");
+    let (put, line) = gw.wait_reload();
+    assert!(put, "{line}");
+    assert_eq!(get("/more/1").await, StatusCode::OK);
+    assert_eq!(get("/api/2").await, StatusCode::OK);
+    assert_eq!(v.grants(), 1, "the shared token survived the reload");
+    assert_eq!(
+        from_the_fleet().await,
+        read_before,
+        "kept in this replica's cache: not even read back from Redis"
+    );
+    let req = Request::get(format!("http://{admin}/readyz"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let rsp = http().request(req).await.expect("readyz");
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("redis up"),
+        "the kept cluster still reaches Redis: {text}"
+    );
+}

@@ -146,7 +146,7 @@ impl OAuth2Source {
         self.fetched(rsp, http.status(), Some(refresh.clone()))
     }
 
-    fn fetched(
+    pub(crate) fn fetched(
         &self,
         rsp: VendorTokenResponse,
         status: u16,

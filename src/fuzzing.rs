@@ -53,7 +53,9 @@ impl TokenAnswers {
         let (mut oauth2, mut login) = (Vec::new(), Vec::new());
         for (name, c) in cfg.credentials {
             match c {
-                CredentialConfig::OAuth2(o) => oauth2.push(OAuth2Source::new(&name, o, http.clone())),
+                CredentialConfig::OAuth2(o) => {
+                    oauth2.push(OAuth2Source::new(&name, o, http.clone()))
+                }
                 CredentialConfig::Login(l) => login.push(LoginSource::new(l, http.clone())),
                 CredentialConfig::Static(_) => {}
             }
@@ -65,16 +67,21 @@ impl TokenAnswers {
     pub fn oauth2(&self, body: &[u8]) -> Vec<Read> {
         self.oauth2
             .iter()
-            .map(|s| match serde_json::from_slice::<VendorTokenResponse>(body) {
-                Ok(rsp) => read(s.fetched(rsp, 200, None)),
-                Err(e) => Err(e.to_string()),
-            })
+            .map(
+                |s| match serde_json::from_slice::<VendorTokenResponse>(body) {
+                    Ok(rsp) => read(s.fetched(rsp, 200, None)),
+                    Err(e) => Err(e.to_string()),
+                },
+            )
             .collect()
     }
 
     /// A login answer body, read by each login source.
     pub fn login(&self, body: &[u8]) -> Vec<Read> {
-        self.login.iter().map(|s| read(s.answer(200, body))).collect()
+        self.login
+            .iter()
+            .map(|s| read(s.answer(200, body)))
+            .collect()
     }
 }
 

@@ -110,7 +110,11 @@ fn folds_to_ascii(path: &str) -> bool {
     let mut decoded = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        match b.get(i + 1..i + 3).filter(|_| b[i] == b'%').and_then(decode_hex) {
+        match b
+            .get(i + 1..i + 3)
+            .filter(|_| b[i] == b'%')
+            .and_then(decode_hex)
+        {
             Some(v) => {
                 decoded.push(v);
                 i += 3;
@@ -214,7 +218,11 @@ mod tests {
             "/static/file\u{17f}//\u{17f}A9",
             "/ap\u{131}/////a//ial/sudoB",
         ] {
-            assert_eq!(canonical(found), Err(PathError::CaseFoldsToAscii), "{found}");
+            assert_eq!(
+                canonical(found),
+                Err(PathError::CaseFoldsToAscii),
+                "{found}"
+            );
         }
     }
 

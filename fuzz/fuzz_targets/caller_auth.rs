@@ -46,7 +46,9 @@ forward_claims = {{ sub = "X-Sub" }}
         "<fuzz>",
     )
     .unwrap_or_else(|e| panic!("fixture config: {e}"));
-    let gw = rt.block_on(async { Gateway::build(&cfg) }).unwrap_or_else(|e| panic!("gateway: {e}"));
+    let gw = rt
+        .block_on(async { Gateway::build(&cfg) })
+        .unwrap_or_else(|e| panic!("gateway: {e}"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let jwks = serde_json::from_str(&text).unwrap_or_else(|e| panic!("jwks: {e}"));
     Fixture { gw, jwks, rt }
@@ -70,8 +72,17 @@ fn independently_valid(jwks: &JwkSet, token: &str) -> Result<Value, String> {
 }
 
 fn has_scope(claims: &Value) -> bool {
-    let words = claims.get("scope").and_then(Value::as_str).into_iter().flat_map(|s| s.split(' '));
-    let scp = claims.get("scp").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str);
+    let words = claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .into_iter()
+        .flat_map(|s| s.split(' '));
+    let scp = claims
+        .get("scp")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
     words.chain(scp).any(|s| s == SCOPE)
 }
 
@@ -91,21 +102,50 @@ fn main() {
                 headers.append(http::header::AUTHORIZATION, v);
             }
         }
-        let route = f.gw.routes.find(None, "/").unwrap_or_else(|| panic!("the route"));
+        let route =
+            f.gw.routes
+                .find(None, "/")
+                .unwrap_or_else(|| panic!("the route"));
         let auth = &f.gw.caller_auth;
-        let first = f.rt.block_on(auth.authenticate(&route.auth, &headers, &uri));
-        let again = f.rt.block_on(auth.authenticate(&route.auth, &headers, &uri));
-        let token = sent.first().and_then(|v| v.to_str().ok()).and_then(|v| v.get(7..)).unwrap_or("");
+        let first =
+            f.rt.block_on(auth.authenticate(&route.auth, &headers, &uri));
+        let again =
+            f.rt.block_on(auth.authenticate(&route.auth, &headers, &uri));
+        let token = sent
+            .first()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(7..))
+            .unwrap_or("");
         match (&first, &again) {
             (Ok(_), Ok(_)) => {
-                assert_eq!(sent.len(), 1, "accepted with {} Authorization headers", sent.len());
+                assert_eq!(
+                    sent.len(),
+                    1,
+                    "accepted with {} Authorization headers",
+                    sent.len()
+                );
                 let scheme = sent[0].as_bytes().get(..7).unwrap_or(b"");
-                assert!(scheme.eq_ignore_ascii_case(b"bearer "), "accepted without the Bearer scheme");
-                assert!(!uri.query().unwrap_or("").contains("access_token"), "accepted with a token in the query");
-                let claims = independently_valid(&f.jwks, token)
-                    .unwrap_or_else(|e| panic!("accepted what jsonwebtoken refuses ({e}): {token}"));
-                assert!(has_scope(&claims), "accepted without scope {SCOPE}: {claims}");
-                assert_eq!(claims.get(AZP.0).and_then(Value::as_str), Some(AZP.1), "accepted a wrong {}", AZP.0);
+                assert!(
+                    scheme.eq_ignore_ascii_case(b"bearer "),
+                    "accepted without the Bearer scheme"
+                );
+                assert!(
+                    !uri.query().unwrap_or("").contains("access_token"),
+                    "accepted with a token in the query"
+                );
+                let claims = independently_valid(&f.jwks, token).unwrap_or_else(|e| {
+                    panic!("accepted what jsonwebtoken refuses ({e}): {token}")
+                });
+                assert!(
+                    has_scope(&claims),
+                    "accepted without scope {SCOPE}: {claims}"
+                );
+                assert_eq!(
+                    claims.get(AZP.0).and_then(Value::as_str),
+                    Some(AZP.1),
+                    "accepted a wrong {}",
+                    AZP.0
+                );
             }
             (Err(a), Err(b)) => assert_eq!(a.reason(), b.reason(), "the cache changed the verdict"),
             _ => panic!("the cache changed the verdict: {first:?} then {again:?}"),

@@ -27,7 +27,9 @@ fn gateway() -> Arc<Gateway> {
          audiences = [\"a\"]\njwks_url = \"http://127.0.0.1:9/jwks\"\n",
     );
     for (prefix, auth) in ROUTES {
-        toml.push_str(&format!("[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"u\"\n{auth}\n"));
+        toml.push_str(&format!(
+            "[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"u\"\n{auth}\n"
+        ));
     }
     let cfg = Config::from_toml(&toml, "<fuzz>").unwrap_or_else(|e| panic!("fixture config: {e}"));
     credgate_fuzz::runtime()
@@ -39,7 +41,9 @@ fn percent_decode(p: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(p.len());
     let mut i = 0;
     while i < p.len() {
-        let hex = p.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = p
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
             Some(v) if p[i] == b'%' => {
                 out.push(v);
@@ -100,7 +104,11 @@ fn main() {
         };
         let route = |p: &str| gw.routes.find(None, p).map(|r| r.name.as_str());
         let held = route(&c);
-        assert_eq!(canonical(&c).as_deref(), Ok(&*c), "the canonical form is not stable");
+        assert_eq!(
+            canonical(&c).as_deref(),
+            Ok(&*c),
+            "the canonical form is not stable"
+        );
         let decoded = String::from_utf8_lossy(&percent_decode(c.as_bytes())).into_owned();
         let backslashed = decoded.replace('\\', "/");
         for (how, reading) in [
@@ -108,9 +116,17 @@ fn main() {
             ("decoded", decoded.clone()),
             ("decoded, resolved", resolve(&backslashed)),
             ("resolved without decoding", resolve(&c.replace('\\', "/"))),
-            ("decoded, resolved, case-folded", java_fold(&resolve(&backslashed))),
+            (
+                "decoded, resolved, case-folded",
+                java_fold(&resolve(&backslashed)),
+            ),
         ] {
-            assert_eq!(route(&reading), held, "{:?} canonical {c:?} read {how} as {reading:?}", pq.path());
+            assert_eq!(
+                route(&reading),
+                held,
+                "{:?} canonical {c:?} read {how} as {reading:?}",
+                pq.path()
+            );
         }
     });
 }

@@ -53,19 +53,34 @@ fn main() {
     // Read-only after setup: a panic in one input cannot leave it half-changed.
     let answers = std::panic::AssertUnwindSafe(TokenAnswers::new(cfg));
     afl::fuzz!(|data: &[u8]| {
-        let Some((&pick, body)) = data.split_first() else { return };
+        let Some((&pick, body)) = data.split_first() else {
+            return;
+        };
         let doc: Option<Value> = serde_json::from_slice(body).ok();
         let (reads, wanted): (_, Vec<&str>) = if pick % 2 == 0 {
-            let t = doc.as_ref().and_then(|d| d.get("access_token")).and_then(Value::as_str);
+            let t = doc
+                .as_ref()
+                .and_then(|d| d.get("access_token"))
+                .and_then(Value::as_str);
             (answers.oauth2(body), t.into_iter().collect())
         } else {
-            let at = |p: &str| doc.as_ref().and_then(|d| d.pointer(p)).and_then(Value::as_str);
-            (answers.login(body), POINTERS.iter().filter_map(|p| at(p)).collect())
+            let at = |p: &str| {
+                doc.as_ref()
+                    .and_then(|d| d.pointer(p))
+                    .and_then(Value::as_str)
+            };
+            (
+                answers.login(body),
+                POINTERS.iter().filter_map(|p| at(p)).collect(),
+            )
         };
         for r in reads {
             let Ok((token, left)) = r else { continue };
             assert!(!token.is_empty(), "an empty token was read");
-            assert!(wanted.contains(&token.as_str()), "read {token:?}, the answer holds {wanted:?}");
+            assert!(
+                wanted.contains(&token.as_str()),
+                "read {token:?}, the answer holds {wanted:?}"
+            );
             assert!(left <= YEAR, "believed for {left:?}");
         }
     });

@@ -44,7 +44,9 @@ impl Signer {
 
     fn jwk(&self, kid: &str) -> Value {
         match self {
-            Signer::Ed(k) => json!({"kty": "OKP", "kid": kid, "crv": "Ed25519", "x": b(k.public_key().as_ref())}),
+            Signer::Ed(k) => {
+                json!({"kty": "OKP", "kid": kid, "crv": "Ed25519", "x": b(k.public_key().as_ref())})
+            }
             Signer::Ec(k) => {
                 let pt = k.public_key().as_ref();
                 json!({"kty": "EC", "kid": kid, "crv": "P-256", "x": b(&pt[1..33]), "y": b(&pt[33..65])})
@@ -60,22 +62,38 @@ impl Signer {
 }
 
 fn token(signer: &Signer, alg: &str, header: &Value, claims: &Value) -> String {
-    let input = format!("{}.{}", b(header.to_string().as_bytes()), b(claims.to_string().as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b(header.to_string().as_bytes()),
+        b(claims.to_string().as_bytes())
+    );
     let sig = signer.sign(alg, input.as_bytes());
     format!("{input}.{}", b(&sig))
 }
 
 fn main() {
     let read = |f: &str| std::fs::read_to_string(format!("keys/{f}")).expect("run from fuzz/");
-    let ed = Signer::Ed(Ed25519KeyPair::from_pkcs8(&der(&read("ed25519.pem"))).expect("ed25519 key"));
+    let ed =
+        Signer::Ed(Ed25519KeyPair::from_pkcs8(&der(&read("ed25519.pem"))).expect("ed25519 key"));
     let ec = Signer::Ec(
-        EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der(&read("p256.pem")))
-            .expect("p256 key"),
+        EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &der(&read("p256.pem")),
+        )
+        .expect("p256 key"),
     );
     let rsa = Signer::Rsa(RsaKeyPair::from_pkcs8(&der(&read("rsa.pem"))).expect("rsa key"));
-    let keys = [(&ed, "ed-1", "EdDSA"), (&ec, "ec-1", "ES256"), (&rsa, "rsa-1", "RS256")];
+    let keys = [
+        (&ed, "ed-1", "EdDSA"),
+        (&ec, "ec-1", "ES256"),
+        (&rsa, "rsa-1", "RS256"),
+    ];
     let jwks = json!({"keys": keys.iter().map(|(s, kid, _)| s.jwk(kid)).collect::<Vec<_>>()});
-    std::fs::write("keys/jwks.json", serde_json::to_string_pretty(&jwks).expect("json")).expect("write jwks");
+    std::fs::write(
+        "keys/jwks.json",
+        serde_json::to_string_pretty(&jwks).expect("json"),
+    )
+    .expect("write jwks");
 
     let good = json!({"iss": ISS, "aud": AUD, "sub": "svc-a", "scope": format!("{SCOPE} write"), AZP.0: AZP.1,
                       "iat": 1_700_000_000, "exp": 4_102_444_800_i64});
@@ -97,18 +115,45 @@ fn main() {
     let mut n = 0;
     for (signer, kid, alg) in keys {
         for (name, claims) in &variants {
-            let t = token(signer, alg, &json!({"alg": alg, "typ": "JWT", "kid": kid}), claims);
+            let t = token(
+                signer,
+                alg,
+                &json!({"alg": alg, "typ": "JWT", "kid": kid}),
+                claims,
+            );
             // The input: the request target on the first line, then each Authorization header value.
-            std::fs::write(dir.join(format!("{kid}-{name}")), format!("/api/x?q=1\nBearer {t}")).expect("seed");
+            std::fs::write(
+                dir.join(format!("{kid}-{name}")),
+                format!("/api/x?q=1\nBearer {t}"),
+            )
+            .expect("seed");
             n += 1;
         }
     }
-    let t = token(&rsa, "PS256", &json!({"alg": "PS256", "kid": "rsa-1"}), &good);
+    let t = token(
+        &rsa,
+        "PS256",
+        &json!({"alg": "PS256", "kid": "rsa-1"}),
+        &good,
+    );
     std::fs::write(dir.join("rsa-1-ps256"), format!("/api/x\nBearer {t}")).expect("seed");
-    let t = token(&ed, "EdDSA", &json!({"alg": "EdDSA", "kid": "ed-1", "crit": ["exp"]}), &good);
+    let t = token(
+        &ed,
+        "EdDSA",
+        &json!({"alg": "EdDSA", "kid": "ed-1", "crit": ["exp"]}),
+        &good,
+    );
     std::fs::write(dir.join("ed-1-crit"), format!("/api/x\nBearer {t}")).expect("seed");
     let t = token(&ec, "ES256", &json!({"alg": "ES256", "kid": "ec-1"}), &good);
-    std::fs::write(dir.join("ec-1-two-headers"), format!("/api/x\nBearer {t}\nBearer {t}")).expect("seed");
-    std::fs::write(dir.join("ec-1-in-query"), format!("/api/x?access_token={t}\nBearer {t}")).expect("seed");
+    std::fs::write(
+        dir.join("ec-1-two-headers"),
+        format!("/api/x\nBearer {t}\nBearer {t}"),
+    )
+    .expect("seed");
+    std::fs::write(
+        dir.join("ec-1-in-query"),
+        format!("/api/x?access_token={t}\nBearer {t}"),
+    )
+    .expect("seed");
     eprintln!("wrote keys/jwks.json and {} seeds", n + 4);
 }

@@ -70,8 +70,12 @@ case "${1:-}" in
     tmp=$(mktemp -d)
     cp "corpus/$t"/* "out/$t/default/queue"/id:* "$tmp"/
     rm -rf "corpus/$t.new"
-    nice -n 19 cargo afl cmin -t "$TIMEOUT_MS" -i "$tmp" -o "corpus/$t.new" -- "target/release/$t"
-    rm -rf "$tmp" "corpus/$t"
+    # Edges only (-e): hit counts would keep ten times the files. afl-cmin takes the map size from a first run,
+    # too small for the small targets; a map smaller than a target needs hangs it, a larger one only costs memory.
+    AFL_MAP_SIZE=$((1 << 20)) nice -n 19 cargo afl cmin -e -t "$TIMEOUT_MS" -i "$tmp" -o "corpus/$t.new" -- "target/release/$t"
+    rm -rf "$tmp"
+    [[ -n "$(ls "corpus/$t.new")" ]] || { echo "afl-cmin kept nothing; corpus/$t left as it was" >&2; exit 1; }
+    rm -rf "corpus/$t"
     mv "corpus/$t.new" "corpus/$t"
     # Stable names: a file's content hash, so that re-minimising changes only what changed.
     for f in "corpus/$t"/*; do mv "$f" "corpus/$t/$(sha1sum "$f" | cut -c1-16)" 2>/dev/null || true; done

@@ -799,10 +799,10 @@ fn utf8(token: &[u8]) -> Result<&str, AuthError> {
     std::str::from_utf8(token).map_err(|_| AuthError::Malformed("token is not UTF-8"))
 }
 
+/// Whether the query has an `access_token` parameter (RFC 6750 §2.3), its name read as servers read it: decoded, so
+/// that `%61ccess_token` is one too.
 fn has_access_token(query: &str) -> bool {
-    query
-        .split('&')
-        .any(|kv| kv.split('=').next().is_some_and(|k| k == "access_token"))
+    url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "access_token")
 }
 
 #[cfg(test)]
@@ -867,6 +867,15 @@ mod tests {
         );
     }
 
+    /// Found while triaging the `caller_auth` fuzz target's query property: a parameter name spelt with escapes
+    /// (`%61ccess_token`, `access%5Ftoken`) passed the refusal of tokens in the query, though every server decodes it.
+    #[test]
+    fn fuzz_caller_auth_an_escaped_access_token_name_is_a_token_in_the_query() {
+        for q in ["%61ccess_token=x", "a=1&access%5Ftoken=x", "access_toke%6E"] {
+            assert!(has_access_token(q), "{q}");
+        }
+    }
+
     #[test]
     fn bearer_scheme_is_case_insensitive_and_single() {
         let mut h = HeaderMap::new();
@@ -904,5 +913,6 @@ mod tests {
     fn access_token_query_is_spotted() {
         assert!(has_access_token("a=1&access_token=x"));
         assert!(!has_access_token("my_access_token=x"));
+        assert!(!has_access_token("q=access_token=1"));
     }
 }

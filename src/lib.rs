@@ -42,6 +42,8 @@ pub(crate) mod credentials;
 pub mod demo;
 pub mod dev_certs;
 pub(crate) mod flows;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub(crate) mod http_client;
 pub(crate) mod jwt_payload;

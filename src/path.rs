@@ -6,6 +6,8 @@
 //! - runs of `/` are merged into one (nginx's `merge_slashes`);
 //! - refused: an encoded `/` or `\`, a raw `\`, a `;` (path parameters), a control character, a malformed escape, and
 //!   any `.` or `..` segment however it is spelt (`%2e`, `.%2E`, `..;`);
+//! - refused too: the four letters outside ASCII whose case mapping is an ASCII letter (`İ ı ſ K`, raw or escaped),
+//!   which an upstream comparing as Java's `equalsIgnoreCase` does reads as `i`, `s` and `k` (found by fuzzing);
 //! - route prefixes then match case-insensitively (ASCII), so `/pub/ADMIN` is held to the `/pub/admin` route; the
 //!   path is forwarded as canonicalised, its case as sent.
 //!
@@ -31,6 +33,9 @@ pub enum PathError {
     /// The path does not start with `/`.
     #[error("path must start with /")]
     NotAbsolute,
+    /// A letter whose case mapping is ASCII (`İ ı ſ K`): some upstreams match it as `i`, `s` or `k`.
+    #[error("path has a letter that case-folds to ASCII (İ ı ſ K)")]
+    CaseFoldsToAscii,
 }
 
 /// The canonical form of `path` (see the module doc), borrowed when it is already canonical (nearly every request).
@@ -42,7 +47,7 @@ pub(crate) fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
     // The common case: no escape, no doubled slash, nothing refused, no dot segment. One scan and no allocation.
     if !bytes
         .iter()
-        .any(|b| matches!(b, b'%' | b'\\' | b';' | b'.') || b.is_ascii_control())
+        .any(|b| matches!(b, b'%' | b'\\' | b';' | b'.') || b.is_ascii_control() || !b.is_ascii())
         && !path.contains("//")
     {
         return Ok(Cow::Borrowed(path));
@@ -83,6 +88,9 @@ pub(crate) fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
     if out.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(PathError::DotSegment);
     }
+    if (out.contains('%') || !out.is_ascii()) && folds_to_ascii(&out) {
+        return Err(PathError::CaseFoldsToAscii);
+    }
     Ok(if out == path {
         Cow::Borrowed(path)
     } else {
@@ -91,6 +99,36 @@ pub(crate) fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// The letters outside ASCII whose simple case mapping is an ASCII letter, in UTF-8: `İ` and `ı` (to `i`/`I`), `ſ`
+/// (to `S`), `K` (Kelvin sign, to `k`).
+const FOLDS_TO_ASCII: [&[u8]; 4] = [b"\xC4\xB0", b"\xC4\xB1", b"\xC5\xBF", b"\xE2\x84\xAA"];
+
+/// Whether `path` (canonical so far: every `%` starts a valid escape) holds one of [`FOLDS_TO_ASCII`], raw or escaped.
+fn folds_to_ascii(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b
+            .get(i + 1..i + 3)
+            .filter(|_| b[i] == b'%')
+            .and_then(decode_hex)
+        {
+            Some(v) => {
+                decoded.push(v);
+                i += 3;
+            }
+            None => {
+                decoded.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    FOLDS_TO_ASCII
+        .iter()
+        .any(|f| decoded.windows(f.len()).any(|w| w == *f))
+}
 
 fn decode_hex(hex: &[u8]) -> Option<u8> {
     let digit = |c: u8| char::from(c).to_digit(16);
@@ -156,6 +194,13 @@ mod tests {
             ("/api/%00", Err(BadEscape)),
             ("/api/%0a", Err(BadEscape)),
             ("api", Err(NotAbsolute)),
+            ("/q/ı", Err(CaseFoldsToAscii)),
+            ("/q/%C4%B1", Err(CaseFoldsToAscii)),
+            ("/q/%c5%bf", Err(CaseFoldsToAscii)),
+            ("/q/\u{212a}", Err(CaseFoldsToAscii)),
+            ("/q/İ", Err(CaseFoldsToAscii)),
+            ("/q/Å", Ok("/q/Å")),
+            ("/q/%C4%B2", Ok("/q/%C4%B2")),
         ];
         for (path, want) in cases {
             let got = canonical(path).map(|c| c.into_owned());
@@ -163,10 +208,29 @@ mod tests {
         }
     }
 
+    /// Found by the `path_route` fuzz target: `/apı` was held to the `/` route, while an upstream matching as Java's
+    /// `equalsIgnoreCase` serves it as `/api`; likewise `ſ` for `s` and the Kelvin sign for `k`.
+    #[test]
+    fn fuzz_path_route_letters_that_case_fold_to_ascii_are_refused() {
+        for found in [
+            "/ap\u{131}",
+            "/ap\u{131}/a/intKrnal/sudo+",
+            "/static/file\u{17f}//\u{17f}A9",
+            "/ap\u{131}/////a//ial/sudoB",
+        ] {
+            assert_eq!(
+                canonical(found),
+                Err(PathError::CaseFoldsToAscii),
+                "{found}"
+            );
+        }
+    }
+
     #[test]
     fn a_canonical_path_is_borrowed() {
         assert!(matches!(canonical("/api/v1/x-y_z~"), Ok(Cow::Borrowed(_))));
         assert!(matches!(canonical("/a/.well-known"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(canonical("/q/é"), Ok(Cow::Borrowed(_))));
     }
 
     mod properties {

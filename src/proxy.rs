@@ -238,10 +238,19 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
-/// Whether a `Connection` token is named in [`HOP_BY_HOP`] or is `close`: it names no further header to remove.
+/// Whether a `Connection` token is named in [`HOP_BY_HOP`] or is `close`: it names no header but those and `close`.
 fn names_no_other_header(token: &str) -> bool {
-    token.eq_ignore_ascii_case("close") || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h))
+    token.eq_ignore_ascii_case("close") || is_hop_by_hop_token(token)
 }
+
+/// Whether a `Connection` token is named in [`HOP_BY_HOP`]: a header removed as hop-by-hop anyway.
+fn is_hop_by_hop_token(token: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h))
+}
+
+/// `close` is a connection option like any other (RFC 9110 §7.6.1): a header field of that name is removed with
+/// it. Only messages with `Connection: close` pay the lookup.
+static CLOSE: HeaderName = HeaderName::from_static("close");
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
@@ -273,16 +282,26 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         && let http::header::Entry::Occupied(e) = headers.entry(header::CONNECTION)
         && e.iter().all(plain)
     {
+        let close = e
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         // One lookup both reads and removes it.
         e.remove_entry_mult();
+        if close {
+            headers.remove(&CLOSE);
+        }
         return;
     }
     if only_connection && connection_tokens(headers).all(names_no_other_header) {
+        let close = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("close"));
         headers.remove(header::CONNECTION);
+        if close {
+            headers.remove(&CLOSE);
+        }
         return;
     }
     let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|t| !names_no_other_header(t))
+        .filter(|t| !is_hop_by_hop_token(t))
         .filter_map(|t| HeaderName::try_from(t).ok())
         .collect();
     for n in named {
@@ -771,6 +790,26 @@ mod tests {
             assert!(
                 matches!(&tls.transport, Transport::Client { scheme, .. } if *scheme == Scheme::HTTPS)
             );
+        }
+    }
+
+    /// Found by the `request_head` fuzz target: a header named `close` passed although `Connection: close` named it
+    /// hop-by-hop, on each of the three ways the headers are stripped.
+    #[test]
+    fn fuzz_request_head_a_header_named_close_goes_when_connection_names_it() {
+        for connection in ["close", "close, keep-alive", "Close, x-other"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            h.insert(CLOSE.clone(), HeaderValue::from_static("Xb"));
+            h.insert("x-other", HeaderValue::from_static("1"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert!(h.get("close").is_none(), "Connection: {connection}");
+            assert!(
+                h.get(header::CONNECTION).is_none(),
+                "Connection: {connection}"
+            );
+            assert!(h.get("x-kept").is_some(), "Connection: {connection}");
         }
     }
 

@@ -53,12 +53,16 @@ impl LoginSource {
         let req = req.body(body).map_err(|_| TokenError::BadHeaderValue)?;
         let rsp =
             http_client::fetch(&self.http, req, self.cfg.token.timeout, MAX_LOGIN_RESPONSE).await?;
-        let status = rsp.status.as_u16();
         if !rsp.status.is_success() {
             return Err(TokenError::Status(rsp.status));
         }
-        let doc: serde_json::Value = serde_json::from_slice(&rsp.body)
-            .map_err(|_| TokenError::not_a_token_answer(status, &rsp.body, None))?;
+        self.answer(rsp.status.as_u16(), &rsp.body)
+    }
+
+    /// The token in a successful login answer, and its lifetime (the fuzz targets read answers through here too).
+    pub(crate) fn answer(&self, status: u16, body: &[u8]) -> Result<FetchedToken, TokenError> {
+        let doc: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| TokenError::not_a_token_answer(status, body, None))?;
         let token = doc
             .pointer(&self.cfg.token_pointer)
             .and_then(serde_json::Value::as_str)

@@ -27,7 +27,18 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// A token endpoint answer: RFC 6749 §5.1, lenient where vendors differ (`token_type` may be missing, `expires_in`
 /// may be a number, a numeric string or a duration string).
 #[derive(Debug, Deserialize, Serialize)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub(crate) struct VendorTokenResponse {
+    access_token: AccessToken,
+    token_type: AnyTokenType,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<RefreshToken>,
+}
+
+/// The answer's fields as serde reads them. Read from a JSON object only: serde's derive alone also takes an array
+/// (`["token"]` as a token), which no token endpoint means.
+#[derive(Deserialize)]
+struct AnswerFields {
     access_token: AccessToken,
     #[serde(default)]
     token_type: AnyTokenType,
@@ -35,6 +46,20 @@ pub(crate) struct VendorTokenResponse {
     expires_in: Option<serde_json::Value>,
     #[serde(default)]
     refresh_token: Option<RefreshToken>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for VendorTokenResponse {
+    type Error = serde_json::Error;
+
+    fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        let f: AnswerFields = serde_json::from_value(serde_json::Value::Object(object))?;
+        Ok(Self {
+            access_token: f.access_token,
+            token_type: f.token_type,
+            expires_in: f.expires_in,
+            refresh_token: f.refresh_token,
+        })
+    }
 }
 
 /// Whatever `token_type` the server names (we inject by template, so it is informational).
@@ -146,7 +171,7 @@ impl OAuth2Source {
         self.fetched(rsp, http.status(), Some(refresh.clone()))
     }
 
-    fn fetched(
+    pub(crate) fn fetched(
         &self,
         rsp: VendorTokenResponse,
         status: u16,
@@ -358,6 +383,22 @@ mod tests {
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(-1), now), None);
         assert_eq!(expires_in(ExpiresInMode::Auto, &json!(null), now), None);
         assert_eq!(expires_in(ExpiresInMode::Seconds, &json!(1e300), now), None);
+    }
+
+    /// Found by the `token_answer` fuzz target: `["kccen"]` was read as an answer with the token `kccen`.
+    #[test]
+    fn fuzz_token_answer_only_a_json_object_is_a_token_answer() {
+        for body in [r#"["kccen"]"#, r#"["t", "Bearer", 3600]"#, r#""t""#] {
+            assert!(
+                serde_json::from_str::<VendorTokenResponse>(body).is_err(),
+                "{body}"
+            );
+        }
+        let rsp: VendorTokenResponse =
+            serde_json::from_str(r#"{"access_token":"t","expires_in":60,"other":[1]}"#)
+                .expect("an object");
+        assert_eq!(rsp.access_token.secret(), "t");
+        assert_eq!(rsp.expires_in, Some(json!(60)));
     }
 
     mod properties {

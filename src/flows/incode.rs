@@ -309,7 +309,7 @@ struct RawEvent {
     external_id: Option<String>,
 }
 
-fn parse_event(body: &[u8]) -> Result<IncodeEvent, FlowError> {
+pub(crate) fn parse_event(body: &[u8]) -> Result<IncodeEvent, FlowError> {
     let invalid = |detail: &str| FlowError::Invalid {
         detail: detail.to_owned(),
     };

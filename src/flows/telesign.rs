@@ -280,7 +280,7 @@ impl Handler for Telesign {
 }
 
 /// The phone number as TeleSign wants it (E.164 digits, no `+`), or why not.
-fn e164(raw: &str) -> Result<String, FlowError> {
+pub(crate) fn e164(raw: &str) -> Result<String, FlowError> {
     // A `+` arrives as itself in a path, as `%2B` when escaped, and as a space when a query was form-decoded.
     let digits = raw
         .strip_prefix('+')
@@ -300,7 +300,7 @@ fn e164(raw: &str) -> Result<String, FlowError> {
     }
 }
 
-fn check_xid(xid: &str) -> Result<(), FlowError> {
+pub(crate) fn check_xid(xid: &str) -> Result<(), FlowError> {
     if super::vendor::is_plain_id(xid, 128, &[]) {
         Ok(())
     } else {

@@ -167,9 +167,28 @@ pub(crate) fn vendor_code(body: &[u8]) -> Option<String> {
         return Some(n.to_string());
     }
     let code = v.get("error")?.get("code")?.as_str()?;
-    (code.len() <= 40
+    (!code.is_empty()
+        && code.len() <= 40
         && code
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
     .then(|| code.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `flows` fuzz target: an empty Citadel `error.code` was taken as a code, and the problem read
+    /// "... answered 400 (Citadel code )".
+    #[test]
+    fn fuzz_flows_an_empty_vendor_code_is_no_code() {
+        assert_eq!(vendor_code(br#"{"error":{"code":""}}"#), None);
+        assert_eq!(vendor_code(br#"{"error":{"code":"","mee":"x"}}"#), None);
+        assert_eq!(
+            vendor_code(br#"{"error":{"code":"validation_error"}}"#).as_deref(),
+            Some("validation_error")
+        );
+        assert_eq!(vendor_code(br#"{"status":4005}"#).as_deref(), Some("4005"));
+    }
 }

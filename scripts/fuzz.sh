@@ -2,7 +2,8 @@
 # Coverage-guided fuzzing with cargo-afl (stable toolchain). See docs/fuzzing.md.
 #
 #   scripts/fuzz.sh list                 the targets
-#   scripts/fuzz.sh TARGET MINUTES       run one target (nice 19, one core) from its corpus in fuzz/corpus/TARGET
+#   scripts/fuzz.sh TARGET MINUTES       run one target (nice 19, one core) from its corpus in fuzz/corpus/TARGET;
+#                                        with FUZZ_EXECS=N it stops after about N executions if that comes first
 #   scripts/fuzz.sh smoke SECONDS        run every target that long in turn (CI)
 #   scripts/fuzz.sh cmin TARGET          merge the last run's queue into fuzz/corpus/TARGET, minimised (afl-cmin)
 #
@@ -42,12 +43,14 @@ run() {
   rm -rf "$out"; mkdir -p out
   local dict=()
   [[ -f "dict/$t.dict" ]] && dict=(-x "dict/$t.dict")
+  local execs=()
+  [[ -n "${FUZZ_EXECS:-}" ]] && execs=(-E "$FUZZ_EXECS")
   echo "== fuzz $t for ${secs}s"
-  nice -n 19 cargo afl fuzz -V "$secs" -t "$TIMEOUT_MS" -i "corpus/$t" -o "$out" "${dict[@]}" \
+  nice -n 19 cargo afl fuzz -V "$secs" -t "$TIMEOUT_MS" -i "corpus/$t" -o "$out" "${dict[@]}" "${execs[@]}" \
     "target/release/$t" 2>&1 | tail -n 40 >"$out.log" || { cat "$out.log" >&2; exit 1; }
   local stats="$out/default/fuzzer_stats"
   stat() { sed -n "s/^$1 *: //p" "$stats"; }
-  echo "   execs $(stat execs_done) ($(stat execs_per_sec)/s), edges $(stat edges_found)/$(stat total_edges)," \
+  echo "   execs $(stat execs_done) in $(stat run_time)s ($(stat execs_per_sec)/s), edges $(stat edges_found)/$(stat total_edges)," \
     "corpus $(stat corpus_count), crashes $(stat saved_crashes), hangs $(stat saved_hangs)"
   if [[ "$(stat saved_crashes)" != 0 || "$(stat saved_hangs)" != 0 ]]; then
     echo "FAIL: $t crashed or hung; inputs in fuzz/$out/default/{crashes,hangs}:" >&2

@@ -364,6 +364,7 @@ impl Outgoing<'_> {
             || name == X_FORWARDED_FOR
             || name == X_FORWARDED_PROTO
             || name == X_REQUEST_ID
+            || name == TRACEPARENT
             || self.caller_headers.iter().any(|(c, _)| c == name)
             || self
                 .attachment

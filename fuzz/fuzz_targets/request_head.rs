@@ -1,8 +1,8 @@
 //! Request-head rewriting (hop-by-hop removal, credential header override, forwarded headers), on any head a caller
 //! can send: the request target on the first line, then `name: value` lines. Property: no caller-sent value of a
-//! gateway-owned header reaches the upstream (the credential, `Host`, `X-Request-Id`, a forwarded claim's header,
-//! `X-Forwarded-For` only ends with the peer), and no hop-by-hop header, untrusted forwarding header or header named
-//! in `Connection` passes.
+//! gateway-owned header reaches the upstream (the credential, `Host`, `X-Request-Id`, `traceparent` (the one the
+//! pipeline chose), a forwarded claim's header, `X-Forwarded-For` only ends with the peer), and no hop-by-hop header,
+//! untrusted forwarding header or header named in `Connection` passes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +76,7 @@ fn main() {
         .unwrap_or_else(|| panic!("a static credential is ready"))
         .unwrap_or_else(|e| panic!("attach: {e}"));
     let id = HeaderValue::from_static("gateway-request-id");
+    let trace = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     let claim = [(
         HeaderName::from_static("x-caller-sub"),
         HeaderValue::from_static("verified-sub"),
@@ -88,9 +89,10 @@ fn main() {
             total: Duration::from_secs(300),
         },
     );
-    let fixture = std::panic::AssertUnwindSafe((route, up, cred, attachment, id, claim, conn));
+    let fixture =
+        std::panic::AssertUnwindSafe((route, up, cred, attachment, id, trace, claim, conn));
     afl::fuzz!(|data: &[u8]| {
-        let (route, up, cred, attachment, id, claim, conn) = &*fixture;
+        let (route, up, cred, attachment, id, trace, claim, conn) = &*fixture;
         let mut it = lines(data, 64);
         let target = it.next().unwrap_or(b"/api/x");
         let mut req = Request::builder().uri(format!("/api{}", String::from_utf8_lossy(target)));
@@ -125,6 +127,7 @@ fn main() {
             caller_headers: claim,
             max_body_bytes: route.max_body_bytes,
             request_id: id,
+            traceparent: trace,
         };
         let Ok(sent) = prepare(req, up, &out, conn) else {
             return;
@@ -141,6 +144,7 @@ fn main() {
         assert_eq!(all("x-caller-sub"), [b"verified-sub".to_vec()]);
         assert_eq!(all("host"), [b"127.0.0.1:9".to_vec()]);
         assert_eq!(all("x-request-id"), [b"gateway-request-id".to_vec()]);
+        assert_eq!(all("traceparent"), [trace.as_bytes().to_vec()]);
         for gone in GONE {
             assert!(
                 h.get(*gone).is_none(),
@@ -160,6 +164,7 @@ fn main() {
                 "x-caller-sub",
                 "host",
                 "x-request-id",
+                "traceparent",
                 "x-forwarded-for",
                 "x-forwarded-proto",
                 "te",

@@ -23,6 +23,7 @@ use crate::proxy::{Upstream, UpstreamPool};
 use crate::routes::config::RouteTarget;
 use crate::routes::{Route, RouteTable, Target};
 use crate::timer::Timer;
+use crate::trace::export::{Export, ExportError};
 
 /// The gateway cannot be assembled from this config.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,9 @@ pub enum BuildError {
     /// Fleet mode could not be set up.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::BuildError),
+    /// Span export could not be set up.
+    #[error(transparent)]
+    Tracing(#[from] ExportError),
 }
 
 /// The first 16 hex digits of the SHA-256 of `text`.
@@ -88,10 +92,13 @@ pub struct Gateway {
     histograms: bool,
     /// The fleet this replica belongs to, in fleet mode.
     pub cluster: Option<Arc<Cluster>>,
+    /// Span export, when `[tracing]` is configured.
+    pub export: Option<Arc<Export>>,
 }
 
 impl Gateway {
-    /// Assemble the gateway. Opens no sockets and fetches nothing; `check` runs exactly this.
+    /// Assemble the gateway. Opens no sockets and fetches nothing (span export only starts its batching thread);
+    /// `check` runs exactly this.
     pub fn build(cfg: &Config) -> Result<Arc<Self>, BuildError> {
         let metrics = Arc::new(Metrics::default());
         let http = http_client::build(&[], Duration::from_secs(5)).map_err(|source| {
@@ -226,6 +233,15 @@ impl Gateway {
                 },
             )?,
         };
+        // The exporter and its queue are kept while [tracing] is unchanged; a replaced one sends what it holds.
+        let export = match prev {
+            Some(p) if p.unchanged(cfg, "tracing") => p.export.clone(),
+            _ => cfg
+                .tracing
+                .as_ref()
+                .map(|t| Export::build(t).map(Arc::new))
+                .transpose()?,
+        };
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for r in &cfg.routes {
             // Names were checked by config validation; a miss here would be a bug, so skip rather than panic.
@@ -269,6 +285,7 @@ impl Gateway {
             admin_token: cfg.admin_token.clone(),
             histograms,
             cluster,
+            export,
         }))
     }
 

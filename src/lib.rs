@@ -20,7 +20,8 @@
 //!
 //! Inside the steps: [`caller_auth`] keeps issuer-bound key sets (JWKS fetch and refresh, static key files) and a
 //! verified-token cache; [`credentials`] holds static headers and token kinds (OAuth2 client credentials, vendor
-//! login) behind one cache with refresh-ahead and single flight; [`trace`] honours or starts the request's W3C trace.
+//! login) behind one cache with refresh-ahead and single flight; [`trace`] honours or starts the request's W3C trace
+//! and, with `[tracing]`, exports the request's spans over OTLP.
 //! Around them: [`admin`] serves health, readiness, metrics and the admin API; [`server::Running::reload`] puts a
 //! new config in force without dropping a connection, keeping what did not change (`Gateway::rebuild`), and
 //! [`reload`] says when (SIGHUP, a changed file); [`cli`] is the command line (`run`, `check`, `status`, `reload`,

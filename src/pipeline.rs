@@ -24,6 +24,8 @@ use crate::proxy::RequestError;
 use crate::proxy::{self, Outgoing, Upstream, X_REQUEST_ID};
 use crate::routes::{Route, Target};
 use crate::trace::TraceContext;
+use crate::trace::export::{self, RequestSpans};
+use opentelemetry::trace::{Span as _, SpanKind};
 
 mod error;
 
@@ -49,11 +51,17 @@ pub async fn handle(
         .iter()
         .find_map(|(n, v)| (*n == X_REQUEST_ID).then_some(v));
     let request_id = request_id(sent);
-    let trace = TraceContext::of(req.headers());
+    let mut trace = TraceContext::of(req.headers());
+    // With span export on, the gateway's server span joins the caller's trace (or starts one).
+    let spans = gw.export.as_deref().map(|e| {
+        let s = e.request(&trace, req.method(), req.uri().path());
+        trace = s.context();
+        s
+    });
     let (route, result) = match canonicalise(&mut req).and_then(|()| find_route(&gw, &req)) {
         Ok(route) => (
             Some(route),
-            serve_route(&gw, route, req, &conn, &request_id, &trace).await,
+            serve_route(&gw, route, req, &conn, &request_id, &trace, spans.as_ref()).await,
         ),
         Err(e) => (None, Err(e)),
     };
@@ -62,6 +70,13 @@ pub async fn handle(
         Err(err) => err.into_response_logged(request_id.to_str().unwrap_or("-")),
     };
     let status = rsp.status().as_u16();
+    if let Some(s) = spans {
+        s.finish(
+            route.map(|r| r.name.as_str()),
+            request_id.to_str().unwrap_or("-"),
+            status,
+        );
+    }
     if let Some(r) = route {
         r.stats.record(status);
         if let (Some(h), Some(start)) = (&r.latency, start) {
@@ -121,6 +136,7 @@ async fn serve_route(
     conn: &ConnInfo,
     request_id: &HeaderValue,
     trace: &TraceContext,
+    spans: Option<&RequestSpans<'_>>,
 ) -> Result<Response<Body>, Error> {
     if proxy::header_bytes(req.headers()) > route.max_header_bytes {
         return Err(RequestError::HeadersTooLarge {
@@ -128,20 +144,36 @@ async fn serve_route(
         }
         .into());
     }
+    let span = spans.map(|s| s.child("caller auth", SpanKind::Internal));
     let caller = gw
         .caller_auth
         .authenticate(&route.auth, req.headers(), req.uri())
-        .await?;
+        .await;
+    if let Some(span) = span {
+        export::end(span, caller.as_ref().err().map(|e| e as _));
+    }
+    let caller = caller?;
     match &route.target {
         Target::Upstream(up) => {
             let cred = route.credential.as_deref();
             let attachment = match cred {
                 Some(c) => Some(match c.ready() {
                     Some(a) => a,
-                    None => c.attach().await?,
+                    None => {
+                        let span = spans.map(|s| s.child("credential wait", SpanKind::Internal));
+                        let got = c.attach().await;
+                        if let Some(span) = span {
+                            export::end(span, got.as_ref().err().map(|e| e as _));
+                        }
+                        got?
+                    }
                 }),
                 None => None,
             };
+            // The upstream's spans hang under the gateway's client span: its id is the parent id sent.
+            let span = spans.map(|s| s.child("upstream", SpanKind::Client));
+            let upstream_trace = span.as_ref().map(|s| export::of_span(s.span_context()));
+            let trace = upstream_trace.as_ref().unwrap_or(trace);
             let out = Outgoing {
                 strip_len: route.strip_len(),
                 attachment: attachment.as_ref(),
@@ -151,7 +183,7 @@ async fn serve_route(
                 request_id,
                 traceparent: trace.traceparent(),
             };
-            match (cred, attachment.as_ref()) {
+            let answered = match (cred, attachment.as_ref()) {
                 (Some(c), Some(used)) => match c.reject_policy() {
                     Some(policy) => {
                         let renewal = Renewal {
@@ -175,7 +207,15 @@ async fn serve_route(
                     let upstream_req = proxy::prepare(req, up, &out, conn)?;
                     Ok(proxy::forward(up, upstream_req, route.max_body_bytes).await?)
                 }
+            };
+            if let Some(span) = span {
+                let status = match &answered {
+                    Ok(rsp) => Ok(rsp.status().as_u16()),
+                    Err(e) => Err(e as _),
+                };
+                export::end_upstream(span, &up.name, status);
             }
+            answered
         }
         Target::Flow(handler) => {
             proxy::check_declared_length(req.body(), route.max_body_bytes)?;

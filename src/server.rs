@@ -156,6 +156,10 @@ impl Running {
             tracing::warn!(?grace, "grace period over; closing remaining connections");
             self.tasks.abort_all();
         }
+        // The last requests' spans are sent before the process goes.
+        if let Some(export) = &self.live.load().export {
+            export.shutdown().await;
+        }
     }
 
     /// The next reload asked for on the admin API (`POST /admin/reload`); whoever drives reloads answers it.

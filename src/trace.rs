@@ -1,7 +1,11 @@
 //! W3C Trace Context (`traceparent`, <https://www.w3.org/TR/trace-context/>): a caller's trace is honoured and
 //! forwarded upstream as it came, so the upstream's spans join the caller's trace; a request without one (or with a
 //! malformed one, which the recommendation says to discard) starts a trace here, sampled, so that the upstream records
-//! it under an id the access log names. `tracestate` is end-to-end and passes through untouched.
+//! it under an id the access log names. `tracestate` is end-to-end and passes through untouched. With span export on
+//! ([`export`], `[tracing]`), the gateway takes part in the trace: the upstream gets the id of the gateway's own span.
+
+pub mod config;
+pub mod export;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore as _;
@@ -16,6 +20,8 @@ const LEN: usize = 55;
 #[derive(Debug, Clone)]
 pub struct TraceContext {
     traceparent: HeaderValue,
+    /// Whether the caller sent it (rather than the gateway starting it).
+    sent: bool,
 }
 
 impl TraceContext {
@@ -25,6 +31,7 @@ impl TraceContext {
         match (sent.next(), sent.next()) {
             (Some(v), None) if valid(v.as_bytes()) => Self {
                 traceparent: v.clone(),
+                sent: true,
             },
             _ => Self::start(),
         }
@@ -40,17 +47,44 @@ impl TraceContext {
                 break;
             }
         }
+        let (mut trace_id, mut parent_id) = ([0u8; 16], [0u8; 8]);
+        trace_id.copy_from_slice(&ids[..16]);
+        parent_id.copy_from_slice(&ids[16..]);
+        Self {
+            sent: false,
+            ..Self::from_ids(trace_id, parent_id, 1)
+        }
+    }
+
+    /// The version-00 trace with these ids and flags.
+    pub fn from_ids(trace_id: [u8; 16], parent_id: [u8; 8], flags: u8) -> Self {
         let mut out = [0u8; LEN];
         out[..3].copy_from_slice(b"00-");
-        hex(&ids[..16], &mut out[3..35]);
+        hex(&trace_id, &mut out[3..35]);
         out[35] = b'-';
-        hex(&ids[16..], &mut out[36..52]);
-        out[52..].copy_from_slice(b"-01");
+        hex(&parent_id, &mut out[36..52]);
+        out[52] = b'-';
+        hex(&[flags], &mut out[53..55]);
         Self {
             // Hex digits and dashes are always a valid header value.
             traceparent: HeaderValue::from_bytes(&out)
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
+            sent: false,
         }
+    }
+
+    /// The caller's trace id, parent id and flags, when it sent a trace.
+    pub fn sent(&self) -> Option<([u8; 16], [u8; 8], u8)> {
+        if !self.sent {
+            return None;
+        }
+        let v = self.traceparent.as_bytes();
+        let (mut trace_id, mut parent_id, mut flags) = ([0u8; 16], [0u8; 8], [0u8; 1]);
+        // Checked well-formed when received.
+        (unhex(&v[3..35], &mut trace_id)
+            && unhex(&v[36..52], &mut parent_id)
+            && unhex(&v[53..55], &mut flags))
+        .then_some((trace_id, parent_id, flags[0]))
     }
 
     /// The `traceparent` to send upstream.
@@ -99,6 +133,25 @@ fn hex(bytes: &[u8], out: &mut [u8]) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 0xf)];
     }
+}
+
+/// Decode lower-case hex `digits` into `out` (twice as many digits as bytes); false on anything else.
+fn unhex(digits: &[u8], out: &mut [u8]) -> bool {
+    let nibble = |d: u8| match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        _ => None,
+    };
+    digits.len() == out.len() * 2
+        && digits.chunks_exact(2).zip(out.iter_mut()).all(|(pair, o)| {
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(h), Some(l)) => {
+                    *o = h << 4 | l;
+                    true
+                }
+                _ => false,
+            }
+        })
 }
 
 #[cfg(test)]
@@ -150,6 +203,24 @@ mod tests {
         }
         let twice = of(&[SENT, SENT]);
         assert_ne!(twice.traceparent(), SENT);
+    }
+
+    #[test]
+    fn a_sent_trace_reads_back_as_its_ids_and_one_started_here_has_no_sender() {
+        let (trace_id, parent_id, flags) = of(&[SENT]).sent().expect("sent");
+        let again = TraceContext::from_ids(trace_id, parent_id, flags);
+        assert_eq!(again.traceparent(), SENT);
+        assert_eq!(flags, 1);
+        assert_eq!(TraceContext::start().sent(), None);
+        assert_eq!(of(&["00-bad"]).sent(), None, "a malformed one is replaced");
+        let unsampled = TraceContext::from_ids(trace_id, parent_id, 0);
+        assert!(
+            unsampled
+                .traceparent()
+                .to_str()
+                .expect("ascii")
+                .ends_with("-00")
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The root of the config file: the TOML schema that assembles every module's own section (server, listeners,
-//! admin, upstreams, credentials, issuers, routes, flows, cluster), and [`validate`], which hands each section to its owner.
+//! admin, upstreams, credentials, issuers, routes, flows, cluster, tracing), and [`validate`], which hands each section to its owner.
 //! TOML → raw structs (`deny_unknown_fields`) → [`validate`] → [`Config`]. Nothing here opens sockets.
 
 use std::collections::BTreeMap;
@@ -21,6 +21,7 @@ use crate::flows::{self, FlowsConfig, RawFlows};
 use crate::proxy::UpstreamPool;
 use crate::routes::config::{self as routes, RawRoute, RouteConfig};
 use crate::timer::TimerKind;
+use crate::trace::config::{self as tracing_config, RawTracing, TracingConfig};
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +52,8 @@ pub struct RawConfig {
     pub flows: RawFlows,
     /// Fleet mode: replicas sharing tokens through Redis; off when absent.
     pub cluster: Option<RawCluster>,
+    /// OTLP span export; off when absent.
+    pub tracing: Option<RawTracing>,
 }
 
 /// `[server]`: process-wide settings.
@@ -117,6 +120,8 @@ pub struct Config {
     pub fingerprints: BTreeMap<String, Fingerprint>,
     /// Fleet mode, when configured.
     pub cluster: Option<ClusterConfig>,
+    /// OTLP span export, when configured.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// Check `[admin]`: without a token it answers anyone who reaches it, so it binds to loopback unless told otherwise.
@@ -229,6 +234,15 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let tracing = match raw.tracing {
+        Some(t) => {
+            let (mark, written) = (ctx.mark(), format!("{t:?}"));
+            let tracing = tracing_config::validate(&ctx, t)?;
+            fingerprints.insert("tracing".to_owned(), ctx.fingerprint(mark, &written));
+            Some(tracing)
+        }
+        None => None,
+    };
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -259,5 +273,6 @@ pub fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         files: ctx.files(),
         fingerprints,
         cluster,
+        tracing,
     })
 }

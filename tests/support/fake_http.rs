@@ -64,6 +64,7 @@ pub struct FakeServer {
     /// Its address.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Recorded>>>,
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl FakeServer {
@@ -77,6 +78,22 @@ impl FakeServer {
         self.seen().into_iter().filter(|r| r.path == path).collect()
     }
 
+    /// Wait (at most 30 s) until what was received satisfies `done`; panics otherwise.
+    pub async fn wait_until(&self, done: impl Fn(&[Recorded]) -> bool) {
+        let wait = async {
+            loop {
+                let notified = self.arrived.notified();
+                if done(&self.seen.lock().expect("lock")) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .expect("the fake never received what was expected");
+    }
+
     /// `http://addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -88,16 +105,17 @@ pub async fn serve(handler: HandlerFn) -> FakeServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-    let rec = seen.clone();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (rec, told) = (seen.clone(), arrived.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let rec = rec.clone();
+            let (rec, told) = (rec.clone(), told.clone());
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<Incoming>| {
-                    let rec = rec.clone();
+                    let (rec, told) = (rec.clone(), told.clone());
                     let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(answer(req, &handler, &rec).await) }
+                    async move { Ok::<_, Infallible>(answer(req, &handler, &rec, &told).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -105,13 +123,18 @@ pub async fn serve(handler: HandlerFn) -> FakeServer {
             });
         }
     });
-    FakeServer { addr, seen }
+    FakeServer {
+        addr,
+        seen,
+        arrived,
+    }
 }
 
 async fn answer(
     req: http::Request<Incoming>,
     handler: &HandlerFn,
     rec: &Mutex<Vec<Recorded>>,
+    arrived: &tokio::sync::Notify,
 ) -> Response<credgate::body::Body> {
     let (parts, body) = req.into_parts();
     let body = body
@@ -127,6 +150,7 @@ async fn answer(
         body,
     };
     rec.lock().expect("lock").push(r.clone());
+    arrived.notify_waiters();
     let (status, ct, body) = match handler(&r) {
         Answer::Json(s, v) => (s, "application/json", Bytes::from(v.to_string())),
         Answer::Raw(s, ct, b) => (s, ct, b),

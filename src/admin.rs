@@ -176,7 +176,7 @@ fn answer<B>(gw: &Gateway, control: &Control, req: &Request<B>) -> Response<Body
                 "version": gw.config_version(),
                 "source": gw.config_source(),
                 "last_reload": last,
-                "effective": gw.config_text(),
+                "effective": gw.config_shown(),
             });
             text(StatusCode::OK, doc.to_string(), "application/json")
         }

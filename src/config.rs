@@ -4,6 +4,7 @@
 //! [`crate::gateway::config`]. Nothing here opens sockets or names a domain module.
 
 pub mod secret;
+pub mod show;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -14,8 +15,8 @@ use aws_lc_rs::digest;
 use http::Uri;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::conn::BodyTimeouts;
 
@@ -218,34 +219,41 @@ pub struct RawUpstream {
 }
 
 /// A validated listener.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct ListenerConfig {
     /// Bound address.
+    #[serde(serialize_with = "show::display")]
     pub address: SocketAddr,
     /// TLS material, absent for plain HTTP.
     pub tls: Option<TlsConfig>,
     /// TLS handshake timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub tls_handshake_timeout: Duration,
     /// Header read timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub header_read_timeout: Duration,
     /// Largest request head in bytes.
     pub max_header_bytes: usize,
     /// Longest stay open with no request in flight.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub idle_timeout: Duration,
     /// HTTP/2 keep-alive PING interval.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub http2_keepalive_interval: Duration,
     /// HTTP/2 PING answer timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub http2_keepalive_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
     /// Limits on request bodies read in full.
     pub body: BodyTimeouts,
     /// Longest wait for a caller that stopped reading a response.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub send_timeout: Duration,
 }
 
 /// Whether a client certificate must be presented.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// Handshake fails without a valid client certificate.
@@ -255,36 +263,64 @@ pub enum ClientAuth {
 }
 
 /// TLS material for a listener, read at load so that `check` catches unreadable files.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct TlsConfig {
     /// Certificate chain, leaf first.
+    #[serde(serialize_with = "show::certs")]
     pub cert_chain: Vec<CertificateDer<'static>>,
     /// The leaf's private key.
+    #[serde(serialize_with = "show::redacted")]
     pub key: PrivateKeyDer<'static>,
     /// Client CA roots and policy, for mTLS.
+    #[serde(serialize_with = "client_ca")]
     pub client_ca: Option<(Vec<CertificateDer<'static>>, ClientAuth)>,
 }
 
+/// How `client_ca` is shown: the roots' fingerprints and the policy.
+fn client_ca<S: serde::Serializer>(
+    v: &Option<(Vec<CertificateDer<'static>>, ClientAuth)>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Shown<'a> {
+        #[serde(serialize_with = "show::certs")]
+        roots: &'a [CertificateDer<'static>],
+        client_auth: ClientAuth,
+    }
+    v.as_ref()
+        .map(|(roots, client_auth)| Shown {
+            roots,
+            client_auth: *client_auth,
+        })
+        .serialize(s)
+}
+
 /// A validated upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UpstreamConfig {
     /// Its name.
     pub name: String,
     /// `http` or `https`.
+    #[serde(serialize_with = "show::display")]
     pub scheme: http::uri::Scheme,
     /// `host[:port]`.
+    #[serde(serialize_with = "show::display")]
     pub authority: http::uri::Authority,
     /// Host name alone (for credential allowlists).
     pub host: String,
     /// Base path without trailing slash ("" for root).
     pub base_path: String,
     /// Extra trusted CA certificates.
+    #[serde(serialize_with = "show::certs")]
     pub extra_ca: Vec<CertificateDer<'static>>,
     /// Connect timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub connect_timeout: Duration,
     /// Response-header timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub response_timeout: Duration,
     /// Longest silence within a response body.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub body_idle_timeout: Duration,
 }
 

@@ -7,11 +7,13 @@ use std::time::Duration;
 use http::HeaderValue;
 
 /// How long a request body the gateway reads in full (flow routes, bodies kept for a replay) may take.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct BodyTimeouts {
     /// Longest silence between two pieces of the body.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub idle: Duration,
     /// Longest time for the whole body.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub total: Duration,
 }
 

@@ -49,6 +49,9 @@ pub enum BuildError {
     /// Span export could not be set up.
     #[error(transparent)]
     Tracing(#[from] ExportError),
+    /// The config could not be put in the form `/admin/config` shows.
+    #[error("the config cannot be shown: {0}")]
+    Show(#[from] serde_json::Error),
 }
 
 /// The first 16 hex digits of the SHA-256 of `text`.
@@ -81,8 +84,8 @@ pub struct Gateway {
     /// The pool kind the upstreams were built with.
     upstream_pool: UpstreamPool,
     /// The config it was built from, as the admin API shows it: every secret redacted.
-    config_text: String,
-    /// A digest of `config_text`, to tell configs apart.
+    config_shown: serde_json::Value,
+    /// A digest of `config_shown`, to tell configs apart.
     config_version: String,
     /// The file the config came from.
     config_source: String,
@@ -267,7 +270,8 @@ impl Gateway {
             route.latency = histograms.then(|| metrics.route_latency(&r.name));
             routes.push(route);
         }
-        let config_text = format!("{cfg:#?}");
+        let config_shown = serde_json::to_value(cfg)?;
+        let config_version = version_of(&config_shown.to_string());
         Ok(Arc::new(Self {
             routes: RouteTable::new(routes),
             caller_auth,
@@ -279,8 +283,8 @@ impl Gateway {
             flows,
             fingerprints: cfg.fingerprints.clone(),
             upstream_pool: cfg.upstream_pool,
-            config_version: version_of(&config_text),
-            config_text,
+            config_version,
+            config_shown,
             config_source: cfg.source.clone(),
             admin_token: cfg.admin_token.clone(),
             histograms,
@@ -289,12 +293,12 @@ impl Gateway {
         }))
     }
 
-    /// The config in force, every secret redacted (secrets are `secrecy` types, which print as `[REDACTED]`).
-    pub fn config_text(&self) -> &str {
-        &self.config_text
+    /// The config in force as JSON, every secret shown as `[REDACTED]` (see [`crate::config::show`]).
+    pub fn config_shown(&self) -> &serde_json::Value {
+        &self.config_shown
     }
 
-    /// A short digest of [`Gateway::config_text`]: equal for equal configs.
+    /// A short digest of [`Gateway::config_shown`]: equal for equal configs.
     pub fn config_version(&self) -> &str {
         &self.config_version
     }

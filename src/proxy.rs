@@ -86,7 +86,7 @@ pub struct Upstream {
 
 /// Which pool carries requests to `http://` upstreams (`server.upstream_pool`); `https://` ones always use
 /// hyper-util's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamPool {
     /// credgate's own (`proxy/conn_pool.rs`): the default unless built with the `std-pool` feature.

@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Which implementation a [`Timer`] arms its deadlines on (`server.timer`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimerKind {
     /// credgate's own timer (this module): the default unless built with the `std-timer` feature.

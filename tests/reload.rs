@@ -247,6 +247,25 @@ auth = "none"
     );
     let cfg = admin(&gw, Method::GET, "/admin/config").await.json();
     assert_eq!(cfg["generation"], 4, "{cfg}");
+    let shown = &cfg["effective"];
+    let vendor_shown = &shown["credentials"]["vendor"];
+    assert_eq!(vendor_shown["kind"], "oauth2_client_credentials", "{cfg}");
+    assert_eq!(vendor_shown["client_secret"], "[REDACTED]", "{cfg}");
+    assert_eq!(vendor_shown["token"]["timeout"], "10s", "{cfg}");
+    assert_eq!(
+        shown["credentials"]["api_key"]["headers"]["x-api-key"],
+        "[REDACTED]"
+    );
+    assert_eq!(shown["routes"][2]["path_prefix"], "/extra", "{cfg}");
+    assert_eq!(shown["issuers"][0]["jwks"]["url"], idp.jwks_url(), "{cfg}");
+    let tls = &shown["listeners"][0]["tls"];
+    assert_eq!(tls["key"], "[REDACTED]", "{cfg}");
+    assert!(
+        tls["cert_chain"][0]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sha256:") && f.len() == 71),
+        "{cfg}"
+    );
     let text = cfg.to_string();
     for secret in ["key-1", "key-2", "\"secret\"", "PRIVATE KEY"] {
         assert!(

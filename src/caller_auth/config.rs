@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::caller_auth::keys::{self, Alg, Key};
-use crate::config::{ConfigError, Ctx};
+use crate::config::{ConfigError, Ctx, show};
 
 /// An issuer as written.
 #[derive(Debug, Deserialize)]
@@ -78,28 +78,35 @@ pub struct RawKey {
 }
 
 /// JWKS fetching settings of one issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct JwksConfig {
     /// The JWKS URL.
+    #[serde(serialize_with = "show::display")]
     pub url: http::Uri,
     /// Interval without `max-age`.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub refresh_interval: Duration,
     /// Lower bound on `max-age`.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub min_refresh_interval: Duration,
     /// Upper bound on `max-age`.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub max_refresh_interval: Duration,
     /// Minimum time between unknown-kid refetches; also how long unknown kids are remembered.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub unknown_kid_refetch_interval: Duration,
     /// Longest a stale JWKS stays in force.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub max_staleness: Duration,
     /// One fetch's timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub fetch_timeout: Duration,
     /// Refuse to start when the first fetch fails.
     pub fail_fast: bool,
 }
 
 /// A validated issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct IssuerConfig {
     /// Name routes refer to.
     pub name: String,
@@ -110,6 +117,7 @@ pub struct IssuerConfig {
     /// Accepted algorithms.
     pub algorithms: Vec<Alg>,
     /// Clock skew tolerance.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub leeway: Duration,
     /// JWKS source, if any.
     pub jwks: Option<JwksConfig>,
@@ -319,7 +327,8 @@ pub enum AuthMode {
 }
 
 /// How a route authenticates callers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(tag = "auth", rename_all = "snake_case")]
 pub enum RouteAuthConfig {
     /// Public route: no caller token is read (the caller's Authorization is still stripped).
     #[default]
@@ -333,6 +342,7 @@ pub enum RouteAuthConfig {
         /// Claim → accepted values.
         require_claims: BTreeMap<String, Vec<String>>,
         /// Claim → header name to forward it in.
+        #[serde(serialize_with = "show::map_display")]
         forward_claims: Vec<(String, http::HeaderName)>,
     },
 }

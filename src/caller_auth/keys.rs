@@ -13,7 +13,7 @@ use jsonwebtoken::jwk::{
 
 /// A JWS algorithm credgate verifies. Symmetric (HS*) and `none` are deliberately absent, so config naming them is
 /// refused by serde with the list of these names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum Alg {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
     RS256,
@@ -165,6 +165,19 @@ impl std::fmt::Debug for Key {
                     .collect::<Vec<_>>(),
             )
             .finish()
+    }
+}
+
+/// Shown in `/admin/config` as its id, type and algorithms (public material, no secret).
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Key", 3)?;
+        st.serialize_field("kid", &self.kid)?;
+        st.serialize_field("key_type", self.key_type())?;
+        let algs: Vec<Alg> = self.verifiers.iter().map(|(a, _)| *a).collect();
+        st.serialize_field("algorithms", &algs)?;
+        st.end()
     }
 }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, Ctx, secret};
+use crate::config::{ConfigError, Ctx, secret, show};
 
 /// `[cluster]` as written.
 #[derive(Debug, Deserialize)]
@@ -36,19 +36,23 @@ pub struct RawCluster {
 }
 
 /// The validated `[cluster]` section.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct ClusterConfig {
     /// Where Redis is (may carry a password).
+    #[serde(serialize_with = "show::redacted")]
     pub redis_url: SecretString,
     /// Prefix of keys and channels.
     pub key_prefix: String,
     /// This replica's name.
     pub node_id: String,
     /// The token encryption key.
+    #[serde(serialize_with = "show::redacted")]
     pub encryption_key: SecretBox<[u8; 32]>,
     /// Connect timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub connect_timeout: Duration,
     /// Per-command timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub command_timeout: Duration,
 }
 

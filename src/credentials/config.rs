@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode, Uri};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, Ctx, parse_table, secret, section_error};
+use crate::config::{ConfigError, Ctx, parse_table, secret, section_error, show};
 
 /// A credential as written: a table whose `kind` selects [`RawStatic`], [`RawOAuth2`] or [`RawLogin`]; the token
 /// kinds take [`RawTokenSettings`] beside their own keys. [`validate`] parses it, naming the key of any error.
@@ -132,7 +132,7 @@ pub(crate) struct RawTokenSettings {
 }
 
 /// Whether a token credential counts for readiness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Readiness {
     /// Not ready until it holds a usable token; its first token is fetched when serving starts.
@@ -143,27 +143,32 @@ pub enum Readiness {
 }
 
 /// A validated credential.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind")]
 pub enum CredentialConfig {
     /// Fixed secret headers.
+    #[serde(rename = "static")]
     Static(StaticConfig),
     /// OAuth2 client credentials.
+    #[serde(rename = "oauth2_client_credentials")]
     OAuth2(OAuth2Config),
     /// Login token.
+    #[serde(rename = "login")]
     Login(LoginConfig),
 }
 
 /// Validated `kind = "static"`.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct StaticConfig {
     /// Hosts it may be sent to.
     pub allowed_hosts: Vec<String>,
     /// Headers with resolved secret values.
+    #[serde(serialize_with = "show::names")]
     pub headers: Vec<(HeaderName, SecretString)>,
 }
 
 /// How the OAuth2 client authenticates to the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthMethod {
     /// HTTP Basic (`client_secret_basic`).
@@ -173,7 +178,7 @@ pub enum ClientAuthMethod {
 }
 
 /// The token request body encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestFormat {
     /// `application/x-www-form-urlencoded`, as RFC 6749 says.
@@ -183,7 +188,7 @@ pub enum RequestFormat {
 }
 
 /// How `expires_in` is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpiresInMode {
     /// Seconds from now (RFC 6749).
@@ -195,19 +200,23 @@ pub enum ExpiresInMode {
 }
 
 /// Validated `kind = "oauth2_client_credentials"`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OAuth2Config {
     /// Hosts it may be sent to.
     pub allowed_hosts: Vec<String>,
     /// Token endpoint.
+    #[serde(serialize_with = "show::display")]
     pub token_url: url::Url,
     /// Client id.
+    #[serde(serialize_with = "show::redacted")]
     pub client_id: SecretString,
     /// Client secret.
+    #[serde(serialize_with = "show::redacted")]
     pub client_secret: SecretString,
     /// Scopes requested.
     pub scopes: Vec<String>,
     /// Extra request parameters.
+    #[serde(serialize_with = "show::names")]
     pub extra_params: Vec<(String, String)>,
     /// Client authentication.
     pub client_auth: ClientAuthMethod,
@@ -216,6 +225,7 @@ pub struct OAuth2Config {
     /// `expires_in` reading.
     pub expires_in: ExpiresInMode,
     /// Lifetime when nothing says otherwise.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub default_ttl: Duration,
     /// Try the refresh_token grant first.
     pub use_refresh_token: bool,
@@ -253,21 +263,26 @@ impl From<LoginMethod> for Method {
 }
 
 /// Validated `kind = "login"`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LoginConfig {
     /// Hosts it may be sent to.
     pub allowed_hosts: Vec<String>,
     /// Login method.
+    #[serde(serialize_with = "show::display")]
     pub method: Method,
     /// Login URL.
+    #[serde(serialize_with = "show::display")]
     pub url: Uri,
     /// Login request headers (secret values).
+    #[serde(serialize_with = "show::names")]
     pub request_headers: Vec<(HeaderName, SecretString)>,
     /// Rendered JSON body (holds secrets).
+    #[serde(serialize_with = "show::redacted_opt")]
     pub body: Option<SecretString>,
     /// JSON pointer of the token.
     pub token_pointer: String,
     /// Fixed lifetime.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub ttl: Option<Duration>,
     /// Cache, injection and rejection settings.
     pub token: TokenSettings,
@@ -289,6 +304,21 @@ pub struct HeaderTemplate {
     pub parts: Vec<TemplatePart>,
 }
 
+/// Shown as the template with each fixed piece [`show::REDACTED`] (it may hold a secret): `[REDACTED]{token}`.
+impl Serialize for HeaderTemplate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let shown: String = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                TemplatePart::Text(_) => show::REDACTED,
+                TemplatePart::Token => "{token}",
+            })
+            .collect();
+        s.serialize_str(&shown)
+    }
+}
+
 impl HeaderTemplate {
     /// Render with `token` in place of `{token}`; the result is secret.
     pub fn render(&self, token: &str) -> String {
@@ -304,9 +334,10 @@ impl HeaderTemplate {
 }
 
 /// When an upstream answer means "this token was rejected", and what may be replayed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RejectPolicy {
     /// Statuses that count.
+    #[serde(serialize_with = "status_codes")]
     pub statuses: Vec<StatusCode>,
     /// Optional body text that must also be present.
     pub body_marker: Option<String>,
@@ -314,22 +345,34 @@ pub struct RejectPolicy {
     pub retry_body_limit: usize,
 }
 
+/// Statuses as their numbers, the way they are written.
+fn status_codes<S: serde::Serializer>(v: &[StatusCode], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(StatusCode::as_u16))
+}
+
 /// Settings shared by the token kinds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TokenSettings {
     /// Headers set on upstream requests.
+    #[serde(serialize_with = "show::map")]
     pub headers: Vec<(HeaderName, HeaderTemplate)>,
     /// Refresh at least this long before expiry.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub refresh_before: Option<Duration>,
     /// Safety margin before expiry.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub expiry_margin: Duration,
     /// One token request's time limit.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub timeout: Duration,
     /// First backoff delay.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub backoff_min: Duration,
     /// Longest backoff delay.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub backoff_max: Duration,
     /// Youngest token a rejection drops; renewals driven by rejections in a row back off from here.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub min_token_age: Duration,
     /// Upstream rejection handling.
     pub reject: RejectPolicy,

@@ -12,13 +12,13 @@ use futures_util::future::{BoxFuture, FutureExt};
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::vendor::{self, Step, VendorFailure};
 use super::{FlowDeps, FlowError, FlowRequest, Handler, json_response};
 use crate::body::{self, Body};
-use crate::config::{ConfigError, Ctx, secret};
+use crate::config::{ConfigError, Ctx, secret, show};
 use crate::credentials::sensitive_value;
 use crate::http_client::HttpClient;
 
@@ -55,7 +55,7 @@ pub struct RawCitadel {
 }
 
 /// Which public-token exchange endpoint to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Exchange {
     /// `POST link-access-tokens/ {public_token}` → `{access_token, link_id}`.
@@ -65,11 +65,12 @@ pub enum Exchange {
 }
 
 /// Validated `[flows.citadel]`.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct CitadelConfig {
     /// Base URL ending in `/`.
     pub api_base: String,
     /// `X-Access-Client-Id` and `X-Access-Secret`, marked sensitive.
+    #[serde(serialize_with = "show::names")]
     secret_headers: Vec<(HeaderName, HeaderValue)>,
     /// Product type.
     pub product_type: String,
@@ -80,6 +81,7 @@ pub struct CitadelConfig {
     /// Exchange contract.
     pub exchange: Exchange,
     /// Per-call timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub timeout: Duration,
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use secrecy::ExposeSecret;
 
@@ -41,13 +41,14 @@ pub struct RawFlows {
 }
 
 /// Validated flow settings.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct FlowsConfig {
     /// The embedded database file, when a flow needs one.
     pub database: Option<PathBuf>,
     /// PostgreSQL, when configured instead of the file.
     pub postgres: Option<PostgresConfig>,
     /// How long database rows are kept.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub retention: Duration,
     /// Incode, when enabled.
     pub incode: Option<incode::IncodeConfig>,

@@ -17,7 +17,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use secrecy::ExposeSecret;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::store::{Claim, IncodeEvent, Store};
@@ -25,7 +25,7 @@ use super::vendor::{self, Step};
 use super::webhook_auth::{self, RawWebhookAuth, WebhookAuth};
 use super::{FlowDeps, FlowError, FlowRequest, Handler, json_response, query_param, read_body};
 use crate::body::{self, Body};
-use crate::config::{ConfigError, Ctx, secret};
+use crate::config::{ConfigError, Ctx, secret, show};
 use crate::credentials::{self, Attachment, Credential, sensitive_value};
 use crate::http_client::{Fetched, HttpClient};
 
@@ -71,11 +71,12 @@ pub struct RawIncode {
 }
 
 /// Validated `[flows.incode]`.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct IncodeConfig {
     /// API base without trailing slash.
     pub api_base: String,
     /// `x-api-key`, marked sensitive.
+    #[serde(serialize_with = "show::redacted")]
     api_key: HeaderValue,
     /// Flow id.
     pub flow_id: String,
@@ -90,6 +91,7 @@ pub struct IncodeConfig {
     /// Allowed redirect origins, serialized as `scheme://host[:port]`.
     pub redirect_origins: Vec<String>,
     /// Per-call timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub timeout: Duration,
     /// Webhook authentication, when webhooks are enabled.
     pub webhook: Option<Arc<WebhookAuth>>,

@@ -25,7 +25,7 @@ use super::store::{Store, TokenRecord};
 use super::{FlowError, FlowRequest, Handler, bytes_response, json_response, query_param};
 use crate::body::Body;
 use crate::caller_auth::Caller;
-use crate::config::{ConfigError, Ctx, secret};
+use crate::config::{ConfigError, Ctx, secret, show};
 use crate::conn::ConnInfo;
 use crate::unix_time::now_secs;
 
@@ -78,12 +78,15 @@ pub struct RawTelesign {
 }
 
 /// Validated `[flows.telesign]`.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct TelesignConfig {
+    #[serde(serialize_with = "show::redacted")]
     customer_id: SecretString,
     /// The base64-decoded API key: the HS256 key.
+    #[serde(serialize_with = "show::redacted")]
     key: SecretSlice<u8>,
     /// Token lifetime from `iat`.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub token_ttl: Duration,
     /// Include `phn`.
     pub include_phone: bool,
@@ -104,6 +107,20 @@ pub struct TelesignConfig {
 pub struct Limit {
     quota: Quota,
     rate: Rate,
+}
+
+/// Shown as written: `requests` per `per`.
+impl Serialize for Limit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Limit", 2)?;
+        st.serialize_field("requests", &self.rate.burst)?;
+        st.serialize_field(
+            "per",
+            &humantime::format_duration(self.rate.interval * self.rate.burst).to_string(),
+        )?;
+        st.end()
+    }
 }
 
 fn quota(

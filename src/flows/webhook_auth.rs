@@ -9,11 +9,11 @@ use headers::{Authorization, HeaderMapExt as _};
 use http::{HeaderMap, HeaderName};
 use ipnet::{IpNet, Ipv4Net};
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::FlowError;
 use crate::config::secret::{self, constant_time_eq};
-use crate::config::{ConfigError, Ctx};
+use crate::config::{ConfigError, Ctx, show};
 
 /// A webhook authentication table as written, e.g. `[flows.incode.webhook]`.
 #[derive(Debug, Deserialize)]
@@ -37,11 +37,24 @@ pub struct RawWebhookAuth {
 }
 
 /// Validated webhook authentication.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct WebhookAuth {
+    #[serde(serialize_with = "secret_header")]
     secret: Option<(HeaderName, SecretString)>,
+    #[serde(serialize_with = "show::redacted_opt")]
     basic: Option<(SecretString, SecretString)>,
+    #[serde(serialize_with = "show::display_all")]
     allow: Vec<IpNet>,
+}
+
+/// How the shared-secret header is shown: its name, the secret [`show::REDACTED`].
+fn secret_header<S: serde::Serializer>(
+    v: &Option<(HeaderName, SecretString)>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    v.as_ref()
+        .map(|(name, _)| serde_json::json!({ "header": name.as_str(), "secret": show::REDACTED }))
+        .serialize(s)
 }
 
 /// Validate a webhook table; `key` is its dotted path, e.g. `flows.incode.webhook`.

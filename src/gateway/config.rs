@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::caller_auth::config::{self as issuers, IssuerConfig, RawIssuer};
 use crate::cluster::{self, ClusterConfig, RawCluster};
 use crate::config::{
     ConfigError, Ctx, Fingerprint, ListenerConfig, RawListener, RawUpstream, UpstreamConfig,
-    secret, validate_listener, validate_upstream,
+    secret, show, validate_listener, validate_upstream,
 };
 use crate::credentials::config::{self as credentials, CredentialConfig};
 use crate::flows::{self, FlowsConfig, RawFlows};
@@ -86,11 +86,12 @@ pub struct RawAdmin {
 }
 
 /// The validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct Config {
     /// The file it came from (for messages).
     pub source: String,
     /// Grace period for in-flight requests at shutdown.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub shutdown_grace: Duration,
     /// The pool for `http://` upstreams.
     pub upstream_pool: UpstreamPool,
@@ -99,8 +100,10 @@ pub struct Config {
     /// Listeners.
     pub listeners: Vec<ListenerConfig>,
     /// Admin listener address.
+    #[serde(serialize_with = "show::display_opt")]
     pub admin: Option<SocketAddr>,
     /// The bearer token the admin API and metrics require, when set.
+    #[serde(serialize_with = "show::redacted_opt")]
     pub admin_token: Option<SecretString>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -114,14 +117,21 @@ pub struct Config {
     pub flows: FlowsConfig,
     /// Every file the config was read from, with the fingerprint of its content then: the config itself (when
     /// loaded from a file), certificates, keys and secret files. A reload watches them.
+    #[serde(serialize_with = "watched")]
     pub files: Vec<(PathBuf, Fingerprint)>,
     /// What each stateful section was built from, by its dotted name (`credentials.NAME`, `issuers.NAME`,
     /// `upstreams.NAME`, `flows`): a reload keeps the state of a section whose fingerprint did not change.
+    #[serde(skip)]
     pub fingerprints: BTreeMap<String, Fingerprint>,
     /// Fleet mode, when configured.
     pub cluster: Option<ClusterConfig>,
     /// OTLP span export, when configured.
     pub tracing: Option<TracingConfig>,
+}
+
+/// The watched files, by path alone: a fingerprint of a secret file would let a reader test guesses of it.
+fn watched<S: serde::Serializer>(v: &[(PathBuf, Fingerprint)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(p, _)| p))
 }
 
 /// Check `[admin]`: without a token it answers anyone who reaches it, so it binds to loopback unless told otherwise.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::caller_auth::config::{AuthMode, IssuerConfig, RawRouteAuth, RouteAuthConfig};
 use crate::config::{ConfigError, Ctx, UpstreamConfig};
@@ -48,7 +48,8 @@ pub struct RawRoute {
 }
 
 /// What answers a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RouteTarget {
     /// Forward to the named upstream.
     Upstream(String),
@@ -57,7 +58,7 @@ pub enum RouteTarget {
 }
 
 /// A validated route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RouteConfig {
     /// Name for logs and metrics.
     pub name: String,
@@ -76,6 +77,7 @@ pub struct RouteConfig {
     /// Header limit in bytes.
     pub max_header_bytes: usize,
     /// Caller authentication.
+    #[serde(flatten)]
     pub auth: RouteAuthConfig,
 }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use rustls::pki_types::CertificateDer;
 use secrecy::{ExposeSecret as _, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{self, ConfigError, Ctx, secret};
+use crate::config::{self, ConfigError, Ctx, secret, show};
 
 /// `[tracing]` as written.
 #[derive(Debug, Deserialize)]
@@ -39,7 +39,7 @@ pub struct RawTracing {
 }
 
 /// The validated `[tracing]` section.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct TracingConfig {
     /// The collector's traces URL.
     pub endpoint: String,
@@ -48,12 +48,16 @@ pub struct TracingConfig {
     /// Share of traces started here that are recorded.
     pub sample_ratio: f64,
     /// Headers sent with each export.
+    #[serde(serialize_with = "show::names")]
     pub headers: Vec<(HeaderName, SecretString)>,
     /// Extra trusted CAs for the collector.
+    #[serde(serialize_with = "show::certs")]
     pub extra_ca: Vec<CertificateDer<'static>>,
     /// Export timeout.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub timeout: Duration,
     /// Batch delay.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub batch_delay: Duration,
     /// Export queue bound.
     pub max_queue: usize,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 
@@ -53,13 +54,15 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE incode_events (
 const MIGRATION_LOCK: i64 = 0x6372_6564_6761_7465;
 
 /// `[flows] postgres_*`, validated.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct PostgresConfig {
     /// `postgres://user:password@host:port/db` (may carry a password).
+    #[serde(serialize_with = "crate::config::show::redacted")]
     pub url: SecretString,
     /// Most connections the pool opens.
     pub pool_size: usize,
     /// Longest wait to connect, and for a pooled connection.
+    #[serde(serialize_with = "humantime_serde::serialize")]
     pub connect_timeout: Duration,
 }
 

@@ -21,6 +21,8 @@
 #   when a source is newer than it. PGO=0: a plain `cargo build --release`.
 # POOL=hyper_util, TIMER=tokio: the standard fallbacks for the upstream pool and the timer ([server] keys).
 # CREDGATE_BIN=path: bench that binary as is (no build), e.g. to compare two builds in one sitting.
+# FLEET=1: in fleet mode ([cluster]) against a throwaway redis-server on 127.0.0.1:PORT+3 (on CPU 0 with wrk and the
+#   origin), to compare with the same row on a single node; with CRED=oauth2 the token is the fleet's.
 # ADMIN=1: with an admin listener (127.0.0.1:PORT+2), which turns on the request and upstream time histograms.
 # CALLGRIND=1: run the gateway under valgrind's callgrind and print its user-space instructions per request instead
 #   (CACHESIM=1 as well: and its L1 instruction and data cache misses per request).
@@ -60,8 +62,10 @@ fi
 work=$(mktemp -d)
 pid=
 token_pid=
+redis_pid=
 cleanup() {
   [ -n "$token_pid" ] && kill "$token_pid" 2>/dev/null
+  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
     wait "$pid" || true
@@ -118,11 +122,25 @@ token_url = \"http://127.0.0.1:$tport/token\"
 client_id = \"bench\"
 client_secret = \"bench-secret\""
 fi
+if [ "${FLEET:-0}" = 1 ]; then label=$label-fleet; fi
 name=${NAME:-$label$suffix}
 admin=""
 if [ "${ADMIN:-0}" = 1 ]; then
   admin="[admin]
 address = \"127.0.0.1:$((port + 2))\""
+fi
+cluster=""
+if [ "${FLEET:-0}" = 1 ]; then
+  rport=$((port + 3))
+  taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    > "$work/redis.log" 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -p "$rport" ping >/dev/null || { echo "redis-server did not start:" >&2; cat "$work/redis.log" >&2; exit 1; }
+  cluster="[cluster]
+redis_url = \"redis://127.0.0.1:$rport\"
+node_id = \"bench\"
+encryption_key = \"$(head -c 32 /dev/urandom | base64)\""
 fi
 
 cat > "$work/config.toml" <<EOF
@@ -136,6 +154,7 @@ address = "127.0.0.1:$port"
 $listener
 
 $admin
+$cluster
 [upstreams.origin]
 url = "$origin"
 

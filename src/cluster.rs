@@ -136,8 +136,30 @@ impl Cluster {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(redis))
-            .map_err(|e| BuildError(format!("not a usable Redis URL ({:?})", e.kind())))?;
+        let info = info.set_redis_settings(redis);
+        let client = match &cfg.tls {
+            Some(tls) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: tls
+                        .client_pem
+                        .as_ref()
+                        .map(|(cert, key)| redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.expose_secret().clone(),
+                        }),
+                    root_cert: tls.ca_pem.clone(),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        // The error may quote the URL, password included: say only what kind it is.
+        .map_err(|e| {
+            BuildError(format!(
+                "not a usable Redis URL or TLS setting ({:?})",
+                e.kind()
+            ))
+        })?;
         let inner = Arc::new(Inner {
             client,
             conn: OnceLock::new(),

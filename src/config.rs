@@ -15,6 +15,7 @@ use aws_lc_rs::digest;
 use http::Uri;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use secrecy::{ExposeSecret, SecretBox};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -353,6 +354,15 @@ pub fn read_certs(
     key: &str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    read_certs_pem(ctx, key, path).map(|(_, certs)| certs)
+}
+
+/// Read a PEM file of certificates, keeping its text too, for clients that take PEM (the Redis client).
+pub fn read_certs_pem(
+    ctx: &Ctx,
+    key: &str,
+    path: &Path,
+) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), ConfigError> {
     let pem = ctx
         .read(path)
         .map_err(|e| ctx.invalid(key, format!("cannot read {}: {e}", path.display())))?;
@@ -362,15 +372,32 @@ pub fn read_certs(
     if certs.is_empty() {
         return Err(ctx.invalid(key, format!("no certificate in {}", path.display())));
     }
-    Ok(certs)
+    Ok((pem, certs))
 }
 
 /// Read a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn read_key(ctx: &Ctx, key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
-    let pem = ctx
-        .read(path)
-        .map_err(|e| ctx.invalid(key, format!("cannot read {}: {e}", path.display())))?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+    let pem = read_key_pem(ctx, key, path)?;
+    key_of(ctx, key, path, pem.expose_secret())
+}
+
+/// Read a PEM private key as its text, checked to hold a usable key, for clients that take PEM (the Redis client).
+pub fn read_key_pem(ctx: &Ctx, key: &str, path: &Path) -> Result<SecretBox<Vec<u8>>, ConfigError> {
+    let pem =
+        SecretBox::new(Box::new(ctx.read(path).map_err(|e| {
+            ctx.invalid(key, format!("cannot read {}: {e}", path.display()))
+        })?));
+    key_of(ctx, key, path, pem.expose_secret())?;
+    Ok(pem)
+}
+
+fn key_of(
+    ctx: &Ctx,
+    key: &str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
         ctx.invalid(
             key,
             format!("no usable private key in {}: {e}", path.display()),

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use support::fake_vendor::{self, FakeVendor, Mode};
 use support::redis::Redis;
-use support::{TestGateway, start_gateway};
+use support::{TestGateway, certs, start_gateway};
 
 /// A test key (32 bytes, base64); real deployments give a secret reference.
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -50,6 +50,17 @@ async fn replica(node: &str, redis: &Redis, v: &FakeVendor) -> TestGateway {
 
 /// One replica named `node`, in fleet mode on `redis`, its credential `v` configured by `credential`.
 async fn replica_with(node: &str, redis: &Redis, v: &FakeVendor, credential: &str) -> TestGateway {
+    replica_on(node, redis, "", v, credential).await
+}
+
+/// [`replica_with`], with `cluster` appended to its `[cluster]` section.
+async fn replica_on(
+    node: &str,
+    redis: &Redis,
+    cluster: &str,
+    v: &FakeVendor,
+    credential: &str,
+) -> TestGateway {
     start_gateway(&format!(
         r#"
 [[listeners]]
@@ -71,6 +82,7 @@ redis_url = "{}"
 node_id = "{node}"
 key_prefix = "test:"
 encryption_key = "{KEY}"
+{cluster}
 "#,
         v.url(),
         redis.url()
@@ -891,4 +903,53 @@ encryption_key = "{KEY}"
         text.contains("redis up"),
         "the kept cluster still reaches Redis: {text}"
     );
+}
+
+/// A Redis that speaks only TLS and requires client certificates: replicas given its CA and a client certificate
+/// share one token through it; a replica whose certificate it refuses serves anyway, fetching on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_token_through_a_redis_that_requires_tls_and_client_certificates() {
+    let server = certs::make();
+    let redis = Redis::start_tls(&server).await;
+    assert!(redis.url().starts_with("rediss://"));
+    let v = fake_vendor::new().run().await;
+    let tls = |c: &certs::TestCerts| {
+        format!(
+            "tls_ca = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"",
+            server.ca.display(),
+            c.cert.display(),
+            c.key.display()
+        )
+    };
+    let credential = oauth2(&v, "");
+    let mut gws = Vec::new();
+    for node in ["a", "b"] {
+        gws.push(replica_on(node, &redis, &tls(&server), &v, &credential).await);
+    }
+    for st in burst(&gws[..1], "first", 1).await {
+        assert_eq!(st, StatusCode::OK);
+    }
+    for st in burst(&gws, "tls", 20).await {
+        assert_eq!(st, StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 1, "one token request for both replicas");
+    assert_eq!(
+        (tokens(&gws[0], "fetched"), tokens(&gws[1], "fleet")),
+        (1.0, 1.0),
+        "a fetched it for the fleet over TLS, b read it over TLS"
+    );
+    assert!(
+        redis.cli(&["KEYS", "*"]).contains("test:{v}:token"),
+        "the token is stored in the TLS Redis"
+    );
+
+    // A client certificate from another CA: Redis ends the handshake; the replica serves on its own.
+    let stranger = certs::make();
+    let c = replica_on("c", &redis, &tls(&stranger), &v, &credential).await;
+    for st in burst(std::slice::from_ref(&c), "stranger", 5).await {
+        assert_eq!(st, StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 2, "c could not share, so it fetched its own");
+    assert_eq!(tokens(&c, "local"), 1.0);
+    assert_eq!(metric(&c, "credgate_cluster_redis_up", &[]), 0.0);
 }

@@ -1,15 +1,16 @@
 //! `[cluster]`: fleet mode. Optional; without it every replica is on its own, exactly as a single node. With it,
 //! replicas share upstream tokens through Redis (see [`crate::cluster`]). Secrets (the Redis URL, which may carry a
-//! password, and the token encryption key) are secret references, resolved once here.
+//! password, and the token encryption key) are secret references, resolved once here; TLS files (`rediss://`) are
+//! read and checked here too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, Ctx, secret, show};
+use crate::config::{ConfigError, Ctx, read_certs_pem, read_key_pem, secret, show};
 
 /// `[cluster]` as written.
 #[derive(Debug, Deserialize)]
@@ -27,6 +28,13 @@ pub struct RawCluster {
     pub encryption_key: Option<String>,
     /// A file holding the encryption key (base64), instead of `encryption_key`.
     pub encryption_key_file: Option<PathBuf>,
+    /// With `rediss://`: a PEM CA bundle Redis's certificate must chain to, instead of the webpki roots (a private
+    /// CA, as Redis's own `tls-ca-cert-file`).
+    pub tls_ca: Option<PathBuf>,
+    /// With `rediss://`: a PEM client certificate chain, for a Redis that verifies clients (`tls-auth-clients`).
+    pub tls_client_cert: Option<PathBuf>,
+    /// The private key of `tls_client_cert`.
+    pub tls_client_key: Option<PathBuf>,
     /// Longest wait to connect to Redis (default `1s`).
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
@@ -48,12 +56,29 @@ pub struct ClusterConfig {
     /// The token encryption key.
     #[serde(serialize_with = "show::redacted")]
     pub encryption_key: SecretBox<[u8; 32]>,
+    /// TLS settings, with `rediss://`.
+    pub tls: Option<RedisTls>,
     /// Connect timeout.
     #[serde(serialize_with = "humantime_serde::serialize")]
     pub connect_timeout: Duration,
     /// Per-command timeout.
     #[serde(serialize_with = "humantime_serde::serialize")]
     pub command_timeout: Duration,
+}
+
+/// How the gateway connects to a `rediss://` Redis, besides the webpki roots and no client certificate.
+#[derive(Debug, Default, Serialize)]
+pub struct RedisTls {
+    /// `tls_ca`'s path, for `/admin/config`.
+    pub ca: Option<PathBuf>,
+    /// `tls_ca`'s PEM text: the only roots Redis's certificate may chain to, when set.
+    #[serde(skip)]
+    pub ca_pem: Option<Vec<u8>>,
+    /// `tls_client_cert`'s path, for `/admin/config`.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate chain and its key, as PEM text.
+    #[serde(skip)]
+    pub client_pem: Option<(Vec<u8>, SecretBox<Vec<u8>>)>,
 }
 
 /// The longest `key_prefix` and `node_id`: they are repeated in every key and lease.
@@ -76,12 +101,13 @@ pub fn validate(ctx: &Ctx, raw: RawCluster) -> Result<ClusterConfig, ConfigError
             format!("scheme {:?}: use redis:// or rediss://", url.scheme()),
         ));
     }
-    if matches!(url.scheme(), "rediss" | "valkeys") {
-        return Err(ctx.invalid(
-            "cluster.redis_url",
-            "TLS to Redis (rediss://) is not supported yet: reach Redis over a private network or a local TLS tunnel",
-        ));
-    }
+    let tls = redis_tls(
+        ctx,
+        matches!(url.scheme(), "rediss" | "valkeys"),
+        raw.tls_ca.as_deref(),
+        raw.tls_client_cert.as_deref(),
+        raw.tls_client_key.as_deref(),
+    )?;
     let key_prefix = raw.key_prefix.unwrap_or_else(|| "credgate:".to_owned());
     check_name(ctx, "cluster.key_prefix", &key_prefix)?;
     let node_id = match raw.node_id {
@@ -114,6 +140,7 @@ pub fn validate(ctx: &Ctx, raw: RawCluster) -> Result<ClusterConfig, ConfigError
         key_prefix,
         node_id,
         encryption_key,
+        tls,
         connect_timeout: positive(
             "cluster.connect_timeout",
             raw.connect_timeout,
@@ -125,6 +152,52 @@ pub fn validate(ctx: &Ctx, raw: RawCluster) -> Result<ClusterConfig, ConfigError
             Duration::from_millis(500),
         )?,
     })
+}
+
+/// Read the TLS files of a `rediss://` Redis; refused with `redis://`, where they would silently do nothing.
+fn redis_tls(
+    ctx: &Ctx,
+    tls: bool,
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<RedisTls>, ConfigError> {
+    if !tls {
+        if let Some(k) = [
+            ca.map(|_| "cluster.tls_ca"),
+            cert.map(|_| "cluster.tls_client_cert"),
+            key.map(|_| "cluster.tls_client_key"),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        {
+            return Err(ctx.invalid(k, "needs a rediss:// redis_url (TLS)"));
+        }
+        return Ok(None);
+    }
+    let ca_pem = ca
+        .map(|p| read_certs_pem(ctx, "cluster.tls_ca", p).map(|(pem, _)| pem))
+        .transpose()?;
+    let client_pem = match (cert, key) {
+        (Some(c), Some(k)) => Some((
+            read_certs_pem(ctx, "cluster.tls_client_cert", c)?.0,
+            read_key_pem(ctx, "cluster.tls_client_key", k)?,
+        )),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ctx.invalid("cluster.tls_client_key", "required with tls_client_cert"));
+        }
+        (None, Some(_)) => {
+            return Err(ctx.invalid("cluster.tls_client_cert", "required with tls_client_key"));
+        }
+    };
+    Ok(Some(RedisTls {
+        ca: ca.map(Path::to_path_buf),
+        ca_pem,
+        client_cert: cert.map(Path::to_path_buf),
+        client_pem,
+    }))
 }
 
 /// A secret given inline or as a file, exactly one of them.
@@ -170,10 +243,13 @@ mod tests {
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
     fn parse(extra: &str) -> Result<ClusterConfig, ConfigError> {
-        let raw: RawCluster = toml::from_str(&format!(
-            "redis_url = \"redis://127.0.0.1:6379\"\nnode_id = \"a\"\n{extra}"
-        ))
-        .map_err(|e| Ctx::new("<t>").invalid("toml", e))?;
+        parse_url("redis://127.0.0.1:6379", extra)
+    }
+
+    fn parse_url(url: &str, extra: &str) -> Result<ClusterConfig, ConfigError> {
+        let raw: RawCluster =
+            toml::from_str(&format!("redis_url = \"{url}\"\nnode_id = \"a\"\n{extra}"))
+                .map_err(|e| Ctx::new("<t>").invalid("toml", e))?;
         validate(&Ctx::new("<t>"), raw)
     }
 
@@ -212,11 +288,7 @@ mod tests {
             ))),
             "cluster.command_timeout"
         );
-        for url in [
-            "http://user:hunter2@h",
-            "rediss://user:hunter2@h",
-            "not a url hunter2",
-        ] {
+        for url in ["http://user:hunter2@h", "not a url hunter2"] {
             let raw: RawCluster = toml::from_str(&format!(
                 "redis_url = \"{url}\"\nencryption_key = \"{KEY}\""
             ))
@@ -224,5 +296,37 @@ mod tests {
             let e = validate(&Ctx::new("<t>"), raw).expect_err("scheme");
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_files_need_rediss_come_in_pairs_and_are_read_at_load() {
+        let with = |extra: &str| format!("encryption_key = \"{KEY}\"\n{extra}");
+        let tls = parse_url("rediss://127.0.0.1:6380", &with(""))
+            .expect("rediss alone: the webpki roots, no client certificate");
+        assert!(
+            tls.tls
+                .is_some_and(|t| t.ca_pem.is_none() && t.client_pem.is_none())
+        );
+        assert!(parse(&with("")).expect("redis://").tls.is_none());
+        assert_eq!(
+            key_of(parse(&with("tls_ca = \"ca.pem\""))),
+            "cluster.tls_ca",
+            "TLS files with redis:// would do nothing"
+        );
+        assert_eq!(
+            key_of(parse_url(
+                "rediss://h",
+                &with("tls_client_cert = \"c.pem\"")
+            )),
+            "cluster.tls_client_key"
+        );
+        assert_eq!(
+            key_of(parse_url(
+                "rediss://h",
+                &with("tls_ca = \"/nonexistent/ca.pem\"")
+            )),
+            "cluster.tls_ca",
+            "an unreadable CA fails at load, not at the first token"
+        );
     }
 }

@@ -31,22 +31,30 @@ pub enum ClientBuildError {
     Target,
 }
 
-/// Build a client trusting the webpki roots plus `extra_ca`, with `connect_timeout` on TCP connects.
-pub fn build(
+/// The TLS client settings of every outbound connection but Redis's (upstreams, control plane, PostgreSQL):
+/// aws-lc-rs, the webpki roots plus `extra_ca`, no client certificate.
+pub(crate) fn tls_client_config(
     extra_ca: &[CertificateDer<'static>],
-    connect_timeout: Duration,
-) -> Result<HttpClient, ClientBuildError> {
+) -> Result<rustls::ClientConfig, ClientBuildError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for ca in extra_ca {
         roots.add(ca.clone()).map_err(ClientBuildError::BadCa)?;
     }
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(ClientBuildError::Tls)?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// Build a client trusting the webpki roots plus `extra_ca`, with `connect_timeout` on TCP connects.
+pub fn build(
+    extra_ca: &[CertificateDer<'static>],
+    connect_timeout: Duration,
+) -> Result<HttpClient, ClientBuildError> {
+    let tls = tls_client_config(extra_ca)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

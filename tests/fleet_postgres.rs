@@ -135,16 +135,15 @@ async fn replicas_on_postgres_share_the_telesign_ledger_and_approve_an_interview
     assert_eq!(pg.psql("SELECT version FROM credgate_schema").trim(), "1");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_unreachable_is_a_503_with_retry_after() {
-    let (_held, addr) = support::closed_port();
-    let gw = start_gateway(&format!(
+/// A gateway serving TeleSign alone, its `[flows]` PostgreSQL settings `postgres`.
+async fn telesign_on(postgres: &str) -> TestGateway {
+    start_gateway(&format!(
         r#"
 [[listeners]]
 address = "127.0.0.1:0"
 tls = false
 [flows]
-postgres_url = "postgres://credgate:hunter2@127.0.0.1:{}/postgres"
+{postgres}
 [flows.telesign]
 customer_id = "CUSTOMER-0001"
 api_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlBQkNERUY="
@@ -152,19 +151,77 @@ api_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlBQkNERUY="
 path_prefix = "/telesign"
 flow = "telesign"
 auth = "none"
-"#,
-        addr.port()
+"#
     ))
-    .await;
-    let got = call(
+    .await
+}
+
+/// A TeleSign token request, which records the token in the ledger.
+async fn mint(gw: &TestGateway, xid: &str) -> support::fake_http::Got {
+    call(
         Method::GET,
-        &url(&gw, "/telesign/token/15551234567/o-1"),
+        &url(gw, &format!("/telesign/token/15551234567/{xid}")),
         &[],
         "",
     )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_a_503_with_retry_after() {
+    let (_held, addr) = support::closed_port();
+    let gw = telesign_on(&format!(
+        "postgres_url = \"postgres://credgate:hunter2@127.0.0.1:{}/postgres\"",
+        addr.port()
+    ))
     .await;
+    let got = mint(&gw, "o-1").await;
     assert_eq!(got.status, 503, "{}", got.text());
     assert_eq!(got.json()["code"], "flow_storage_unavailable");
     assert!(got.headers.contains_key("retry-after"));
     assert!(!got.text().contains("hunter2"));
+}
+
+/// A PostgreSQL that takes TCP connections over TLS only: with `sslmode=require` and its CA as `postgres_ca` the
+/// ledger is written over TLS; without the CA its certificate is refused, and without `sslmode=require` the server
+/// refuses the plain connection: both a 503, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server_and_plain_connections_are_not_made() {
+    let certs = support::certs::make();
+    let pg = Postgres::start_tls(&certs).await;
+    let tls_url = format!("{}?sslmode=require", pg.url());
+    let gw = telesign_on(&format!(
+        "postgres_url = \"{tls_url}\"\npostgres_ca = \"{}\"",
+        certs.ca.display()
+    ))
+    .await;
+    let got = mint(&gw, "o-tls").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(pg.psql("SELECT count(*) FROM telesign_tokens").trim(), "1");
+    let over_tls = pg.psql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'credgate' AND s.ssl",
+    );
+    assert_ne!(
+        over_tls.trim(),
+        "0",
+        "the gateway's pooled connection is TLS"
+    );
+
+    for (postgres, what) in [
+        (
+            format!("postgres_url = \"{tls_url}\""),
+            "a CA it does not trust",
+        ),
+        (
+            format!("postgres_url = \"{}\"", pg.url()),
+            "a plain connection",
+        ),
+    ] {
+        let gw = telesign_on(&postgres).await;
+        let got = mint(&gw, "o-refused").await;
+        assert_eq!(got.status, 503, "{what}: {}", got.text());
+        assert_eq!(got.json()["code"], "flow_storage_unavailable", "{what}");
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM telesign_tokens").trim(), "1");
 }

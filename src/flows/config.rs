@@ -23,6 +23,9 @@ pub struct RawFlows {
     pub postgres_url: Option<String>,
     /// A file holding the PostgreSQL URL, instead of `postgres_url`.
     pub postgres_url_file: Option<PathBuf>,
+    /// With `sslmode=require` in `postgres_url` (TLS, the server's certificate verified against the webpki roots):
+    /// a PEM CA trusted besides them, for a private CA.
+    pub postgres_ca: Option<PathBuf>,
     /// Most PostgreSQL connections per replica (default 8).
     pub postgres_pool_size: Option<usize>,
     /// Longest wait to connect to PostgreSQL or for a pooled connection (default `5s`).
@@ -90,16 +93,26 @@ fn postgres(ctx: &Ctx, raw: &RawFlows) -> Result<Option<PostgresConfig>, ConfigE
         return Ok(None);
     };
     // Parsed here so that `credgate check` finds a typo; the error never quotes the URL (it may carry a password).
-    if url
-        .expose_secret()
-        .parse::<tokio_postgres::Config>()
-        .is_err()
-    {
+    let Ok(parsed) = url.expose_secret().parse::<tokio_postgres::Config>() else {
         return Err(ctx.invalid(
             key,
             "not a PostgreSQL URL (postgres://user:password@host:5432/db)",
         ));
+    };
+    // Only `require` turns TLS on: the default (`prefer`) stays the plain connection it always was.
+    let tls = parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    if raw.postgres_ca.is_some() && !tls {
+        return Err(ctx.invalid(
+            "flows.postgres_ca",
+            "needs sslmode=require in postgres_url (TLS)",
+        ));
     }
+    let ca = raw
+        .postgres_ca
+        .as_deref()
+        .map(|p| crate::config::read_certs(ctx, "flows.postgres_ca", p))
+        .transpose()?
+        .unwrap_or_default();
     let pool_size = raw.postgres_pool_size.unwrap_or(8);
     if pool_size == 0 {
         return Err(ctx.invalid("flows.postgres_pool_size", "must be at least 1"));
@@ -112,6 +125,8 @@ fn postgres(ctx: &Ctx, raw: &RawFlows) -> Result<Option<PostgresConfig>, ConfigE
     }
     Ok(Some(PostgresConfig {
         url,
+        tls,
+        ca,
         pool_size,
         connect_timeout,
     }))
@@ -166,9 +181,13 @@ mod tests {
             .expect("valid");
         let pg = c.postgres.expect("postgres");
         assert_eq!(
-            (pg.pool_size, pg.connect_timeout),
-            (8, Duration::from_secs(5))
+            (pg.pool_size, pg.connect_timeout, pg.tls),
+            (8, Duration::from_secs(5), false),
+            "the default sslmode (prefer) stays a plain connection"
         );
+        let tls = validate_toml("postgres_url = \"postgres://u:hunter2@db/x?sslmode=require\"")
+            .expect("valid");
+        assert!(tls.postgres.is_some_and(|pg| pg.tls));
         for (text, key) in [
             (
                 "database = \"f.db\"\npostgres_url = \"postgres://u:hunter2@db/x\"",
@@ -181,6 +200,14 @@ mod tests {
             (
                 "postgres_url = \"postgres://u:hunter2@db/x\"\npostgres_pool_size = 0",
                 "flows.postgres_pool_size",
+            ),
+            (
+                "postgres_url = \"postgres://u:hunter2@db/x\"\npostgres_ca = \"ca.pem\"",
+                "flows.postgres_ca",
+            ),
+            (
+                "postgres_url = \"postgres://u:hunter2@db/x?sslmode=require\"\npostgres_ca = \"/nonexistent\"",
+                "flows.postgres_ca",
             ),
         ] {
             match validate_toml(text) {

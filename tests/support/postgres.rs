@@ -76,6 +76,16 @@ fn id_of(flag: &str) -> u32 {
 impl Postgres {
     /// Initialise a cluster and start it on a free port; returns once it accepts connections.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// [`Postgres::start`], accepting TCP connections over TLS only (`hostnossl ... reject`), with `certs`' server
+    /// certificate.
+    pub async fn start_tls(certs: &super::certs::TestCerts) -> Self {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(tls: Option<&super::certs::TestCerts>) -> Self {
         let bin = bin_dir();
         // Under /tmp, which the postgres user can reach (the build directory may not be).
         let dir = tempfile::Builder::new()
@@ -98,6 +108,34 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut ssl = Vec::new();
+        if let Some(certs) = tls {
+            // The server reads its key only when it is the server user's and private.
+            let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::copy(&certs.cert, &cert).expect("copy the server certificate");
+            std::fs::copy(&certs.key, &key).expect("copy the server key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod the server key");
+            if is_root() {
+                for f in [&cert, &key] {
+                    std::os::unix::fs::chown(f, Some(id_of("-u")), Some(id_of("-g")))
+                        .expect("chown the TLS files");
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .expect("pg_hba.conf");
+            ssl = vec![
+                "-c".to_owned(),
+                "ssl=on".to_owned(),
+                "-c".to_owned(),
+                format!("ssl_cert_file={}", cert.display()),
+                "-c".to_owned(),
+                format!("ssl_key_file={}", key.display()),
+            ];
+        }
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -116,6 +154,7 @@ impl Postgres {
                 ])
                 .arg(dir.path())
                 .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+                .args(&ssl)
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))
                 .spawn()

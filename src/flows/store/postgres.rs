@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls::pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -59,6 +60,11 @@ pub struct PostgresConfig {
     /// `postgres://user:password@host:port/db` (may carry a password).
     #[serde(serialize_with = "crate::config::show::redacted")]
     pub url: SecretString,
+    /// TLS (`sslmode=require`), the server's certificate verified.
+    pub tls: bool,
+    /// CAs trusted besides the webpki roots.
+    #[serde(serialize_with = "crate::config::show::certs")]
+    pub ca: Vec<CertificateDer<'static>>,
     /// Most connections the pool opens.
     pub pool_size: usize,
     /// Longest wait to connect, and for a pooled connection.
@@ -97,13 +103,22 @@ impl Postgres {
             })?;
         pg.connect_timeout(cfg.connect_timeout);
         pg.application_name("credgate");
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if cfg.tls {
+            let tls = crate::http_client::tls_client_config(&cfg.ca)
+                .map_err(|e| StoreError::Postgres(format!("TLS: {e}")))?;
+            Manager::from_config(
+                pg,
+                postgres_rustls::MakeTlsConnector::new(tokio_rustls::TlsConnector::from(Arc::new(
+                    tls,
+                ))),
+                recycling(),
+            )
+        } else {
+            Manager::from_config(pg, NoTls, recycling())
+        };
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_size)
             .runtime(Runtime::Tokio1)

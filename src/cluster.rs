@@ -167,7 +167,7 @@ impl Cluster {
             node_id: cfg.node_id.clone(),
             command_timeout: cfg.command_timeout,
             connect_timeout: cfg.connect_timeout,
-            sealer: Sealer::new(&cfg.encryption_key),
+            sealer: Sealer::new(&cfg.encryption_key, &cfg.decryption_keys),
             health: AtomicU8::new(UNKNOWN),
             subscribed: AtomicBool::new(false),
             unsealable_logged: AtomicBool::new(false),
@@ -382,7 +382,7 @@ impl Inner {
     /// Note that a value did not decrypt: logged once, as it will repeat on every read until replaced.
     fn unsealable(&self, key: &str) {
         if !self.unsealable_logged.swap(true, Ordering::Relaxed) {
-            tracing::error!(node = %self.node_id, key, "{}; fetching tokens on this replica (is cluster.encryption_key the same on every replica?)", seal::Unsealable);
+            tracing::error!(node = %self.node_id, key, "{}; fetching tokens on this replica (is cluster.encryption_key, or one of its decryption_keys, the same on every replica?)", seal::Unsealable);
         }
     }
 

@@ -50,10 +50,11 @@ async fn replica(node: &str, redis: &Redis, v: &FakeVendor) -> TestGateway {
 
 /// One replica named `node`, in fleet mode on `redis`, its credential `v` configured by `credential`.
 async fn replica_with(node: &str, redis: &Redis, v: &FakeVendor, credential: &str) -> TestGateway {
-    replica_on(node, redis, "", v, credential).await
+    let key = format!("encryption_key = \"{KEY}\"");
+    replica_on(node, redis, &key, v, credential).await
 }
 
-/// [`replica_with`], with `cluster` appended to its `[cluster]` section.
+/// [`replica_with`], with `cluster` (its key, and any more settings) appended to its `[cluster]` section.
 async fn replica_on(
     node: &str,
     redis: &Redis,
@@ -81,7 +82,6 @@ auth = "none"
 redis_url = "{}"
 node_id = "{node}"
 key_prefix = "test:"
-encryption_key = "{KEY}"
 {cluster}
 "#,
         v.url(),
@@ -915,7 +915,7 @@ async fn replicas_share_one_token_through_a_redis_that_requires_tls_and_client_c
     let v = fake_vendor::new().run().await;
     let tls = |c: &certs::TestCerts| {
         format!(
-            "tls_ca = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"",
+            "encryption_key = \"{KEY}\"\ntls_ca = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"",
             server.ca.display(),
             c.cert.display(),
             c.key.display()
@@ -952,4 +952,55 @@ async fn replicas_share_one_token_through_a_redis_that_requires_tls_and_client_c
     assert_eq!(v.grants(), 2, "c could not share, so it fetched its own");
     assert_eq!(tokens(&c, "local"), 1.0);
     assert_eq!(metric(&c, "credgate_cluster_redis_up", &[]), 0.0);
+}
+
+/// A key rotation: a replica given a new key and the old one as a decryption key reads the token the old key
+/// sealed (no token request), seals its renewal with the new key, and a replica on the old key that accepts the new
+/// one reads that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_keeps_the_fleet_token_readable_with_no_token_request() {
+    const NEW: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    let redis = Redis::start().await;
+    let v = fake_vendor::new().run().await;
+    let credential = oauth2(&v, "");
+    let keys = |key: &str, also: &str| {
+        format!("encryption_key = \"{key}\"\ndecryption_keys = [\"{also}\"]")
+    };
+    let old = replica_with("old", &redis, &v, &credential).await;
+    for st in burst(std::slice::from_ref(&old), "old", 3).await {
+        assert_eq!(st, StatusCode::OK);
+    }
+    assert_eq!(v.grants(), 1);
+
+    let new = replica_on("new", &redis, &keys(NEW, KEY), &v, &credential).await;
+    for st in burst(std::slice::from_ref(&new), "new", 3).await {
+        assert_eq!(st, StatusCode::OK);
+    }
+    assert_eq!(
+        v.grants(),
+        1,
+        "the new key's replica opened the old key's token"
+    );
+    assert_eq!(tokens(&new, "fleet"), 1.0);
+
+    assert_eq!(
+        admin_post(&new, "/admin/credentials/v/refresh").await,
+        StatusCode::ACCEPTED
+    );
+    until("the new key's replica renews for the fleet", || {
+        tokens(&new, "fetched") >= 1.0
+    })
+    .await;
+    assert_eq!(v.grants(), 2);
+    let accepting = replica_on("accepting", &redis, &keys(KEY, NEW), &v, &credential).await;
+    for st in burst(std::slice::from_ref(&accepting), "accepting", 3).await {
+        assert_eq!(st, StatusCode::OK);
+    }
+    assert_eq!(
+        v.grants(),
+        2,
+        "the renewal, sealed with the new key, opened with it as a decryption key"
+    );
+    assert_eq!(tokens(&accepting, "fleet"), 1.0);
+    assert_eq!(last_token(&v), v.issued()[1]);
 }

@@ -28,6 +28,10 @@ pub struct RawCluster {
     pub encryption_key: Option<String>,
     /// A file holding the encryption key (base64), instead of `encryption_key`.
     pub encryption_key_file: Option<PathBuf>,
+    /// More keys (base64, each a secret reference) that stored tokens may be encrypted with, for a rotation in
+    /// progress: tokens are opened with any of them but encrypted only with `encryption_key`.
+    #[serde(default)]
+    pub decryption_keys: Vec<String>,
     /// With `rediss://`: a PEM CA bundle Redis's certificate must chain to, instead of the webpki roots (a private
     /// CA, as Redis's own `tls-ca-cert-file`).
     pub tls_ca: Option<PathBuf>,
@@ -56,6 +60,9 @@ pub struct ClusterConfig {
     /// The token encryption key.
     #[serde(serialize_with = "show::redacted")]
     pub encryption_key: SecretBox<[u8; 32]>,
+    /// Keys that open stored tokens besides `encryption_key` (a rotation in progress).
+    #[serde(serialize_with = "show::redacted_each")]
+    pub decryption_keys: Vec<SecretBox<[u8; 32]>>,
     /// TLS settings, with `rediss://`.
     pub tls: Option<RedisTls>,
     /// Connect timeout.
@@ -130,6 +137,15 @@ pub fn validate(ctx: &Ctx, raw: RawCluster) -> Result<ClusterConfig, ConfigError
             "must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)",
         )
     })?;
+    let mut decryption_keys = Vec::new();
+    for (i, raw_key) in raw.decryption_keys.iter().enumerate() {
+        let k = format!("cluster.decryption_keys[{i}]");
+        let text = secret::expand(ctx, raw_key).map_err(|e| ctx.invalid(&k, e))?;
+        decryption_keys.push(
+            decode_key(text.expose_secret().trim())
+                .ok_or_else(|| ctx.invalid(&k, "must be 32 bytes in base64, as encryption_key"))?,
+        );
+    }
     let positive = |key: &str, d: Option<Duration>, default: Duration| match d {
         Some(d) if d.is_zero() => Err(ctx.invalid(key, "must be above zero")),
         Some(d) => Ok(d),
@@ -140,6 +156,7 @@ pub fn validate(ctx: &Ctx, raw: RawCluster) -> Result<ClusterConfig, ConfigError
         key_prefix,
         node_id,
         encryption_key,
+        decryption_keys,
         tls,
         connect_timeout: positive(
             "cluster.connect_timeout",

@@ -11,6 +11,7 @@
 
 use std::sync::{LazyLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use rand::Rng as _;
@@ -63,12 +64,13 @@ static STORE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(STORE));
 static BACK_OFF_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BACK_OFF));
 
 /// What is sealed: the token and what a replica needs to use it as its own.
+/// Its secrets are wiped when it is dropped, as is the JSON they are written to.
 #[derive(Serialize, Deserialize)]
 struct Stored {
-    token: String,
+    token: Zeroizing<String>,
     expires_unix_ms: u64,
     fetched_unix_ms: u64,
-    refresh_token: Option<String>,
+    refresh_token: Option<Zeroizing<String>>,
 }
 
 /// What [`OBTAIN`] answered.
@@ -157,16 +159,18 @@ impl RedisToken {
         if usable.is_zero() {
             return None;
         }
-        let plain = serde_json::to_vec(&Stored {
-            token: t.token.expose_secret().to_owned(),
-            expires_unix_ms: unix_ms(sys + lifetime),
-            fetched_unix_ms: unix_ms(sys),
-            refresh_token: t
-                .refresh_token
-                .as_ref()
-                .map(|r| r.expose_secret().to_owned()),
-        })
-        .ok()?;
+        let plain = Zeroizing::new(
+            serde_json::to_vec(&Stored {
+                token: Zeroizing::new(t.token.expose_secret().to_owned()),
+                expires_unix_ms: unix_ms(sys + lifetime),
+                fetched_unix_ms: unix_ms(sys),
+                refresh_token: t
+                    .refresh_token
+                    .as_ref()
+                    .map(|r| Zeroizing::new(r.expose_secret().to_owned())),
+            })
+            .ok()?,
+        );
         let sealed = c.sealer.seal(&self.aad(generation), &plain);
         Some((format!("{generation}.{sealed}"), usable))
     }
@@ -179,7 +183,7 @@ impl RedisToken {
             let s: Stored = serde_json::from_slice(&plain).ok()?;
             Some((generation, s))
         });
-        let Some((generation, s)) = opened else {
+        let Some((generation, mut s)) = opened else {
             c.unsealable(&self.token_key);
             return None;
         };
@@ -187,9 +191,12 @@ impl RedisToken {
         let now_ms = unix_ms(SystemTime::now());
         Some(FleetToken {
             token: FetchedToken {
-                token: SecretString::from(s.token),
+                token: SecretString::from(std::mem::take(&mut *s.token)),
                 expires_at: now + Duration::from_millis(s.expires_unix_ms.saturating_sub(now_ms)),
-                refresh_token: s.refresh_token.map(SecretString::from),
+                refresh_token: s
+                    .refresh_token
+                    .as_mut()
+                    .map(|r| SecretString::from(std::mem::take(&mut **r))),
             },
             generation,
             fetched_at: now

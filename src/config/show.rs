@@ -16,6 +16,11 @@ pub fn redacted<T: ?Sized, S: Serializer>(_: &T, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(REDACTED)
 }
 
+/// A list of secrets: one [`REDACTED`] for each.
+pub fn redacted_each<T, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|_| REDACTED))
+}
+
 /// An optional secret: `null` when absent, else [`REDACTED`].
 pub fn redacted_opt<T, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
     match v {

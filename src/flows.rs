@@ -18,7 +18,7 @@ pub(crate) mod wire;
 
 pub(crate) use config::{FlowsConfig, RawFlows, validate};
 pub(crate) use error::{FlowError, problem};
-pub(crate) use handler::{FlowDeps, FlowRequest, Handler, build};
+pub(crate) use handler::{FlowDeps, FlowRequest, Flows, Handler, build};
 pub(crate) use store::{Store, StoreError};
 pub(crate) use vendor::VendorFailure;
 pub(crate) use wire::{bytes_response, json_response, query_param, read_body, retry_after_secs};

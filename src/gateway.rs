@@ -16,7 +16,7 @@ use crate::cluster::Cluster;
 use crate::config::Fingerprint;
 use crate::credentials::fleet::Fleet;
 use crate::credentials::{self, Credentials};
-use crate::flows::{self, FlowDeps, FlowError, Handler};
+use crate::flows::{self, FlowDeps, FlowError, Flows};
 use crate::http_client::{self, ClientBuildError, HttpClient};
 use crate::metrics::Metrics;
 use crate::proxy::{Upstream, UpstreamPool};
@@ -77,8 +77,8 @@ pub struct Gateway {
     pub timer: Timer,
     /// Upstreams by name, each with its connections.
     upstreams: BTreeMap<String, Arc<Upstream>>,
-    /// The flows' handlers by name.
-    flows: BTreeMap<String, Arc<dyn Handler>>,
+    /// The flows' handlers by name, and their database.
+    flows: Flows,
     /// What each stateful section was built from (see [`Config::fingerprints`]).
     fingerprints: BTreeMap<String, Fingerprint>,
     /// The pool kind the upstreams were built with.
@@ -250,7 +250,7 @@ impl Gateway {
             // Names were checked by config validation; a miss here would be a bug, so skip rather than panic.
             let target = match &r.target {
                 RouteTarget::Upstream(u) => upstreams.get(u).cloned().map(Target::Upstream),
-                RouteTarget::Flow(f) => flows.get(f).cloned().map(Target::Flow),
+                RouteTarget::Flow(f) => flows.handlers.get(f).cloned().map(Target::Flow),
             };
             let Some(target) = target else { continue };
             let mut route = Route::new(
@@ -318,14 +318,18 @@ impl Gateway {
         &self.config_source
     }
 
-    /// Start background work: issuer key fetching and refresh, and the first token of each credential readiness
-    /// waits for. Called when serving starts (and for what a reload built); `check` never calls it.
+    /// Start background work: issuer key fetching and refresh, the first token of each credential readiness waits
+    /// for, and connecting to (and migrating) a PostgreSQL flows database. Called when serving starts (and for what a reload built); `check` never calls it.
     pub async fn start_background(self: &Arc<Self>) -> Result<(), crate::caller_auth::StartError> {
         if let Some(c) = &self.cluster {
             c.start().await;
         }
         for (_, c) in self.credentials.iter() {
             c.warm_up();
+        }
+        if let Some(store) = self.flows.store.clone() {
+            // In the background: a database that is down must not hold up serving the proxy.
+            tokio::spawn(async move { store.prepare().await });
         }
         self.caller_auth.start().await
     }
@@ -339,6 +343,7 @@ impl Gateway {
             }
         }
         checks.extend(self.cluster.as_ref().map(|c| c.readiness()));
+        checks.extend(self.flows.store.as_ref().and_then(|s| s.readiness()));
         checks
     }
 }

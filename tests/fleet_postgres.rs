@@ -156,6 +156,15 @@ auth = "none"
     .await
 }
 
+/// The `/readyz` check of the flows database: ready, and its detail.
+fn database_check(gw: &TestGateway) -> Option<(bool, String)> {
+    gw.gw
+        .readiness()
+        .into_iter()
+        .find(|(name, _, _)| name == "flows database")
+        .map(|(_, ready, detail)| (ready, detail))
+}
+
 /// A TeleSign token request, which records the token in the ledger.
 async fn mint(gw: &TestGateway, xid: &str) -> support::fake_http::Got {
     call(
@@ -179,6 +188,15 @@ async fn postgres_unreachable_is_a_503_with_retry_after() {
     assert_eq!(got.status, 503, "{}", got.text());
     assert_eq!(got.json()["code"], "flow_storage_unavailable");
     assert!(got.headers.contains_key("retry-after"));
+    assert_eq!(
+        database_check(&gw),
+        Some((
+            true,
+            "degraded: postgresql unreachable; flow requests that need a record answer 503"
+                .to_owned()
+        )),
+        "ready, and saying the database is down"
+    );
     assert!(!got.text().contains("hunter2"));
 }
 
@@ -224,4 +242,22 @@ async fn postgres_over_tls_verifies_the_server_and_plain_connections_are_not_mad
         assert_eq!(got.json()["code"], "flow_storage_unavailable", "{what}");
     }
     assert_eq!(pg.psql("SELECT count(*) FROM telesign_tokens").trim(), "1");
+}
+
+/// The database is connected to and migrated when serving starts, before any flow request, and `/readyz` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_migrated_when_serving_starts() {
+    let pg = Postgres::start().await;
+    let gw = telesign_on(&format!("postgres_url = \"{}\"", pg.url())).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while database_check(&gw) != Some((true, "postgresql up".to_owned())) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never migrated: {:?}",
+            database_check(&gw)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(pg.psql("SELECT version FROM credgate_schema").trim(), "1");
+    assert_eq!(pg.psql("SELECT count(*) FROM telesign_tokens").trim(), "0");
 }

@@ -41,12 +41,18 @@ pub(crate) struct FlowDeps<'a> {
     pub limits: Option<std::sync::Arc<dyn crate::rate_limit::SharedLimits>>,
 }
 
+/// The enabled flows' handlers by name, and the database they record into.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Flows {
+    /// Handlers by flow name.
+    pub handlers: BTreeMap<String, Arc<dyn Handler>>,
+    /// Their database, when a flow needs one.
+    pub store: Option<Store>,
+}
+
 /// Build the enabled flows' handlers, by name. Opens and migrates the embedded database when a flow needs it (a
-/// PostgreSQL one is connected and migrated on first use).
-pub(crate) fn build(
-    cfg: &FlowsConfig,
-    deps: &FlowDeps<'_>,
-) -> Result<BTreeMap<String, Arc<dyn Handler>>, FlowError> {
+/// PostgreSQL one is connected and migrated by [`Store::prepare`] when serving starts).
+pub(crate) fn build(cfg: &FlowsConfig, deps: &FlowDeps<'_>) -> Result<Flows, FlowError> {
     let store = match (&cfg.database, &cfg.postgres) {
         _ if cfg.incode.is_none() && cfg.telesign.is_none() => None,
         (_, Some(pg)) => Some(Store::postgres(pg, cfg.retention)?),
@@ -70,5 +76,8 @@ pub(crate) fn build(
             telesign::build(c, store.clone(), deps.limits.clone()),
         );
     }
-    Ok(out)
+    Ok(Flows {
+        handlers: out,
+        store,
+    })
 }

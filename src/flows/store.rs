@@ -93,9 +93,24 @@ impl Store {
         Sqlite::open(path, retention).map(Store::Sqlite)
     }
 
-    /// The PostgreSQL database of `cfg`; connected and migrated on first use.
+    /// The PostgreSQL database of `cfg`; connected and migrated by [`Store::prepare`] (or on first use).
     pub(crate) fn postgres(cfg: &PostgresConfig, retention: Duration) -> Result<Self, StoreError> {
         postgres::Postgres::new(cfg, retention).map(Store::Postgres)
+    }
+
+    /// Connect to and migrate a PostgreSQL database now, when serving starts (the file was opened at build).
+    pub(crate) async fn prepare(&self) {
+        if let Store::Postgres(p) = self {
+            p.prepare().await;
+        }
+    }
+
+    /// The `/readyz` check of a PostgreSQL database: ready, with whether it is reachable.
+    pub(crate) fn readiness(&self) -> Option<(String, bool, String)> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(p) => Some(p.readiness()),
+        }
     }
 
     /// Record one Incode webhook delivery.

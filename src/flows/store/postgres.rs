@@ -2,11 +2,13 @@
 //! ledger answers on any replica and an Incode interview is approved once however many replicas get its webhook
 //! (the claim is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE` on the interview's primary key: exactly one
 //! replica's statement returns the row). tokio-postgres with a deadpool pool: the maintained async driver without
-//! sqlx's compile-time machinery. Connects on first use (so `credgate check` contacts nothing) and runs the
-//! versioned migrations then, under an advisory lock so replicas starting together migrate once.
+//! sqlx's compile-time machinery. Connects when serving starts (never in `credgate check`) and runs the versioned
+//! migrations then, under an advisory lock so replicas starting together migrate once; when the database is not
+//! there yet, the first use tries again. Reachability is a `/readyz` detail (ready either way: a down database
+//! fails the flow requests that need a record, not the proxy).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -78,7 +80,13 @@ pub(crate) struct Postgres {
     migrated: OnceCell<()>,
     retention_secs: i64,
     last_purge: AtomicI64,
+    /// [`UNKNOWN`], [`UP`] or [`DOWN`]: how the last attempt to get a migrated connection went.
+    health: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,11 +139,41 @@ impl Postgres {
             migrated: OnceCell::new(),
             retention_secs: i64::try_from(retention.as_secs()).unwrap_or(i64::MAX),
             last_purge: AtomicI64::new(0),
+            health: AtomicU8::new(UNKNOWN),
         }))
     }
 
-    /// A pooled connection on a migrated database; the first write of each hour purges old rows first.
-    async fn client(&self, writing: bool) -> Result<deadpool_postgres::Object, StoreError> {
+    /// Connect and migrate now (when serving starts); a failure is logged and left to the first use to retry.
+    pub(crate) async fn prepare(&self) {
+        // The outcome is logged and shown on /readyz by `client`.
+        let _ = self.client(false).await;
+    }
+
+    /// The `/readyz` detail: always ready, degraded while the database is unreachable.
+    pub(crate) fn readiness(&self) -> (String, bool, String) {
+        let detail = match self.health.load(Ordering::Relaxed) {
+            UP => "postgresql up",
+            DOWN => "degraded: postgresql unreachable; flow requests that need a record answer 503",
+            _ => "postgresql not reached yet",
+        };
+        ("flows database".to_owned(), true, detail.to_owned())
+    }
+
+    /// Record how getting a connection went, logging each change between up and down once.
+    fn note(&self, result: &Result<deadpool_postgres::Object, StoreError>) {
+        let now = if result.is_ok() { UP } else { DOWN };
+        let was = self.health.swap(now, Ordering::Relaxed);
+        match (was, result) {
+            (UP, Ok(_)) | (DOWN, Err(_)) => {}
+            (_, Ok(_)) => tracing::info!("flows database (PostgreSQL) reachable"),
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, "flows database (PostgreSQL) unreachable; flow requests that need a record answer 503 until it is back")
+            }
+        }
+    }
+
+    /// A pooled connection, the migrations run on the first.
+    async fn migrated_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let client = self
             .pool
             .get()
@@ -151,6 +189,14 @@ impl Postgres {
                 Ok::<(), StoreError>(())
             })
             .await?;
+        Ok(client)
+    }
+
+    /// A pooled connection on a migrated database; the first write of each hour purges old rows first.
+    async fn client(&self, writing: bool) -> Result<deadpool_postgres::Object, StoreError> {
+        let client = self.migrated_client().await;
+        self.note(&client);
+        let client = client?;
         let now = now_secs();
         let last = self.last_purge.load(Ordering::Relaxed);
         if writing

@@ -129,6 +129,13 @@ async fn burst(gws: &[TestGateway], tag: &str, n: usize) -> Vec<StatusCode> {
     out
 }
 
+/// [`burst`], every request answered 200.
+async fn all_ok(gws: &[TestGateway], tag: &str, n: usize) {
+    for st in burst(gws, tag, n).await {
+        assert_eq!(st, StatusCode::OK, "{tag}");
+    }
+}
+
 async fn get(
     client: &Client<HttpConnector, Full<Bytes>>,
     gw: &TestGateway,
@@ -926,12 +933,8 @@ async fn replicas_share_one_token_through_a_redis_that_requires_tls_and_client_c
     for node in ["a", "b"] {
         gws.push(replica_on(node, &redis, &tls(&server), &v, &credential).await);
     }
-    for st in burst(&gws[..1], "first", 1).await {
-        assert_eq!(st, StatusCode::OK);
-    }
-    for st in burst(&gws, "tls", 20).await {
-        assert_eq!(st, StatusCode::OK);
-    }
+    all_ok(&gws[..1], "first", 1).await;
+    all_ok(&gws, "tls", 20).await;
     assert_eq!(v.grants(), 1, "one token request for both replicas");
     assert_eq!(
         (tokens(&gws[0], "fetched"), tokens(&gws[1], "fleet")),
@@ -946,9 +949,7 @@ async fn replicas_share_one_token_through_a_redis_that_requires_tls_and_client_c
     // A client certificate from another CA: Redis ends the handshake; the replica serves on its own.
     let stranger = certs::make();
     let c = replica_on("c", &redis, &tls(&stranger), &v, &credential).await;
-    for st in burst(std::slice::from_ref(&c), "stranger", 5).await {
-        assert_eq!(st, StatusCode::OK);
-    }
+    all_ok(std::slice::from_ref(&c), "stranger", 5).await;
     assert_eq!(v.grants(), 2, "c could not share, so it fetched its own");
     assert_eq!(tokens(&c, "local"), 1.0);
     assert_eq!(metric(&c, "credgate_cluster_redis_up", &[]), 0.0);
@@ -967,15 +968,11 @@ async fn a_key_rotation_keeps_the_fleet_token_readable_with_no_token_request() {
         format!("encryption_key = \"{key}\"\ndecryption_keys = [\"{also}\"]")
     };
     let old = replica_with("old", &redis, &v, &credential).await;
-    for st in burst(std::slice::from_ref(&old), "old", 3).await {
-        assert_eq!(st, StatusCode::OK);
-    }
+    all_ok(std::slice::from_ref(&old), "old", 3).await;
     assert_eq!(v.grants(), 1);
 
     let new = replica_on("new", &redis, &keys(NEW, KEY), &v, &credential).await;
-    for st in burst(std::slice::from_ref(&new), "new", 3).await {
-        assert_eq!(st, StatusCode::OK);
-    }
+    all_ok(std::slice::from_ref(&new), "new", 3).await;
     assert_eq!(
         v.grants(),
         1,
@@ -993,9 +990,7 @@ async fn a_key_rotation_keeps_the_fleet_token_readable_with_no_token_request() {
     .await;
     assert_eq!(v.grants(), 2);
     let accepting = replica_on("accepting", &redis, &keys(KEY, NEW), &v, &credential).await;
-    for st in burst(std::slice::from_ref(&accepting), "accepting", 3).await {
-        assert_eq!(st, StatusCode::OK);
-    }
+    all_ok(std::slice::from_ref(&accepting), "accepting", 3).await;
     assert_eq!(
         v.grants(),
         2,

@@ -73,8 +73,8 @@ pub struct ClusterConfig {
     pub command_timeout: Duration,
 }
 
-/// How the gateway connects to a `rediss://` Redis, besides the webpki roots and no client certificate.
-#[derive(Debug, Default, Serialize)]
+/// What a `rediss://` connection trusts and presents, when not the defaults (the webpki roots, no client certificate).
+#[derive(Debug, Serialize)]
 pub struct RedisTls {
     /// `tls_ca`'s path, for `/admin/config`.
     pub ca: Option<PathBuf>,

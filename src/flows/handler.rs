@@ -42,7 +42,7 @@ pub(crate) struct FlowDeps<'a> {
 }
 
 /// The enabled flows' handlers by name, and the database they record into.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Flows {
     /// Handlers by flow name.
     pub handlers: BTreeMap<String, Arc<dyn Handler>>,

@@ -65,9 +65,8 @@ impl Redis {
         .await
     }
 
-    async fn start_with(tls: Option<Tls>) -> Self {
+    async fn start_with(mut tls: Option<Tls>) -> Self {
         let dir = super::temp_dir("redis");
-        let mut tls = tls;
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())

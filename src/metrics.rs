@@ -165,6 +165,8 @@ pub struct ListenerCounters {
     pub open: Gauge,
     /// `credgate_tls_handshake_failures_total`: failed or timed-out handshakes.
     pub tls_failures: Counter,
+    /// `credgate_connections_parked_total`: idle HTTP/1.1 connections that gave their buffers back.
+    pub parked: Counter,
 }
 
 /// One issuer's series.
@@ -192,6 +194,7 @@ pub struct Metrics {
     connections_refused: Family<ListenerLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
     tls_failures: Family<ListenerLabels, Counter>,
+    connections_parked: Family<ListenerLabels, Counter>,
     token_fetch_seconds: Family<CredentialLabels, Histogram, fn() -> Histogram>,
     config_reloads: Family<ResultLabels, Counter>,
     token_adoptions: Family<CredentialLabels, Counter>,
@@ -215,6 +218,7 @@ impl Default for Metrics {
             jwks_fetches: Family::default(),
             jwks_keys: Family::default(),
             connections_refused: Family::default(),
+            connections_parked: Family::default(),
             connections_open: Family::default(),
             tls_failures: Family::default(),
             token_fetch_seconds: Family::new_with_constructor(fetch_histogram),
@@ -293,6 +297,11 @@ impl Default for Metrics {
             "credgate_connections_refused",
             "Connections closed at once for being over their listener's max_connections.",
             m.connections_refused.clone(),
+        );
+        m.register(
+            "credgate_connections_parked",
+            "Idle HTTP/1.1 connections that gave their buffers back until the caller sent again.",
+            m.connections_parked.clone(),
         );
         m
     }
@@ -446,10 +455,12 @@ impl Metrics {
         let refused = self.connections_refused.get_or_create(&labels).clone();
         let open = self.connections_open.get_or_create(&labels).clone();
         let tls_failures = self.tls_failures.get_or_create(&labels).clone();
+        let parked = self.connections_parked.get_or_create(&labels).clone();
         ListenerCounters {
             refused,
             open,
             tls_failures,
+            parked,
         }
     }
 

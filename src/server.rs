@@ -9,18 +9,19 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -37,8 +38,9 @@ use crate::timer::Timer;
 use crate::tls::{self, TlsError};
 
 mod conn_guard;
+mod park;
 
-use conn_guard::{Guarded, HeadDeadline, Progress, Shutdown};
+use conn_guard::{Counted, Guarded, HeadDeadline, Progress, Served, Shutdown};
 
 /// A listener could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -576,7 +578,7 @@ async fn accept_loop<H, F>(
     mut stop: watch::Receiver<bool>,
     closing: Option<oneshot::Sender<()>>,
 ) where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let shutdown = Arc::new(Shutdown::default());
@@ -605,12 +607,10 @@ async fn accept_loop<H, F>(
                         idle_period: settings.idle_timeout,
                         send_timeout: settings.send_timeout,
                         tls_failures: counters.tls_failures.clone(),
+                        parked: counters.parked.clone(),
                     };
-                    let serve = serve_conn(tcp, peer, now, handler.clone(), guard);
-                    conns.spawn(async move {
-                        serve.await;
-                        drop(slot);
-                    });
+                    // Spawned as is: wrapping it in another `async` block would hold the future twice.
+                    conns.spawn(serve_conn(tcp, peer, now, handler.clone(), guard, slot));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly instead of spinning.
@@ -638,12 +638,15 @@ struct ConnGuard {
     idle_period: Duration,
     send_timeout: Duration,
     tls_failures: prometheus_client::metrics::counter::Counter,
+    /// Counts HTTP/1 connections parked while idle.
+    parked: prometheus_client::metrics::counter::Counter,
 }
 
 impl ConnGuard {
-    /// The head deadline for HTTP/1 served without hyper's header read timeout: progress every period.
-    fn every_period(&self) -> HeadDeadline {
-        HeadDeadline::every(self.timer.clone(), self.head_period, self.send_timeout)
+    /// The head deadline for HTTP/1 served without hyper's header read timeout: progress every period, parked when
+    /// quiet.
+    fn every_period_parking(&self) -> HeadDeadline {
+        HeadDeadline::parking(self.timer.clone(), self.head_period, self.send_timeout)
     }
 
     /// The deadline for connections served by hyper-util's `auto` (HTTP/2, sniffed plain connections): closed once
@@ -653,21 +656,37 @@ impl ConnGuard {
     }
 
     /// Serve `conn` under `rule` until it ends; `None` when the head deadline closed it (first head due by `first`).
-    async fn serve<C>(
-        self,
+    async fn serve<C, E>(
+        &self,
         conn: C,
         first: Instant,
         progress: Arc<Progress>,
         rule: HeadDeadline,
     ) -> Option<Result<(), BoxError>>
     where
-        C: GracefulConnection,
-        C::Error: Into<BoxError>,
+        C: Served + Future<Output = Result<(), E>>,
+        E: Into<BoxError>,
     {
-        let first = self.timer.sleep_until(first);
-        Guarded::new(conn, self.shutdown, first, progress, rule)
+        Guarded::new(conn, self.shutdown.clone(), first, progress, rule)
             .await
             .map(|r| r.map_err(Into::into))
+    }
+}
+
+/// A request's answer with its body counted for the head deadline: a named future (not `async`, not a closure's
+/// `Map`), so that the service stays `Unpin` for parking and its `Send` bound is provable.
+struct Answer<F> {
+    fut: Pin<Box<F>>,
+    progress: Arc<Progress>,
+}
+
+impl<F: Future<Output = Response<Body>>> Future for Answer<F> {
+    type Output = Result<Response<Counted>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let res = ready!(this.fut.as_mut().poll(cx));
+        Poll::Ready(Ok(res.map(|body| this.progress.clone().count(body))))
     }
 }
 
@@ -677,8 +696,9 @@ async fn serve_conn<H, F>(
     serving: Arc<Serving>,
     handler: H,
     guard: ConnGuard,
+    _slot: OpenSlot,
 ) where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let settings = serving.settings;
@@ -694,70 +714,104 @@ async fn serve_conn<H, F>(
         // Boxed once here: the request future is kilobytes, and hyper moves its service future several times. The
         // box is allocated first so that the future is built in place rather than built on the stack and copied.
         let fut = Box::into_pin(Box::write(Box::new_uninit(), handler(req, conn.clone())));
-        let progress = counted.clone();
-        async move { Ok::<_, Infallible>(fut.await.map(|body| progress.count(body))) }
+        Answer {
+            fut,
+            progress: counted.clone(),
+        }
     });
     let deadline = Instant::now() + settings.header_read_timeout;
     // Each protocol's connection is boxed on its own: this future is allocated for every connection the moment it
-    // is accepted, and holding the largest (TLS, HTTP/2) inline would cost every idle plain HTTP/1 connection as much.
+    // is accepted and lives as long as the connection, and holding the largest (TLS, HTTP/2) inline would cost every
+    // idle plain HTTP/1 connection as much.
     let served = match &serving.acceptor {
-        None => match guard.timer.timeout_at(deadline, sniff(&tcp, peer)).await {
+        // Boxed: it is short-lived, and inline it would size this future, held for the connection's life.
+        None => match Box::pin(guard.timer.timeout_at(deadline, sniff(&tcp, peer))).await {
             Ok(Some(Sniffed::Http1)) => {
-                let c = builders.http1.serve_connection(TokioIo::new(tcp), svc);
-                let rule = guard.every_period();
-                Box::pin(guard.serve(c, deadline, progress, rule)).await
+                let accepted = deadline - settings.header_read_timeout;
+                Box::pin(park::serve(
+                    tcp,
+                    svc,
+                    &builders.http1,
+                    &guard,
+                    progress,
+                    accepted,
+                ))
+                .await
             }
             Ok(Some(Sniffed::MaybeH2)) => {
-                let c = builders
-                    .auto
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .into_owned();
-                let rule = guard.idle_period();
-                Box::pin(guard.serve(c, deadline, progress, rule)).await
+                // Built in a block: a local still in scope at the await would keep its (large) slot in this future.
+                let h2 = {
+                    let c = builders.auto.serve_connection(TokioIo::new(tcp), svc);
+                    Box::pin(guard.serve(c.into_owned(), deadline, progress, guard.idle_period()))
+                };
+                h2.await
             }
             Ok(None) => return,
             Err(_) => None,
         },
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(
-                settings.tls_handshake_timeout,
-                Box::pin(acceptor.accept(tcp)),
-            )
-            .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    guard.tls_failures.inc();
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    guard.tls_failures.inc();
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            // The first request is due within the header read timeout of the end of the handshake.
-            let deadline = Instant::now() + settings.header_read_timeout;
-            // ALPN already chose the protocol: no sniffing.
-            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let c = builders
-                    .h2
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .into_owned();
-                let rule = guard.idle_period();
-                Box::pin(guard.serve(c, deadline, progress, rule)).await
-            } else {
-                let c = builders.http1.serve_connection(TokioIo::new(tls), svc);
-                let rule = guard.every_period();
-                Box::pin(guard.serve(c, deadline, progress, rule)).await
-            }
+            let tls = Box::pin(serve_tls(
+                acceptor, tcp, peer, &serving, svc, &guard, progress,
+            ));
+            tls.await
         }
     };
     match served {
         Some(Ok(())) => {}
         Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with error"),
         None => tracing::debug!(%peer, "no request head within the header read timeout; closing"),
+    }
+}
+
+/// The TLS handshake, then HTTP/2 or HTTP/1.1 as ALPN chose; `Some(Ok(()))` when the handshake failed (counted and
+/// logged here).
+async fn serve_tls<S>(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    serving: &Serving,
+    svc: S,
+    guard: &ConnGuard,
+    progress: Arc<Progress>,
+) -> Option<Result<(), BoxError>>
+where
+    S: Service<Request<Incoming>, Response = Response<Counted>, Error = Infallible>,
+    S: Clone + Unpin + Send + 'static,
+    S::Future: Unpin + Send + 'static,
+{
+    let settings = serving.settings;
+    let tls = match tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(tcp)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            guard.tls_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return Some(Ok(()));
+        }
+        Err(_) => {
+            guard.tls_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return Some(Ok(()));
+        }
+    };
+    // The first request is due within the header read timeout of the end of the handshake.
+    let handshaken = Instant::now();
+    // ALPN already chose the protocol: no sniffing.
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let c = serving.builders.h2.serve_connection(TokioIo::new(tls), svc);
+        let rule = guard.idle_period();
+        let deadline = handshaken + settings.header_read_timeout;
+        Box::pin(guard.serve(c.into_owned(), deadline, progress, rule)).await
+    } else {
+        Box::pin(park::serve(
+            tls,
+            svc,
+            &serving.builders.http1,
+            guard,
+            progress,
+            handshaken,
+        ))
+        .await
     }
 }
 

@@ -5,9 +5,10 @@
 //!
 //! The head deadline is lazy. hyper's HTTP/1 header read timeout arms a fresh boxed sleep, reads the clock and makes
 //! an extra read attempt for every request, about a thousand instructions each time. Here one deadline per connection
-//! is armed once per period: when it passes, a connection that took in no request head and finished no response
-//! since it was armed, and has none in flight, is closed; any other is given another period. A connection idle or
-//! stalled in a head is therefore closed between one and two periods after its last progress.
+//! is armed once per tick (the period, or for HTTP/1 a quarter of it, at most a second): when it passes, a connection
+//! that took in no request head and finished no response for a whole period, and has none in flight, is closed. A
+//! connection idle or stalled in a head is therefore closed between one period and one period plus a tick after its
+//! last progress. An HTTP/1 connection found quiet at a tick is parked instead (see `park`): its buffers go back.
 //!
 //! The same deadline bounds a caller that stops reading: a response frame handed to hyper that hyper has not come
 //! back for (its socket is full, or the HTTP/2 window closed) while no frame moved on the whole connection for
@@ -51,11 +52,19 @@ impl Shutdown {
     fn requested(&self) -> bool {
         self.requested.load(Ordering::Acquire)
     }
+
+    /// A place in the waker list, for a task that waits on the signal itself (a parked connection).
+    pub(super) fn watch(self: &Arc<Self>) -> Registration {
+        Registration {
+            shutdown: self.clone(),
+            slot: None,
+        }
+    }
 }
 
 /// A connection's place in [`Shutdown`]'s waker list; leaves it when dropped.
 #[derive(Debug)]
-struct Registration {
+pub(super) struct Registration {
     shutdown: Arc<Shutdown>,
     /// The slab key and the waker stored under it.
     slot: Option<(usize, Waker)>,
@@ -63,7 +72,7 @@ struct Registration {
 
 impl Registration {
     /// True once shutdown was requested; otherwise makes sure `cx`'s task is woken when it is.
-    fn poll_requested(&mut self, cx: &Context<'_>) -> bool {
+    pub(super) fn poll_requested(&mut self, cx: &Context<'_>) -> bool {
         if self.shutdown.requested() {
             return true;
         }
@@ -107,6 +116,9 @@ pub(super) struct Progress {
     frames: AtomicU64,
     /// Response bodies holding something hyper has not come for (see [`Counted`]).
     owing: AtomicU64,
+    /// When the connection last made progress, as seen at a tick (or when its first head became due): kept across
+    /// the hyper connections that serve one parked socket in turn.
+    quiet_since: Mutex<Option<Instant>>,
 }
 
 impl Progress {
@@ -135,6 +147,22 @@ impl Progress {
             self.heads.load(Ordering::Relaxed),
             self.ends.load(Ordering::Relaxed),
         )
+    }
+
+    /// Since when the connection has made no progress; `None` before [`Progress::quiet_from`] was first called.
+    pub(super) fn quiet_since(&self) -> Option<Instant> {
+        *self
+            .quiet_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The connection made progress (or became due for its first head) at `at`.
+    pub(super) fn quiet_from(&self, at: Instant) {
+        *self
+            .quiet_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(at);
     }
 }
 
@@ -278,7 +306,13 @@ pub(super) struct HeadDeadline {
     timer: Timer,
     period: Duration,
     send_timeout: Duration,
+    /// How often the deadline is looked at: the period, or less for connections that park.
+    tick: Duration,
+    parks: bool,
 }
+
+/// The longest an idle HTTP/1 connection keeps its buffers: a tick is at most this long.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl HeadDeadline {
     /// Progress every `period`, timed on `timer`; a caller may leave a response unread for `send_timeout`.
@@ -287,7 +321,40 @@ impl HeadDeadline {
             timer,
             period,
             send_timeout,
+            tick: period,
+            parks: false,
         }
+    }
+
+    /// As [`HeadDeadline::every`], for a connection that is asked to park when a tick finds it quiet; ticks are a
+    /// quarter of the period, at most [`PARK_AFTER`].
+    pub(super) fn parking(timer: Timer, period: Duration, send_timeout: Duration) -> Self {
+        Self {
+            tick: (period / 4).min(PARK_AFTER),
+            parks: true,
+            ..Self::every(timer, period, send_timeout)
+        }
+    }
+
+    /// When a connection quiet since `since` is to be closed.
+    pub(super) fn close_at(&self, since: Instant) -> Instant {
+        since + self.period
+    }
+}
+
+/// A served connection the guard drives: one that can be asked to finish its requests and close, and, for HTTP/1, to
+/// finish them and hand its socket back instead (park).
+pub(super) trait Served: Future {
+    /// Finish in-flight requests, then close.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+
+    /// Finish in-flight requests, then resolve with the socket instead of closing it; a no-op where unsupported.
+    fn park(self: Pin<&mut Self>) {}
+}
+
+impl<C: GracefulConnection> Served for C {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        GracefulConnection::graceful_shutdown(self);
     }
 }
 
@@ -331,13 +398,13 @@ struct Deadline {
 }
 
 impl Deadline {
-    fn new(sleep: timer::Sleep) -> Self {
+    fn new(sleep: timer::Sleep, armed_at: (u64, u64)) -> Self {
         let fired = Arc::new(Fired::default());
         Self {
             sleep,
             waker: Waker::from(fired.clone()),
             fired,
-            armed_at: (0, 0),
+            armed_at,
             armed_frames: (0, Instant::now()),
             stalled_since: None,
         }
@@ -363,6 +430,8 @@ enum Verdict {
     Stalled,
     /// Keep the connection; the deadline is re-armed for the next period.
     Rearmed,
+    /// Park the connection (it is quiet); the deadline is re-armed in case it has something left to send.
+    Park,
 }
 
 pin_project! {
@@ -380,23 +449,26 @@ pin_project! {
     }
 }
 
-impl<C: GracefulConnection> Guarded<C> {
+impl<C: Served> Guarded<C> {
     /// Guard `conn`, whose first request head is due by `first`; `progress` is counted by its service.
     pub(super) fn new(
         conn: C,
         shutdown: Arc<Shutdown>,
-        first: timer::Sleep,
+        first: Instant,
         progress: Arc<Progress>,
         rule: HeadDeadline,
     ) -> Self {
+        if progress.quiet_since().is_none() {
+            progress.quiet_from(Instant::now());
+        }
+        let first = rule
+            .timer
+            .sleep_until(first.min(Instant::now() + rule.tick));
         Self {
             conn,
-            shutdown: Registration {
-                shutdown,
-                slot: None,
-            },
+            shutdown: shutdown.watch(),
             draining: false,
-            deadline: Some(Deadline::new(first)),
+            deadline: Some(Deadline::new(first, progress.counts())),
             unarmed: true,
             progress,
             rule,
@@ -404,7 +476,7 @@ impl<C: GracefulConnection> Guarded<C> {
     }
 }
 
-/// `d` passed: close, keep without deadline, or arm the next period.
+/// `d` passed: close, park, or arm the next tick.
 fn on_deadline(
     d: &mut Deadline,
     progress: &Progress,
@@ -412,15 +484,23 @@ fn on_deadline(
     cx: &Context<'_>,
 ) -> Verdict {
     let now = progress.counts();
-    if now.0 == 0 {
-        return Verdict::Close;
+    let at = Instant::now();
+    let quiet = now == d.armed_at;
+    if !quiet {
+        progress.quiet_from(at);
     }
     let in_flight = now.0 > now.1;
-    if !in_flight && now == d.armed_at {
-        return Verdict::Close;
+    if !in_flight && quiet {
+        let since = progress.quiet_since().unwrap_or(at);
+        if rule.tick >= rule.period || at >= rule.close_at(since) {
+            return Verdict::Close;
+        }
+        if rule.parks && now.0 > 0 {
+            rearm(d, rule, cx);
+            return Verdict::Park;
+        }
     }
     let frames = progress.frames.load(Ordering::Relaxed);
-    let at = Instant::now();
     if in_flight && frames == d.armed_frames.0 && progress.owing.load(Ordering::Relaxed) > 0 {
         let since = *d.stalled_since.get_or_insert(d.armed_frames.1);
         if at.saturating_duration_since(since) >= rule.send_timeout {
@@ -435,14 +515,14 @@ fn on_deadline(
     Verdict::Rearmed
 }
 
-/// Arm `d` for the next period of `rule`.
+/// Arm `d` for the next tick of `rule`.
 fn rearm(d: &mut Deadline, rule: &HeadDeadline, cx: &Context<'_>) {
-    d.sleep = rule.timer.sleep(rule.period);
+    d.sleep = rule.timer.sleep(rule.tick);
     // A period cannot pass while it is being armed; were it to, the next wake sees it.
     let _ = d.arm(cx);
 }
 
-impl<C: GracefulConnection> Future for Guarded<C> {
+impl<C: Served> Future for Guarded<C> {
     type Output = Option<C::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -479,7 +559,8 @@ impl<C: GracefulConnection> Future for Guarded<C> {
                         );
                         return Poll::Ready(None);
                     }
-                    Verdict::Rearmed => {}
+                    Verdict::Park if !*this.draining => this.conn.as_mut().park(),
+                    Verdict::Rearmed | Verdict::Park => {}
                 }
             }
         }

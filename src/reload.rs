@@ -54,8 +54,10 @@ impl Triggers {
         let (sender, events) = mpsc::unbounded_channel();
         let tx = sender.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Any event in a watched directory means "compare"; errors too (a rescan may be due).
-            let _ = event;
+            if event.as_ref().is_ok_and(|e| !may_change(&e.kind)) {
+                return;
+            }
+            // Errors count too: a rescan may be due.
             let _ = tx.send(());
         })
         .map_err(|e| tracing::warn!(error = %e, "cannot watch the config's files; reload with SIGHUP or the admin API"))
@@ -152,6 +154,17 @@ impl Triggers {
     }
 }
 
+/// Whether an event can mean a changed file. Opening, reading and closing a file unwritten cannot, and they must not
+/// count: comparing reads every followed file, and each read would set off the next comparison, for ever.
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// The fingerprint of a file's content now, `None` when it cannot be read (e.g. mid-swap).
 fn content(path: &Path) -> Option<Fingerprint> {
     std::fs::read(path).ok().map(|b| Fingerprint::of(&b))
@@ -173,3 +186,60 @@ type Signal = tokio::signal::unix::Signal;
 /// No SIGHUP off Unix.
 #[cfg(not(unix))]
 type Signal = std::convert::Infallible;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
+
+    #[test]
+    fn reads_do_not_count_writes_do() {
+        for quiet in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!may_change(&quiet), "{quiet:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change(&change), "{change:?}");
+        }
+    }
+
+    /// Comparing reads the followed files; if those reads were events, the watcher would compare again every
+    /// quiet period while nothing changes.
+    #[tokio::test]
+    async fn reading_the_followed_files_sets_nothing_off() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "a = 1\n").expect("write");
+        let mut t = Triggers::new(&[(file.clone(), Fingerprint::of(b"a = 1\n"))]);
+        assert!(
+            t.watcher.is_some(),
+            "inotify must be available for this test"
+        );
+        // The check that `follow` queues for a file changed before it was watched.
+        assert_eq!(t.events.recv().await, Some(()));
+        for _ in 0..5 {
+            assert!(t.changed().is_empty());
+        }
+        // Two marks after the reads: once both have arrived, any event the reads caused has arrived before them.
+        for mark in ["mark-1", "mark-2"] {
+            std::fs::create_dir(dir.path().join(mark)).expect("mark");
+            let got = tokio::time::timeout(Duration::from_secs(10), t.events.recv()).await;
+            assert_eq!(got, Ok(Some(())), "the mark {mark} is an event");
+        }
+        assert!(
+            t.events.try_recv().is_err(),
+            "reading the followed file was taken for a change"
+        );
+    }
+}

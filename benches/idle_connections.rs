@@ -235,7 +235,7 @@ async fn main() {
         held2.extend(opened);
     }
     let opened = rss_kib(pid);
-    // Idle HTTP/1.1 connections give their buffers back once quiet for a tick of the head deadline (at most 1 s).
+    // Idle HTTP/1.1 connections give their buffers back once quiet for a tick of the head deadline (at most 250 ms).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = rss_kib(pid);
     let fds_held = fds(pid);

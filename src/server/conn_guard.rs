@@ -5,7 +5,7 @@
 //!
 //! The head deadline is lazy. hyper's HTTP/1 header read timeout arms a fresh boxed sleep, reads the clock and makes
 //! an extra read attempt for every request, about a thousand instructions each time. Here one deadline per connection
-//! is armed once per tick (the period, or for HTTP/1 a quarter of it, at most a second): when it passes, a connection
+//! is armed once per tick (the period, or for HTTP/1 a quarter of it, at most 250 ms): when it passes, a connection
 //! that took in no request head and finished no response for a whole period, and has none in flight, is closed. A
 //! connection idle or stalled in a head is therefore closed between one period and one period plus a tick after its
 //! last progress. An HTTP/1 connection found quiet at a tick is parked instead (see `park`): its buffers go back.
@@ -311,8 +311,11 @@ pub(super) struct HeadDeadline {
     parks: bool,
 }
 
-/// The longest an idle HTTP/1 connection keeps its buffers: a tick is at most this long.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+/// The longest an idle HTTP/1 connection keeps its buffers: a tick is at most this long. A flood of connections that
+/// each send one request holds hyper's buffers for every connection of the last tick or two at once, and the allocator
+/// keeps much of that peak after they park: a 1 s tick held 83-86 MB at 9,644 such connections, 250 ms 60 MB
+/// (BENCHMARKS.md, "Idle connections"). Busy connections never park, so the shorter tick costs them only its wake.
+const PARK_AFTER: Duration = Duration::from_millis(250);
 
 impl HeadDeadline {
     /// Progress every `period`, timed on `timer`; a caller may leave a response unread for `send_timeout`.

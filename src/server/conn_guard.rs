@@ -570,3 +570,28 @@ impl<C: Served> Future for Guarded<C> {
         this.conn.poll(cx).map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/core.md promises that a quiet HTTP/1.1 connection gives its buffers back within a quarter of the head
+    /// period, at most 250 ms: the tick that finds it quiet.
+    #[tokio::test]
+    async fn a_parking_connection_is_looked_at_every_quarter_period_at_most_250_ms() {
+        let tick =
+            |period| HeadDeadline::parking(Timer::new(), period, Duration::from_secs(30)).tick;
+        assert_eq!(tick(Duration::from_secs(10)), Duration::from_millis(250));
+        assert_eq!(tick(Duration::from_millis(400)), Duration::from_millis(100));
+        let plain = HeadDeadline::every(
+            Timer::new(),
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            plain.tick,
+            Duration::from_secs(10),
+            "a connection that does not park ticks once a period"
+        );
+    }
+}

@@ -313,8 +313,8 @@ pub(super) struct HeadDeadline {
 
 /// The longest an idle HTTP/1 connection keeps its buffers: a tick is at most this long. A flood of connections that
 /// each send one request holds hyper's buffers for every connection of the last tick or two at once, and the allocator
-/// keeps much of that peak after they park; a 1 s tick held up to half as much again (BENCHMARKS.md, "Idle connections", has
-/// the figures). Busy connections never park, so the shorter tick costs them only its wake.
+/// keeps much of that peak after they park; a 1 s tick held up to half as much again (BENCHMARKS.md, "Idle
+/// connections", has the figures). Busy connections never park, so the shorter tick costs them only its wake.
 const PARK_AFTER: Duration = Duration::from_millis(250);
 
 impl HeadDeadline {
